@@ -1,0 +1,113 @@
+// The only pybind11 file: one def per op. Arrays arrive as DLPack capsules
+// (torch.utils.dlpack.to_dlpack / __dlpack__()), outputs are preallocated by Python.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "ops/knn.h"
+#include "tensor.h"
+
+namespace py = pybind11;
+using fmkit::DLPackHandle;
+
+namespace {
+
+// Takes ownership of a "dltensor" capsule for the duration of one call.
+DLPackHandle borrow(const py::capsule& capsule, const char* name) {
+  PyObject* obj = capsule.ptr();
+  if (!PyCapsule_IsValid(obj, "dltensor"))
+    throw std::invalid_argument(std::string(name) + ": expected an unconsumed DLPack capsule");
+  auto* managed = static_cast<fmkit::dl::ManagedTensor*>(PyCapsule_GetPointer(obj, "dltensor"));
+  // Renaming marks the capsule as consumed, so its destructor does not free the tensor;
+  // DLPackHandle's destructor calls the producer's deleter instead.
+  PyCapsule_SetName(obj, "used_dltensor");
+  return DLPackHandle(managed, name);
+}
+
+fmkit::KnnMetric parse_metric(const std::string& metric) {
+  if (metric == "l2") return fmkit::KnnMetric::l2;
+  if (metric == "ip") return fmkit::KnnMetric::ip;
+  throw std::invalid_argument("metric: expected 'l2' or 'ip', got '" + metric + "'");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fmkit compiled kernels (CPU" 
+#ifdef FMKIT_WITH_CUDA
+            " + CUDA"
+#endif
+            ")";
+#ifdef FMKIT_WITH_CUDA
+  m.attr("cuda_archs") = FMKIT_CUDA_ARCH_LIST;
+  m.attr("with_cuda") = true;
+#else
+  m.attr("cuda_archs") = "";
+  m.attr("with_cuda") = false;
+#endif
+#ifdef _OPENMP
+  m.attr("with_openmp") = true;
+#else
+  m.attr("with_openmp") = false;
+#endif
+
+  m.def(
+      "knn_candidates_cpu",
+      [](py::capsule queries, py::capsule database, py::capsule center, const std::string& metric, int64_t kprime,
+         int64_t self_offset, py::capsule out_score, py::capsule out_index, int num_threads) {
+        auto q = borrow(queries, "queries"), db = borrow(database, "database"), c = borrow(center, "center");
+        auto s = borrow(out_score, "out_score"), i = borrow(out_index, "out_index");
+        const auto m = parse_metric(metric);
+        py::gil_scoped_release release;
+        fmkit::knn_candidates_cpu(q.tensor(), db.tensor(), c.tensor(), m, kprime, self_offset, s.tensor(), i.tensor(),
+                                  num_threads);
+      },
+      py::arg("queries"), py::arg("database"), py::arg("center"), py::arg("metric"), py::arg("kprime"),
+      py::arg("self_offset"), py::arg("out_score"), py::arg("out_index"), py::arg("num_threads"),
+      "kprime approximate-score candidates per query (contract in csrc/ops/knn.h), written into out_score/out_index.");
+
+  m.def(
+      "knn_center_radius_cpu",
+      [](py::capsule database, const std::string& metric, py::capsule out_center, py::capsule out_radius,
+         int num_threads) {
+        auto db = borrow(database, "database"), c = borrow(out_center, "out_center"), r = borrow(out_radius, "out_radius");
+        const auto m = parse_metric(metric);
+        py::gil_scoped_release release;
+        fmkit::knn_center_radius_cpu(db.tensor(), m, c.tensor(), r.tensor(), num_threads);
+      },
+      py::arg("database"), py::arg("metric"), py::arg("out_center"), py::arg("out_radius"), py::arg("num_threads"),
+      "Centre and float64 radius max|y - c| of the database (see csrc/ops/knn.h).");
+  m.def(
+      "knn_rerank_cpu",
+      [](py::capsule queries, py::capsule database, py::capsule candidates, const std::string& metric,
+         py::capsule out_dist, py::capsule out_index, int num_threads) {
+        auto q = borrow(queries, "queries"), db = borrow(database, "database"), c = borrow(candidates, "candidates");
+        auto d = borrow(out_dist, "out_dist"), i = borrow(out_index, "out_index");
+        const auto m = parse_metric(metric);
+        py::gil_scoped_release release;
+        fmkit::knn_rerank_cpu(q.tensor(), db.tensor(), c.tensor(), m, d.tensor(), i.tensor(), num_threads);
+      },
+      py::arg("queries"), py::arg("database"), py::arg("candidates"), py::arg("metric"), py::arg("out_dist"),
+      py::arg("out_index"), py::arg("num_threads"), "Float64 re-rank of kNN candidates, sorted by (distance, index).");
+
+#ifdef FMKIT_WITH_CUDA
+  m.def("knn_workspace_bytes_cuda", &fmkit::knn_workspace_bytes_cuda, py::arg("Q"), py::arg("N"), py::arg("d"),
+        py::arg("kprime"));
+  m.def("knn_max_kprime_cuda", &fmkit::knn_max_kprime_cuda);
+  m.def(
+      "knn_candidates_cuda",
+      [](py::capsule queries, py::capsule database, py::capsule center, const std::string& metric, int64_t kprime,
+         int64_t self_offset, py::capsule out_score, py::capsule out_index, py::capsule workspace, uintptr_t stream) {
+        auto q = borrow(queries, "queries"), db = borrow(database, "database"), c = borrow(center, "center");
+        auto s = borrow(out_score, "out_score"), i = borrow(out_index, "out_index"), w = borrow(workspace, "workspace");
+        const auto m = parse_metric(metric);
+        py::gil_scoped_release release;
+        fmkit::knn_candidates_cuda(q.tensor(), db.tensor(), c.tensor(), m, kprime, self_offset, s.tensor(),
+                                   i.tensor(), w.tensor(), stream);
+      },
+      py::arg("queries"), py::arg("database"), py::arg("center"), py::arg("metric"), py::arg("kprime"),
+      py::arg("self_offset"), py::arg("out_score"), py::arg("out_index"), py::arg("workspace"), py::arg("stream"),
+      "CUDA version of knn_candidates_cpu, enqueued on `stream` (an integer cudaStream_t).");
+#endif
+}

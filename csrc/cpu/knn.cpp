@@ -1,0 +1,401 @@
+// kNN candidate search on the CPU (contract in ops/knn.h).
+//
+// Computes score tiles with a register-blocked fp32 micro-kernel (MR query rows x NR
+// database columns held in vector registers, GCC vector extensions so the same source
+// vectorises for AVX-512, AVX2 and NEON) and filters each micro-tile against the
+// running per-query threshold before anything is written: the distance matrix is never
+// stored, not even per tile. Per-query selection is a bounded max-heap of kprime
+// (score, index) pairs kept directly in the output rows.
+//
+// Work is split over (query block x database split) items with OpenMP; the database is
+// split only when there are too few query blocks to keep every thread busy, and the
+// splits' candidate lists are merged at the end. Database tiles are re-packed (converted
+// to fp32, centred, transposed into NR-wide panels) per query block: that costs 1/QB of
+// the arithmetic and keeps the workspace independent of N.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "ops/knn.h"
+
+namespace fmkit {
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int VW = 16;  // floats per vector register
+constexpr int MR = 8;   // 16 accumulators + 2 panel loads + 1 broadcast fit in 32 zmm registers
+#elif defined(__AVX__) || defined(__ARM_NEON)
+constexpr int VW = 8;
+constexpr int MR = 6;   // 12 accumulators in 16 ymm registers
+#else
+constexpr int VW = 4;
+constexpr int MR = 6;
+#endif
+constexpr int NR = 2 * VW;  // database columns per micro-tile
+constexpr int QB = 16 * MR;  // query rows per work item
+typedef float vfloat __attribute__((vector_size(VW * sizeof(float))));
+
+struct Candidate {
+  float score;
+  int64_t index;
+};
+inline bool before(const Candidate& a, const Candidate& b) {
+  return a.score < b.score || (a.score == b.score && a.index < b.index);
+}
+
+// Max-heap (by `before`) of fixed capacity over caller-owned storage.
+struct BoundedHeap {
+  Candidate* items;
+  int64_t capacity;
+
+  void reset() {
+    for (int64_t i = 0; i < capacity; ++i) items[i] = {std::numeric_limits<float>::infinity(), std::numeric_limits<int64_t>::max()};
+  }
+  float threshold() const { return items[0].score; }
+  void push(Candidate c) {
+    if (!before(c, items[0])) return;
+    // Sift the new element down from the root, replacing the current maximum.
+    int64_t i = 0;
+    for (;;) {
+      int64_t l = 2 * i + 1, r = l + 1, big = i;
+      Candidate bigv = c;
+      if (l < capacity && before(bigv, items[l])) { big = l; bigv = items[l]; }
+      if (r < capacity && before(bigv, items[r])) { big = r; bigv = items[r]; }
+      if (big == i) break;
+      items[i] = items[big];
+      i = big;
+    }
+    items[i] = c;
+  }
+  void sort() { std::sort(items, items + capacity, before); }
+};
+
+template <typename T> inline float load_as_float(const T* p);
+template <> inline float load_as_float<float>(const float* p) { return *p; }
+struct f16_tag { uint16_t bits; };
+struct bf16_tag { uint16_t bits; };
+template <> inline float load_as_float<f16_tag>(const f16_tag* p) { return half_to_float(p->bits); }
+template <> inline float load_as_float<bf16_tag>(const bf16_tag* p) { return bf16_to_float(p->bits); }
+
+struct Problem {
+  const void* queries; int64_t q_stride0, q_stride1;
+  const void* database; int64_t db_stride0, db_stride1;
+  const float* center;  // nullptr for inner product
+  int64_t Q, N, d, kprime, self_offset;
+  float norm_weight, dot_weight;  // score = norm_weight*|y|^2 + dot_weight*<x, y>
+};
+
+// Packs rows [row0, row0 + rows) of a matrix into row-major fp32 [rows_padded][d], centred.
+template <typename T>
+void pack_rows(const T* base, int64_t s0, int64_t s1, int64_t row0, int64_t rows, int64_t d,
+               const float* center, float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* src = base + (row0 + r) * s0;
+    float* dst = out + r * d;
+    for (int64_t k = 0; k < d; ++k) dst[k] = load_as_float(src + k * s1) - (center ? center[k] : 0.f);
+  }
+}
+
+// Packs database rows [row0, row0 + rows) into NR-wide panels [panel][d][NR] (zero padded)
+// and their squared norms (padded with +inf so padding columns never pass the filter).
+template <typename T>
+void pack_panels(const T* base, int64_t s0, int64_t s1, int64_t row0, int64_t rows, int64_t d,
+                 const float* center, float* panels, float* norms) {
+  const int64_t n_panels = (rows + NR - 1) / NR;
+  for (int64_t p = 0; p < n_panels; ++p) {
+    float* panel = panels + p * d * NR;
+    for (int c = 0; c < NR; ++c) {
+      const int64_t r = p * NR + c;
+      if (r < rows) {
+        const T* src = base + (row0 + r) * s0;
+        float norm = 0.f;
+        for (int64_t k = 0; k < d; ++k) {
+          const float v = load_as_float(src + k * s1) - (center ? center[k] : 0.f);
+          panel[k * NR + c] = v;
+          norm += v * v;
+        }
+        norms[r] = norm;
+      } else {
+        for (int64_t k = 0; k < d; ++k) panel[k * NR + c] = 0.f;
+        norms[r] = std::numeric_limits<float>::infinity();
+      }
+    }
+  }
+}
+
+// One MR x NR micro-tile of dot products, then the filter against each row's heap.
+template <int ROWS>
+inline void micro_tile(const float* qrows, int64_t d, const float* panel, const float* norms,
+                       int64_t col0, int64_t query0, const Problem& pb, BoundedHeap* heaps) {
+  vfloat acc[ROWS][2];
+  for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = vfloat{} ;
+  for (int64_t k = 0; k < d; ++k) {
+    vfloat b0, b1;
+    __builtin_memcpy(&b0, panel + k * NR, sizeof(vfloat));
+    __builtin_memcpy(&b1, panel + k * NR + VW, sizeof(vfloat));
+    for (int r = 0; r < ROWS; ++r) {
+      const float a = qrows[r * d + k];
+      acc[r][0] += a * b0;
+      acc[r][1] += a * b1;
+    }
+  }
+  vfloat n0, n1;
+  __builtin_memcpy(&n0, norms, sizeof(vfloat));
+  __builtin_memcpy(&n1, norms + VW, sizeof(vfloat));
+  for (int r = 0; r < ROWS; ++r) {
+    BoundedHeap& heap = heaps[r];
+    const vfloat s0 = pb.norm_weight * n0 + pb.dot_weight * acc[r][0];
+    const vfloat s1 = pb.norm_weight * n1 + pb.dot_weight * acc[r][1];
+    const float thr = heap.threshold();
+    // Columns arrive in increasing index order, so an equal score never displaces a
+    // kept candidate: a strict comparison is exact.
+    const auto pass = (s0 < thr) | (s1 < thr);
+    bool any = false;
+    for (int c = 0; c < VW; ++c) any |= pass[c] != 0;
+    if (!any) continue;
+    const int64_t self = pb.self_offset >= 0 ? query0 + r + pb.self_offset : -1;
+    for (int c = 0; c < NR; ++c) {
+      const float s = c < VW ? s0[c] : s1[c - VW];
+      const int64_t j = col0 + c;
+      if (s < heap.threshold() && j != self) heap.push({s, j});
+    }
+  }
+}
+
+template <typename T>
+void search_item(const Problem& pb, int64_t q0, int64_t q_rows, int64_t db0, int64_t db_rows,
+                 Candidate* out_rows, std::vector<float>& qbuf, std::vector<float>& panels,
+                 std::vector<float>& norms, int64_t tile_rows) {
+  const int64_t d = pb.d;
+  pack_rows(static_cast<const T*>(pb.queries), pb.q_stride0, pb.q_stride1, q0, q_rows, d, pb.center, qbuf.data());
+  std::vector<BoundedHeap> heaps(q_rows);
+  for (int64_t r = 0; r < q_rows; ++r) {
+    heaps[r] = {out_rows + r * pb.kprime, pb.kprime};
+    heaps[r].reset();
+  }
+  for (int64_t t0 = 0; t0 < db_rows; t0 += tile_rows) {
+    const int64_t rows = std::min(tile_rows, db_rows - t0);
+    pack_panels(static_cast<const T*>(pb.database), pb.db_stride0, pb.db_stride1, db0 + t0, rows, d,
+                pb.center, panels.data(), norms.data());
+    const int64_t n_panels = (rows + NR - 1) / NR;
+    for (int64_t r0 = 0; r0 < q_rows; r0 += MR) {
+      const float* qrows = qbuf.data() + r0 * d;
+      for (int64_t p = 0; p < n_panels; ++p) {
+        const float* panel = panels.data() + p * d * NR;
+        const float* pn = norms.data() + p * NR;
+        const int64_t col0 = db0 + t0 + p * NR;
+        if (q_rows - r0 >= MR) {
+          micro_tile<MR>(qrows, d, panel, pn, col0, q0 + r0, pb, heaps.data() + r0);
+        } else {
+          // Tail rows: one row at a time keeps the code small; it is at most MR-1 rows.
+          for (int64_t r = r0; r < q_rows; ++r)
+            micro_tile<1>(qbuf.data() + r * d, d, panel, pn, col0, q0 + r, pb, heaps.data() + r);
+        }
+      }
+    }
+  }
+  for (auto& h : heaps) h.sort();
+}
+
+template <typename T>
+void run(const Problem& pb, Candidate* result, int num_threads) {
+  const int64_t n_qblocks = (pb.Q + QB - 1) / QB;
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(
+      num_threads > n_qblocks ? (num_threads + n_qblocks - 1) / n_qblocks : 1, pb.N / std::max<int64_t>(pb.kprime, NR)));
+  // Panel tile: about 128 KiB of packed database so that it stays in L2 across a query block.
+  const int64_t tile_rows = std::max<int64_t>(NR, std::min<int64_t>(512, (32768 / std::max<int64_t>(pb.d, 1)) / NR * NR));
+  // Split s writes into its own [Q, kprime] list; split 0 into the result.
+  std::vector<Candidate> extra(static_cast<size_t>((splits - 1) * pb.Q * pb.kprime));
+  const int64_t split_rows = (pb.N + splits - 1) / splits;
+  const int64_t n_items = n_qblocks * splits;
+
+#pragma omp parallel num_threads(num_threads)
+  {
+    std::vector<float> qbuf(QB * pb.d), panels((tile_rows + NR) * pb.d), norms(tile_rows + NR);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < n_items; ++item) {
+      const int64_t qb = item / splits, s = item % splits;
+      const int64_t q0 = qb * QB, q_rows = std::min<int64_t>(QB, pb.Q - q0);
+      const int64_t db0 = s * split_rows, db_rows = std::min(split_rows, pb.N - db0);
+      Candidate* out = s == 0 ? result + q0 * pb.kprime : extra.data() + ((s - 1) * pb.Q + q0) * pb.kprime;
+      if (db_rows <= 0) {
+        BoundedHeap h{out, q_rows * pb.kprime};
+        h.reset();
+        continue;
+      }
+      search_item<T>(pb, q0, q_rows, db0, db_rows, out, qbuf, panels, norms, tile_rows);
+    }
+    if (splits > 1) {
+      std::vector<Candidate> merged;
+#pragma omp for schedule(static)
+      for (int64_t q = 0; q < pb.Q; ++q) {
+        merged.assign(result + q * pb.kprime, result + (q + 1) * pb.kprime);
+        for (int64_t s = 1; s < splits; ++s) {
+          const Candidate* part = extra.data() + ((s - 1) * pb.Q + q) * pb.kprime;
+          merged.insert(merged.end(), part, part + pb.kprime);
+        }
+        std::partial_sort(merged.begin(), merged.begin() + pb.kprime, merged.end(), before);
+        std::copy(merged.begin(), merged.begin() + pb.kprime, result + q * pb.kprime);
+      }
+    }
+  }
+}
+
+template <typename T>
+void center_and_radius(const Tensor& database, bool centred, float* center, double* radius, int threads) {
+  const T* base = database.ptr<T>();
+  const int64_t N = database.size(0), d = database.size(1), s0 = database.stride(0), s1 = database.stride(1);
+  std::vector<double> total(d, 0.0);
+  if (centred) {
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<double> part(d, 0.0);
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < d; ++k) part[k] += load_as_float(base + n * s0 + k * s1);
+#pragma omp critical
+      for (int64_t k = 0; k < d; ++k) total[k] += part[k];
+    }
+  }
+  for (int64_t k = 0; k < d; ++k) center[k] = static_cast<float>(total[k] / N);
+  double worst = 0.0;
+#pragma omp parallel for num_threads(threads) reduction(max : worst) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    double norm = 0.0;
+    for (int64_t k = 0; k < d; ++k) {
+      // The same fp32 centring as the candidate kernel, then an exact-enough fp64 norm.
+      const double v = load_as_float(base + n * s0 + k * s1) - center[k];
+      norm += v * v;
+    }
+    worst = std::max(worst, norm);
+  }
+  *radius = std::sqrt(worst);
+}
+
+template <typename T>
+void rerank(const Tensor& queries, const Tensor& database, const int64_t* cand, int64_t kprime, bool ip,
+            double* out_dist, int64_t* out_index, int64_t k, int threads) {
+  const T* qb = queries.ptr<T>();
+  const T* db = database.ptr<T>();
+  const int64_t Q = queries.size(0), d = queries.size(1);
+  const int64_t qs0 = queries.stride(0), qs1 = queries.stride(1), ds0 = database.stride(0), ds1 = database.stride(1);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<double> x(d);
+    std::vector<std::pair<double, int64_t>> rows(kprime);
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < Q; ++q) {
+      for (int64_t j = 0; j < d; ++j) x[j] = load_as_float(qb + q * qs0 + j * qs1);
+      for (int64_t c = 0; c < kprime; ++c) {
+        const int64_t n = cand[q * kprime + c];
+        const T* y = db + n * ds0;
+        double acc = 0.0;
+        if (ip) {
+          for (int64_t j = 0; j < d; ++j) acc += x[j] * static_cast<double>(load_as_float(y + j * ds1));
+          rows[c] = {-acc, n};  // descending inner product == ascending negation
+        } else {
+          for (int64_t j = 0; j < d; ++j) {
+            const double diff = x[j] - load_as_float(y + j * ds1);
+            acc += diff * diff;
+          }
+          rows[c] = {acc, n};
+        }
+      }
+      std::partial_sort(rows.begin(), rows.begin() + k, rows.end());
+      for (int64_t c = 0; c < k; ++c) {
+        out_dist[q * k + c] = ip ? -rows[c].first : rows[c].first;
+        out_index[q * k + c] = rows[c].second;
+      }
+    }
+  }
+}
+
+void check_float_matrix(const Tensor& t) {
+  t.check_dim(2).check_device(DeviceKind::cpu).check_dtype({DType::f32, DType::f16, DType::bf16});
+}
+
+}  // namespace
+
+void knn_center_radius_cpu(const Tensor& database, KnnMetric metric, const Tensor& out_center,
+                           const Tensor& out_radius, int num_threads) {
+  check_float_matrix(database);
+  if (database.size(0) < 1) fail(database.name, "must have at least one row");
+  out_center.check_device(DeviceKind::cpu).check_dtype({DType::f32}).check_shape({database.size(1)}).check_contiguous();
+  out_radius.check_device(DeviceKind::cpu).check_dtype({DType::f64}).check_shape({1});
+  const bool centred = metric == KnnMetric::l2;
+  const int threads = std::max(1, num_threads);
+  switch (database.dtype) {
+    case DType::f32: center_and_radius<float>(database, centred, out_center.ptr<float>(), out_radius.ptr<double>(), threads); break;
+    case DType::f16: center_and_radius<f16_tag>(database, centred, out_center.ptr<float>(), out_radius.ptr<double>(), threads); break;
+    default: center_and_radius<bf16_tag>(database, centred, out_center.ptr<float>(), out_radius.ptr<double>(), threads); break;
+  }
+}
+
+void knn_rerank_cpu(const Tensor& queries, const Tensor& database, const Tensor& candidates, KnnMetric metric,
+                    const Tensor& out_dist, const Tensor& out_index, int num_threads) {
+  check_float_matrix(queries);
+  check_float_matrix(database);
+  if (database.dtype != queries.dtype) fail(database.name, "must have the same dtype as " + queries.name);
+  if (database.size(1) != queries.size(1)) fail(database.name, "feature dimension does not match " + queries.name);
+  const int64_t Q = queries.size(0), N = database.size(0);
+  candidates.check_device(DeviceKind::cpu).check_dtype({DType::i64}).check_dim(2).check_contiguous();
+  if (candidates.size(0) != Q) fail(candidates.name, "must have one row per query");
+  const int64_t kprime = candidates.size(1);
+  out_dist.check_device(DeviceKind::cpu).check_dtype({DType::f64}).check_dim(2).check_contiguous();
+  const int64_t k = out_dist.size(1);
+  out_dist.check_shape({Q, k});
+  out_index.check_device(DeviceKind::cpu).check_dtype({DType::i64}).check_shape({Q, k}).check_contiguous();
+  if (k < 1 || k > kprime) fail(out_dist.name, "k must be in [1, number of candidates]");
+  const int64_t* cand = candidates.ptr<int64_t>();
+  for (int64_t i = 0; i < Q * kprime; ++i)
+    if (cand[i] < 0 || cand[i] >= N) fail(candidates.name, "index out of range [0, " + std::to_string(N) + ")");
+  const bool ip = metric == KnnMetric::ip;
+  const int threads = std::max(1, num_threads);
+  switch (queries.dtype) {
+    case DType::f32: rerank<float>(queries, database, cand, kprime, ip, out_dist.ptr<double>(), out_index.ptr<int64_t>(), k, threads); break;
+    case DType::f16: rerank<f16_tag>(queries, database, cand, kprime, ip, out_dist.ptr<double>(), out_index.ptr<int64_t>(), k, threads); break;
+    default: rerank<bf16_tag>(queries, database, cand, kprime, ip, out_dist.ptr<double>(), out_index.ptr<int64_t>(), k, threads); break;
+  }
+}
+
+void knn_candidates_cpu(const Tensor& queries, const Tensor& database, const Tensor& center,
+                        KnnMetric metric, int64_t kprime, int64_t self_offset,
+                        const Tensor& out_score, const Tensor& out_index, int num_threads) {
+  queries.check_dim(2).check_device(DeviceKind::cpu).check_dtype({DType::f32, DType::f16, DType::bf16});
+  database.check_dim(2).check_device(DeviceKind::cpu);
+  if (database.dtype != queries.dtype) fail(database.name, "must have the same dtype as " + queries.name);
+  const int64_t Q = queries.size(0), N = database.size(0), d = queries.size(1);
+  if (database.size(1) != d) fail(database.name, "feature dimension " + std::to_string(database.size(1)) + " does not match " + queries.name + " (" + std::to_string(d) + ")");
+  center.check_device(DeviceKind::cpu).check_dtype({DType::f32}).check_shape({d}).check_contiguous();
+  const int64_t eligible = self_offset >= 0 ? N - 1 : N;
+  if (kprime < 1 || kprime > eligible) fail("kprime", "must be in [1, " + std::to_string(eligible) + "], got " + std::to_string(kprime));
+  if (self_offset >= 0 && self_offset + Q > N) fail("self_offset", "queries must be rows of the database");
+  out_score.check_device(DeviceKind::cpu).check_dtype({DType::f32}).check_shape({Q, kprime}).check_contiguous();
+  out_index.check_device(DeviceKind::cpu).check_dtype({DType::i64}).check_shape({Q, kprime}).check_contiguous();
+  if (Q == 0) return;
+
+  Problem pb{queries.data, queries.stride(0), queries.stride(1), database.data, database.stride(0), database.stride(1),
+             metric == KnnMetric::l2 ? center.ptr<float>() : nullptr, Q, N, d, kprime, self_offset,
+             metric == KnnMetric::l2 ? 1.f : 0.f, metric == KnnMetric::l2 ? -2.f : -1.f};
+  std::vector<Candidate> result(static_cast<size_t>(Q * kprime));
+  const int threads = std::max(1, num_threads);
+  switch (queries.dtype) {
+    case DType::f32: run<float>(pb, result.data(), threads); break;
+    case DType::f16: run<f16_tag>(pb, result.data(), threads); break;
+    default: run<bf16_tag>(pb, result.data(), threads); break;
+  }
+  float* scores = out_score.ptr<float>();
+  int64_t* indices = out_index.ptr<int64_t>();
+  for (int64_t i = 0; i < Q * kprime; ++i) {
+    scores[i] = result[i].score;
+    indices[i] = result[i].index;
+  }
+}
+
+}  // namespace fmkit

@@ -1,0 +1,28 @@
+"""fmkit: fused C++/CUDA/Triton kernels and the methods of ten foundation-model papers."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from fmkit import ops  # noqa: E402
+
+
+def info() -> dict:
+    """Version, compiled backends (with CUDA architectures), triton availability, torch version."""
+    import torch
+
+    from fmkit.ops import _backend
+
+    c = _backend._C
+    return {
+        "fmkit": __version__,
+        "compiled_backends": _backend.compiled_backends(),
+        "cuda_archs": (c.cuda_archs.split(",") if c is not None and c.with_cuda else []),
+        "openmp": bool(c is not None and c.with_openmp),
+        "triton": _backend.triton_available(),
+        "torch": torch.__version__,
+        "torch_cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
+__all__ = ["info", "ops", "__version__"]

@@ -1,0 +1,365 @@
+"""Exact k-nearest-neighbour search: `fmkit.ops.knn` and `fmkit.ops.knn_sharded`.
+
+How exactness is obtained at GEMM speed
+---------------------------------------
+1. A backend kernel (cpu / cuda / triton / torch) returns, per query, kprime > k
+   *candidates* ranked by a fast fp32 score computed with the GEMM expansion on centred
+   data: |y-c|^2 - 2<x-c, y-c> (L2) or -<x, y> (IP). The kernel guarantees that every
+   database row it did not return has a score >= the largest returned score.
+2. The candidates are re-ranked with the direct float64 distance sum((x-y)^2) (or <x,y>),
+   sorted by (distance, index).
+3. A rounding-error bound on the fp32 score, (2d+16) * 2^-24 * (|x-c| + max|y-c|)^2,
+   turns the largest candidate score into a lower bound on the distance of every
+   non-candidate. If that bound is above the k-th re-ranked distance, the row is exact;
+   otherwise (near-ties at the candidate boundary, rare) the row is recomputed by the
+   float64 reference. So results are exact, ties go to the lower index, L2 distances are
+   never negative and exactly 0 for identical vectors, and nothing depends on chunking.
+
+Memory: inputs + outputs + O(Q * kprime) candidates + bounded tiles; never Q x N.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fmkit.ops import _backend
+from fmkit.reference.knn import knn_reference, sort_by_distance_then_index
+
+METRICS = ("l2", "ip")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+GPU_BACKEND_ORDER = ("cuda", "triton")
+VALUE_LIMIT = 1e15  # |x| above this could overflow float32 squared norms
+_RERANK_ELEMENTS = 1 << 23  # float64 elements per re-rank chunk (64 MB)
+_TILE_ELEMENTS = 1 << 24  # score elements per tile in the tiled (triton / torch) path
+
+# Rows recomputed by the float64 reference since import (exposed for tests and benchmarks).
+fallback_rows = 0
+
+
+def knn(
+    queries: Any,
+    database: Any,
+    k: int,
+    *,
+    metric: str = "l2",
+    exclude_self: bool = False,
+    backend: str = "auto",
+    check_finite: bool = True,
+):
+    """Exact k nearest neighbours of each query row among the database rows.
+
+    Args:
+        queries: [Q, d] float32 / float16 / bfloat16 (torch, numpy or cupy).
+        database: [N, d], same dtype and device as `queries`.
+        k: neighbours per query, 1 <= k <= N (N - 1 with `exclude_self`).
+        metric: "l2" (squared Euclidean distance, ascending) or "ip" (inner product, descending).
+        exclude_self: queries are the database; row i never returns itself (by index, so
+            duplicated points still find each other).
+        backend: "auto", "cpu", "cuda", "triton" or "torch".
+        check_finite: reject NaN/inf and values too large for float32 accumulation.
+
+    Returns:
+        (distances float32 [Q, k], indices int64 [Q, k]) of the same array kind as the input.
+    """
+    q, to_input_kind = _backend.to_torch(queries, "queries")
+    db, _ = _backend.to_torch(database, "database")
+    validate(q, db, k, metric, exclude_self, backend, check_finite)
+    dist, idx = torch.ops.fmkit.knn(q, db, int(k), metric, bool(exclude_self), backend)
+    return to_input_kind(dist), to_input_kind(idx)
+
+
+def validate(q, db, k, metric, exclude_self, backend, check_finite):
+    _backend.check_matrix(q, "queries", DTYPES)
+    _backend.check_matrix(db, "database", DTYPES)
+    if db.dtype != q.dtype:
+        raise ValueError(f"database: dtype {db.dtype} does not match queries dtype {q.dtype}")
+    if db.device != q.device:
+        raise ValueError(f"database: on {db.device}, but queries are on {q.device}; expected the same device")
+    if db.shape[1] != q.shape[1]:
+        raise ValueError(f"database: dimension {db.shape[1]} does not match queries dimension {q.shape[1]}")
+    if metric not in METRICS:
+        raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
+    if db.shape[0] == 0:
+        raise ValueError("database: must have at least one row")
+    if q.shape[1] == 0:
+        raise ValueError("queries: dimension must be at least 1")
+    if exclude_self and q.shape[0] != db.shape[0]:
+        raise ValueError(
+            f"exclude_self: queries must be the database (same number of rows), got {q.shape[0]} and {db.shape[0]}"
+        )
+    eligible = db.shape[0] - (1 if exclude_self else 0)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= eligible:
+        limit = f"N - 1 = {eligible} with exclude_self" if exclude_self else f"N = {eligible}"
+        raise ValueError(f"k: expected an integer in [1, {limit}], got {k!r}")
+    _backend.resolve_backend(backend, q.device, "knn", GPU_BACKEND_ORDER)
+    if check_finite:
+        _backend.check_finite(q, "queries", VALUE_LIMIT)
+        _backend.check_finite(db, "database", VALUE_LIMIT)
+
+
+@torch.library.custom_op("fmkit::knn", mutates_args=())
+def _knn_op(
+    queries: torch.Tensor, database: torch.Tensor, k: int, metric: str, exclude_self: bool, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    dist, idx = exact_knn(queries, database, k, metric, 0 if exclude_self else None, backend)
+    return dist.to(torch.float32), idx
+
+
+@_knn_op.register_fake
+def _knn_fake(queries, database, k, metric, exclude_self, backend):
+    shape = (queries.shape[0], k)
+    return queries.new_empty(shape, dtype=torch.float32), queries.new_empty(shape, dtype=torch.int64)
+
+
+def exact_knn(queries, database, k, metric, self_offset, backend):
+    """Validated tensors in, float64 distances and int64 indices out.
+
+    `self_offset` (or None): query row i is database row i + self_offset and is excluded.
+    """
+    global fallback_rows
+    queries, database = queries.detach(), database.detach()
+    Q, d = queries.shape
+    N = database.shape[0]
+    eligible = N - (1 if self_offset is not None else 0)
+    name = _backend.resolve_backend(backend, queries.device, "knn", GPU_BACKEND_ORDER)
+    kprime = min(eligible, k + 16 + k // 16)
+    if name == "cuda":
+        limit = _backend._C.knn_max_kprime_cuda()
+        if k > limit:
+            if backend == "cuda":
+                raise ValueError(f"k: the cuda backend supports k <= {limit}, got {k}; use backend='torch'")
+            name = "triton" if _backend._available("triton", True) else "torch"
+        else:
+            kprime = min(kprime, limit)
+    if Q == 0:
+        return (queries.new_empty((0, k), dtype=torch.float64), queries.new_empty((0, k), dtype=torch.int64))
+
+    cpu_kernels = name == "cpu"
+    center, radius = database_center_and_radius(database, metric, cpu_kernels)
+    score, cand = CANDIDATES[name](queries, database, center, metric, kprime, self_offset)
+    dist, idx = rerank(queries, database, cand, k, metric, cpu_kernels)
+    if kprime == eligible:  # every eligible row is a candidate: nothing left to miss
+        return dist, idx
+    exact = certify(queries, center, radius, score.max(dim=1).values, dist[:, k - 1], metric)
+    if not bool(exact.all()):
+        rows = (~exact).nonzero().flatten()
+        fallback_rows += int(rows.numel())
+        self_index = None if self_offset is None else rows + self_offset
+        dist[rows], idx[rows] = knn_reference(queries[rows], database, k, metric, self_index)
+    return dist, idx
+
+
+def database_center_and_radius(database, metric, cpu_kernels):
+    """Centre c (float32: the database mean for L2, 0 for IP) and max_j |y_j - c| (a float)."""
+    N, d = database.shape
+    if cpu_kernels:
+        center = torch.empty(d, dtype=torch.float32)
+        radius = torch.empty(1, dtype=torch.float64)
+        dl = _backend.dlpack
+        _backend._C.knn_center_radius_cpu(dl(database), metric, dl(center), dl(radius), _backend.cpu_threads())
+        return center, float(radius) * (1 + 1e-6)
+    chunk = max(1, (1 << 22) // d)
+    if metric == "l2":
+        total = torch.zeros(d, dtype=torch.float64, device=database.device)
+        for n0 in range(0, N, chunk):
+            total += database[n0 : n0 + chunk].sum(0, dtype=torch.float64)
+        center = (total / N).to(torch.float32)
+    else:
+        center = torch.zeros(d, dtype=torch.float32, device=database.device)
+    radius = torch.zeros((), dtype=torch.float64, device=database.device)
+    for n0 in range(0, N, chunk):
+        y = database[n0 : n0 + chunk].to(torch.float32) - center
+        radius = torch.maximum(radius, y.to(torch.float64).norm(dim=1).max())
+    return center, float(radius) * (1 + 1e-6)
+
+
+def rerank(queries, database, cand, k, metric, cpu_kernels):
+    """The best k candidates per row by direct float64 distance, sorted by (distance, index)."""
+    Q, kprime = cand.shape
+    d = queries.shape[1]
+    dist_out = torch.empty((Q, k), dtype=torch.float64, device=queries.device)
+    idx_out = torch.empty((Q, k), dtype=torch.int64, device=queries.device)
+    if cpu_kernels:
+        dl = _backend.dlpack
+        _backend._C.knn_rerank_cpu(
+            dl(queries), dl(database), dl(cand.contiguous()), metric, dl(dist_out), dl(idx_out), _backend.cpu_threads()
+        )
+        return dist_out, idx_out
+    chunk = max(1, _RERANK_ELEMENTS // (kprime * d))
+    for q0 in range(0, Q, chunk):
+        x64 = queries[q0 : q0 + chunk].to(torch.float64)
+        c = cand[q0 : q0 + chunk]
+        y = database[c.reshape(-1)].to(torch.float64).view(c.shape[0], kprime, d)
+        if metric == "ip":
+            dist = torch.einsum("qd,qkd->qk", x64, y)
+        else:
+            dist = ((x64[:, None, :] - y) ** 2).sum(-1)
+        dist, idx = sort_by_distance_then_index(dist, c, descending=metric == "ip")
+        dist_out[q0 : q0 + chunk] = dist[:, :k]
+        idx_out[q0 : q0 + chunk] = idx[:, :k]
+    return dist_out, idx_out
+
+
+def certify(queries, center, radius, threshold, kth, metric):
+    """True where no non-candidate can beat the k-th re-ranked distance `kth`.
+
+    `threshold` is the largest candidate score per row; every non-candidate scored at least
+    that much, and an fp32 score is within (2d+16) * 2^-24 * (|x-c| + radius)^2 of the truth.
+    """
+    d = queries.shape[1]
+    slack = (2 * d + 16) * 2.0**-24
+    threshold = threshold.to(torch.float64)
+    if metric == "ip":
+        xn = queries.to(torch.float64).norm(dim=1)
+        # Every non-candidate has <x, y> <= -threshold + err; it must lose to the k-th.
+        return (-threshold + slack * xn * radius) < kth - 1e-12 * xn * radius
+    xn = (queries.to(torch.float32) - center).to(torch.float64).norm(dim=1)
+    # Every non-candidate has |x - y|^2 >= |x - c|^2 + threshold - err.
+    return (xn**2 + threshold - slack * (xn + radius) ** 2) > kth * (1 + 1e-12)
+
+
+# ---- candidate generators: (queries, database, center, metric, kprime, self_offset) -> (score, index) ----
+
+def _cpu_candidates(queries, database, center, metric, kprime, self_offset):
+    Q = queries.shape[0]
+    score = torch.empty((Q, kprime), dtype=torch.float32)
+    index = torch.empty((Q, kprime), dtype=torch.int64)
+    dl = _backend.dlpack
+    _backend._C.knn_candidates_cpu(
+        dl(queries), dl(database), dl(center), metric, kprime, -1 if self_offset is None else self_offset,
+        dl(score), dl(index), _backend.cpu_threads(),
+    )
+    return score, index
+
+
+def _cuda_candidates(queries, database, center, metric, kprime, self_offset):
+    Q, d = queries.shape
+    N = database.shape[0]
+    dev = queries.device
+    score = torch.empty((Q, kprime), dtype=torch.float32, device=dev)
+    index = torch.empty((Q, kprime), dtype=torch.int64, device=dev)
+    workspace = torch.empty(_backend._C.knn_workspace_bytes_cuda(Q, N, d, kprime), dtype=torch.uint8, device=dev)
+    dl = _backend.dlpack
+    with torch.cuda.device(dev):
+        _backend._C.knn_candidates_cuda(
+            dl(queries), dl(database), dl(center), metric, kprime, -1 if self_offset is None else self_offset,
+            dl(score), dl(index), dl(workspace), _backend.current_stream(dev),
+        )
+    return score, index
+
+
+def tiled_candidates(queries, database, center, metric, kprime, self_offset, score_tile):
+    """Candidates from score tiles [q_chunk, n_chunk] merged with torch.topk (bounded memory)."""
+    Q = queries.shape[0]
+    N = database.shape[0]
+    q_chunk = min(Q, 4096)
+    n_chunk = max(kprime, _TILE_ELEMENTS // q_chunk)
+    scores, indices = [], []
+    for q0 in range(0, Q, q_chunk):
+        x = queries[q0 : q0 + q_chunk]
+        best_s = torch.empty((x.shape[0], 0), dtype=torch.float32, device=x.device)
+        best_i = torch.empty((x.shape[0], 0), dtype=torch.int64, device=x.device)
+        for n0 in range(0, N, n_chunk):
+            y = database[n0 : n0 + n_chunk]
+            self_col = None if self_offset is None else q0 + self_offset - n0
+            s = score_tile(x, y, center, metric, self_col)
+            cols = torch.arange(n0, n0 + y.shape[0], device=x.device).expand(x.shape[0], -1)
+            s, i = torch.cat([best_s, s], 1), torch.cat([best_i, cols], 1)
+            best_s, pos = torch.topk(s, min(kprime, s.shape[1]), dim=1, largest=False, sorted=False)
+            best_i = torch.gather(i, 1, pos)
+        scores.append(best_s)
+        indices.append(best_i)
+    return torch.cat(scores), torch.cat(indices)
+
+
+def torch_score_tile(x, y, center, metric, self_col):
+    """The score of the candidate contract in float64 torch ops (any device, no TF32)."""
+    if metric == "l2":
+        xc = (x.to(torch.float32) - center).to(torch.float64)
+        yc = (y.to(torch.float32) - center).to(torch.float64)
+        s = (yc * yc).sum(1)[None, :] - 2.0 * (xc @ yc.T)
+    else:
+        s = -(x.to(torch.float64) @ y.to(torch.float64).T)
+    s = s.to(torch.float32)
+    if self_col is not None:
+        rows = torch.arange(x.shape[0], device=x.device)
+        cols = rows + self_col
+        keep = (cols >= 0) & (cols < y.shape[0])
+        s[rows[keep], cols[keep]] = float("inf")
+    return s
+
+
+def _torch_candidates(queries, database, center, metric, kprime, self_offset):
+    return tiled_candidates(queries, database, center, metric, kprime, self_offset, torch_score_tile)
+
+
+def _triton_candidates(queries, database, center, metric, kprime, self_offset):
+    from fmkit.triton.knn import score_tile
+
+    return tiled_candidates(queries, database, center, metric, kprime, self_offset, score_tile)
+
+
+CANDIDATES = {
+    "cpu": _cpu_candidates,
+    "cuda": _cuda_candidates,
+    "triton": _triton_candidates,
+    "torch": _torch_candidates,
+}
+
+
+def knn_sharded(
+    queries: torch.Tensor,
+    database_shard: torch.Tensor,
+    k: int,
+    *,
+    group=None,
+    metric: str = "l2",
+    exclude_self: bool = False,
+    backend: str = "auto",
+    check_finite: bool = True,
+):
+    """Exact kNN over a database sharded across the ranks of a torch.distributed group.
+
+    Every rank passes the same `queries` and its own shard; shards are concatenated in rank
+    order. Each rank searches its shard, the per-rank top-k lists (float64 distances, global
+    indices) are all-gathered and merged by (distance, index), so the result on every rank is
+    identical to `knn` over the concatenated database. With `exclude_self`, query i is
+    global database row i.
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    validate(queries, database_shard, 1, metric, False, backend, check_finite)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=queries.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([database_shard.shape[0]], device=queries.device), group=group)
+    sizes = [int(s) for s in sizes]
+    total = sum(sizes)
+    offset = sum(sizes[: dist.get_rank(group)])
+    eligible = total - (1 if exclude_self else 0)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= eligible:
+        raise ValueError(f"k: expected an integer in [1, {eligible}] (global database rows), got {k!r}")
+    if exclude_self and queries.shape[0] != total:
+        raise ValueError(f"exclude_self: queries must be the whole database ({total} rows), got {queries.shape[0]}")
+    # Search one extra neighbour so that dropping self after the merge still leaves k.
+    k_local = min(k + (1 if exclude_self else 0), database_shard.shape[0])
+    local_d, local_i = exact_knn(queries, database_shard, k_local, metric, None, backend)
+    local_i = local_i + offset
+    width = min(k + 1, total) if exclude_self else k
+    pad = width - k_local
+    if pad > 0:  # shards smaller than k: pad with entries that lose every comparison
+        worst = float("-inf") if metric == "ip" else float("inf")
+        local_d = torch.cat([local_d, local_d.new_full((local_d.shape[0], pad), worst)], 1)
+        local_i = torch.cat([local_i, local_i.new_full((local_i.shape[0], pad), total)], 1)
+    all_d = [torch.empty_like(local_d) for _ in range(world)]
+    all_i = [torch.empty_like(local_i) for _ in range(world)]
+    dist.all_gather(all_d, local_d.contiguous(), group=group)
+    dist.all_gather(all_i, local_i.contiguous(), group=group)
+    d_cat, i_cat = sort_by_distance_then_index(torch.cat(all_d, 1), torch.cat(all_i, 1), descending=metric == "ip")
+    if exclude_self:
+        rows = torch.arange(queries.shape[0], device=queries.device)[:, None]
+        keep = i_cat != rows
+        # Stable compaction: the first k kept entries of each row, in order.
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+        d_cat, i_cat = torch.gather(d_cat, 1, order), torch.gather(i_cat, 1, order)
+    return d_cat[:, :k].to(torch.float32), i_cat[:, :k]

@@ -1,0 +1,336 @@
+"""fmkit.ops.knn: every backend against a direct float64 oracle, edge cases, errors."""
+import importlib
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fmkit
+from fmkit.ops import _backend, knn, knn_sharded
+from fmkit.reference.knn import knn_reference
+
+knn_module = importlib.import_module("fmkit.ops.knn")
+HAS_CUDA = torch.cuda.is_available()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def oracle(queries, database, k, metric="l2", exclude_self=False):
+    """Brute force in float64 numpy with an explicit (distance, index) lexicographic sort."""
+    x = queries.detach().to(torch.float64).cpu().numpy()
+    y = database.detach().to(torch.float64).cpu().numpy()
+    if metric == "l2":
+        key = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    else:
+        key = -(x @ y.T)
+    if exclude_self:
+        np.fill_diagonal(key, np.inf)
+    cols = np.broadcast_to(np.arange(y.shape[0]), key.shape)
+    order = np.lexsort((cols, key), axis=-1)[:, :k]
+    dist = np.take_along_axis(key, order, 1)
+    return (-dist if metric == "ip" else dist), order
+
+
+def cpu_backends():
+    names = ["torch", "cpu"]
+    if _backend.triton_available():
+        names.append("triton")
+    return names
+
+
+def assert_matches_oracle(q, db, k, metric, exclude_self, backend):
+    dist, idx = knn(q, db, k, metric=metric, exclude_self=exclude_self, backend=backend)
+    ref_d, ref_i = oracle(q, db, k, metric, exclude_self)
+    assert dist.dtype == torch.float32 and idx.dtype == torch.int64
+    assert dist.shape == (q.shape[0], k) and idx.shape == (q.shape[0], k)
+    np.testing.assert_array_equal(idx.cpu().numpy(), ref_i)
+    np.testing.assert_allclose(dist.cpu().numpy(), ref_d.astype(np.float32), rtol=1e-6, atol=0)
+    if metric == "l2":
+        assert (dist >= 0).all()
+
+
+@st.composite
+def problems(draw, max_q=24, max_n=120, max_d=40):
+    Q = draw(st.integers(1, max_q))
+    exclude_self = draw(st.booleans())
+    N = Q if exclude_self else draw(st.integers(1, max_n))
+    if exclude_self and N < 2:
+        N = Q = 2
+    d = draw(st.integers(1, max_d))
+    eligible = N - 1 if exclude_self else N
+    k = draw(st.integers(1, eligible))
+    metric = draw(st.sampled_from(["l2", "ip"]))
+    dtype = draw(st.sampled_from(DTYPES))
+    integer = draw(st.booleans())  # small integers: exact ties and duplicate rows
+    layout = draw(st.sampled_from(["contiguous", "transposed", "strided"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+
+    def make(rows):
+        if integer:
+            base = torch.randint(-3, 4, (rows, d), generator=g).to(torch.float32)
+        else:
+            base = torch.randn(rows, d, generator=g)
+        if layout == "transposed":
+            return base.to(dtype).T.contiguous().T
+        if layout == "strided":
+            wide = torch.zeros(rows, 2 * d, dtype=dtype)
+            wide[:, ::2] = base.to(dtype)
+            return wide[:, ::2]
+        return base.to(dtype)
+
+    db = make(N)
+    q = db if exclude_self else make(Q)
+    return q, db, k, metric, exclude_self
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=problems())
+def test_matches_oracle_random_shapes(backend, problem):
+    if backend == "triton":
+        pytest.skip("covered by the smaller triton test")
+    assert_matches_oracle(*problem, backend)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=problems(max_q=9, max_n=40, max_d=20))
+def test_triton_matches_oracle(problem):
+    if not _backend.triton_available():
+        pytest.skip("triton is not installed")
+    assert_matches_oracle(*problem, "triton")
+
+
+def test_reference_matches_oracle():
+    g = torch.Generator().manual_seed(1)
+    q, db = torch.randn(17, 9, generator=g), torch.randn(300, 9, generator=g)
+    for metric in ("l2", "ip"):
+        d, i = knn_reference(q, db, 7, metric)
+        rd, ri = oracle(q, db, 7, metric)
+        np.testing.assert_array_equal(i.numpy(), ri)
+        np.testing.assert_allclose(d.numpy(), rd, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_offset_is_exact(backend, dtype):
+    """|x|^2 - 2xy + |y|^2 cancels catastrophically at offset 1e4; results must stay exact."""
+    g = torch.Generator().manual_seed(2)
+    scale = 1.0 if dtype == torch.float32 else 64.0  # keep distinct values representable in 16 bits
+    db = (1e4 + scale * torch.randn(200, 8, generator=g)).to(dtype)
+    q = (1e4 + scale * torch.randn(11, 8, generator=g)).to(dtype)
+    assert_matches_oracle(q, db, 5, "l2", False, backend)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_identical_vectors_at_exactly_zero_and_ties_to_lower_index(backend):
+    db = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [1.0, 2.0], [0.5, 0.25]])
+    dist, idx = knn(db[:1], db, 3, backend=backend)
+    assert idx.tolist() == [[0, 2, 3]]
+    assert dist.tolist() == [[0.0, 0.0, 0.0]]
+    dist, idx = knn(db, db, 2, exclude_self=True, backend=backend)
+    assert idx[0].tolist() == [2, 3] and idx[2].tolist() == [0, 3] and idx[3].tolist() == [0, 2]
+    assert dist[0].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_edge_sizes(backend):
+    one = torch.tensor([[3.0]])
+    assert knn(one, one, 1, backend=backend)[1].tolist() == [[0]]
+    g = torch.Generator().manual_seed(3)
+    db = torch.randn(13, 1, generator=g)
+    assert_matches_oracle(db[:4], db, 13, "l2", False, backend)  # k = N, d = 1
+    assert_matches_oracle(db, db, 12, "l2", True, backend)  # k = N - 1 with exclude_self
+    assert_matches_oracle(db, db, 12, "ip", True, backend)
+    empty_q = torch.empty(0, 1)
+    d, i = knn(empty_q, db, 3, backend=backend)
+    assert d.shape == (0, 3) and i.shape == (0, 3)
+
+
+def test_results_do_not_depend_on_chunking():
+    g = torch.Generator().manual_seed(4)
+    db = torch.randn(700, 24, generator=g)
+    q = torch.randn(150, 24, generator=g)
+    d, i = knn(q, db, 9)
+    for a, b in ((0, 1), (1, 77), (77, 150)):
+        dc, ic = knn(q[a:b], db, 9)
+        assert torch.equal(ic, i[a:b]) and torch.equal(dc, d[a:b])
+    for backend in ("torch", "triton") if _backend.triton_available() else ("torch",):
+        dt, it = knn(q[:20], db, 9, backend=backend)
+        assert torch.equal(it, i[:20]) and torch.equal(dt, d[:20])
+
+
+def test_large_k_and_many_candidates():
+    g = torch.Generator().manual_seed(5)
+    db = torch.randn(3000, 16, generator=g)
+    q = torch.randn(5, 16, generator=g)
+    assert_matches_oracle(q, db, 2048, "l2", False, "cpu")
+    assert_matches_oracle(q, db, 2048, "ip", False, "torch")
+
+
+def test_certificate_falls_back_on_near_ties():
+    """A cluster of near-duplicates straddling the candidate boundary forces the fallback."""
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(1, 32, generator=g)
+    db = torch.cat([base + 1e-7 * torch.randn(200, 32, generator=g), torch.randn(100, 32, generator=g)])
+    q = base.clone()
+    before = knn_module.fallback_rows
+    assert_matches_oracle(q, db, 3, "l2", False, "cpu")
+    assert knn_module.fallback_rows > before
+
+
+def test_numpy_in_numpy_out():
+    g = np.random.default_rng(7)
+    db = g.standard_normal((50, 6)).astype(np.float32)
+    d, i = knn(db, db, 4, exclude_self=True)
+    assert isinstance(d, np.ndarray) and isinstance(i, np.ndarray)
+    ref_d, ref_i = oracle(torch.from_numpy(db), torch.from_numpy(db), 4, "l2", True)
+    np.testing.assert_array_equal(i, ref_i)
+
+
+def test_cupy_in_cupy_out():
+    cupy = pytest.importorskip("cupy")
+    if not HAS_CUDA:
+        pytest.skip("cupy needs a GPU")
+    x = cupy.random.standard_normal((64, 8), dtype=cupy.float32)
+    d, i = knn(x, x, 3, exclude_self=True)
+    assert isinstance(d, cupy.ndarray)
+    ref_d, ref_i = oracle(torch.from_dlpack(x).cpu(), torch.from_dlpack(x).cpu(), 3, "l2", True)
+    np.testing.assert_array_equal(cupy.asnumpy(i), ref_i)
+
+
+def test_custom_op_fake_and_compile():
+    q, db = torch.randn(5, 3), torch.randn(20, 3)
+    torch.library.opcheck(torch.ops.fmkit.knn.default, (q, db, 4, "l2", False, "auto"),
+                          test_utils=("test_schema", "test_faketensor"))
+    compiled = torch.compile(lambda a, b: knn(a, b, 4)[1] + 1, backend="eager", fullgraph=False)
+    assert torch.equal(compiled(q, db), knn(q, db, 4)[1] + 1)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda q, db: knn(q, db[:, :3], 2), "database: dimension 3 does not match queries dimension 4"),
+        (lambda q, db: knn(q, db, 0), r"k: expected an integer in \[1, N = 10\]"),
+        (lambda q, db: knn(q, db, 11), r"k: expected an integer in \[1, N = 10\]"),
+        (lambda q, db: knn(db, db, 10, exclude_self=True), r"k: .*N - 1 = 9 with exclude_self"),
+        (lambda q, db: knn(q[0], db, 2), r"queries: expected a 2-D \[rows, dim\] tensor"),
+        (lambda q, db: knn(q.double(), db.double(), 2), "queries: expected dtype float32, float16, bfloat16, got float64"),
+        (lambda q, db: knn(q, db.half(), 2), "database: dtype torch.float16 does not match queries dtype torch.float32"),
+        (lambda q, db: knn(q, db, 2, metric="cos"), "metric: expected one of"),
+        (lambda q, db: knn(q, db, 2, backend="gpu"), "backend: expected one of"),
+        (lambda q, db: knn(q, db, 2, exclude_self=True), "exclude_self: queries must be the database"),
+        (lambda q, db: knn(q.masked_fill(q > 0.5, float("nan")), db, 2), "queries: contains NaN or inf"),
+        (lambda q, db: knn(q, db.masked_fill(db > 0.5, float("inf")), 2), "database: contains NaN or inf"),
+        (lambda q, db: knn(q * 1e20, db, 2), "queries: contains values of magnitude"),
+        (lambda q, db: knn(q, db[:0], 1), "database: must have at least one row"),
+        (lambda q, db: knn([[1.0]], db, 1), "queries: expected a torch.Tensor, numpy.ndarray or cupy.ndarray"),
+    ],
+)
+def test_bad_input_names_the_argument(call, match):
+    g = torch.Generator().manual_seed(8)
+    q, db = torch.rand(3, 4, generator=g), torch.rand(10, 4, generator=g)
+    with pytest.raises(ValueError, match=match):
+        call(q, db)
+
+
+def test_unavailable_backend_is_a_clear_error():
+    q = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="backend='cuda' is not available for knn on cpu tensors"):
+        knn(q, q, 1, backend="cuda")
+
+
+def test_check_finite_can_be_switched_off():
+    q = torch.randn(4, 3)
+    d, i = knn(q, q, 1, check_finite=False)
+    assert i.flatten().tolist() == [0, 1, 2, 3]
+
+
+def test_info_reports_backends():
+    info = fmkit.info()
+    assert info["fmkit"] == fmkit.__version__
+    assert "cpu" in info["compiled_backends"]
+    assert info["torch"] == torch.__version__
+
+
+# ---- distributed: two gloo processes on the CPU ----
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sharded_worker(rank, world, port, results):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(9)
+        db = torch.randn(61, 7, generator=g)
+        db[40] = db[3]  # a duplicate across the shard boundary
+        q = torch.randn(12, 7, generator=g)
+        bounds = [0, 25, 61]
+        shard = db[bounds[rank] : bounds[rank + 1]]
+        out = {
+            "l2": knn_sharded(q, shard, 30, metric="l2"),
+            "ip": knn_sharded(q, shard, 5, metric="ip"),
+            "self": knn_sharded(db, shard, 4, exclude_self=True),
+        }
+        results[rank] = {key: (d.numpy(), i.numpy()) for key, (d, i) in out.items()}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_equals_single_process():
+    import torch.multiprocessing as mp
+
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_sharded_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    g = torch.Generator().manual_seed(9)
+    db = torch.randn(61, 7, generator=g)
+    db[40] = db[3]
+    q = torch.randn(12, 7, generator=g)
+    expected = {"l2": knn(q, db, 30), "ip": knn(q, db, 5, metric="ip"), "self": knn(db, db, 4, exclude_self=True)}
+    for rank in range(2):
+        for key, (d, i) in expected.items():
+            np.testing.assert_array_equal(results[rank][key][1], i.numpy())
+            np.testing.assert_array_equal(results[rank][key][0], d.numpy())
+
+
+# ---- CUDA backends (run where a GPU exists; CI has none) ----
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton", "torch"])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=problems(max_q=70, max_n=3000, max_d=150))
+def test_gpu_matches_oracle(backend, problem):
+    q, db, k, metric, exclude_self = problem
+    db = db.cuda()
+    q = db if exclude_self else q.cuda()
+    assert_matches_oracle(q, db, k, metric, exclude_self, backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("k", [1, 10, 100, 1024, 2048])
+def test_gpu_large_k_and_offsets(backend, k):
+    g = torch.Generator().manual_seed(10)
+    db = (1e4 + torch.randn(5000, 64, generator=g)).cuda()
+    q = (1e4 + torch.randn(33, 64, generator=g)).cuda()
+    assert_matches_oracle(q, db, k, "l2", False, backend)
+    assert_matches_oracle(db[:300], db[:300], min(k, 299), "ip", True, backend)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_picks_a_gpu_backend_and_matches_cpu():
+    g = torch.Generator().manual_seed(11)
+    db, q = torch.randn(20000, 128, generator=g), torch.randn(100, 128, generator=g)
+    d_cpu, i_cpu = knn(q, db, 10)
+    d_gpu, i_gpu = knn(q.cuda(), db.cuda(), 10)
+    assert torch.equal(i_gpu.cpu(), i_cpu) and torch.equal(d_gpu.cpu(), d_cpu)
