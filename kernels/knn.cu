@@ -174,8 +174,9 @@ knn_score_kernel(const T* __restrict__ X, int64_t xs0, int64_t xs1,
 
   int cur = 0;
   for (int s = 0; s < nstages; ++s) {
-    const bool more = s + 1 < nstages;
-    if (more) load_stage((s + 1) * kBK);  // global loads in flight during the FMAs below
+    // Unconditional (past the last stage every k >= d, so it stages zeros): a branch here
+    // lets ptxas sink the loads below the FMAs instead of overlapping them.
+    load_stage((s + 1) * kBK);
 #pragma unroll
     for (int k = 0; k < kBK; ++k) {
       const float4 a0 = *reinterpret_cast<const float4*>(&As[cur][k][ty * 4]);
@@ -191,7 +192,7 @@ knn_score_kernel(const T* __restrict__ X, int64_t xs0, int64_t xs1,
     }
     // One barrier per stage suffices: the buffer written here was last read in stage s-1,
     // and every thread has passed the barrier that ended stage s-1.
-    if (more) store_stage(cur ^ 1);
+    store_stage(cur ^ 1);
     __syncthreads();
     cur ^= 1;
   }

@@ -1,0 +1,32 @@
+"""kNN benchmarks: fmkit vs faiss and torch mm/cdist + topk, in one process.
+
+    python benchmarks/bench_knn.py [--quick] [--device cuda] [--json PATH]   # the table
+    pytest benchmarks/bench_knn.py --benchmark-only                          # pytest-benchmark
+
+Both use the cases of fmkit.bench.knn, which is also what `fmkit bench --op knn` runs.
+"""
+import sys
+
+import pytest
+import torch
+
+from fmkit import bench
+from fmkit.bench import knn as knn_cases
+
+
+def _quick_contenders():
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return [(case["shape"], name, fn) for case in knn_cases.cases(device, quick=True) for name, fn, _ in case["contenders"]]
+
+
+@pytest.mark.parametrize("shape,name,fn", _quick_contenders() if "pytest" in sys.modules else [])
+def test_knn(benchmark, shape, name, fn):
+    benchmark.group = shape
+    benchmark.name = name
+    benchmark(fn)
+
+
+if __name__ == "__main__":
+    from fmkit.cli import main
+
+    sys.exit(main(["bench", "--op", "knn", *sys.argv[1:]]))

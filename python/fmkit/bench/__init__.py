@@ -1,0 +1,110 @@
+"""Benchmark registry behind `fmkit bench`: one module per op, each exposing `cases(device, quick)`.
+
+A case is a dict with the shape, a `flops` count and a list of (name, callable) contenders:
+fmkit's backends first, then the anchors users would pick instead. Every contender runs in
+the same process on the same inputs; the table reports the median time, the ratio to the
+best anchor, achieved GFLOP/s and % of this machine's fp32 GEMM peak measured in the run.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from fmkit.bench import knn as _knn
+
+REGISTRY = {"knn": _knn}
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time in ms after one warm-up call (CUDA: synchronised around each call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def measured_fp32_peak(device: torch.device) -> float:
+    """fp32 GEMM GFLOP/s of torch.mm on this device, TF32 off: the denominator for '% peak'."""
+    n = 4096 if device.type == "cuda" else 1536
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    allow = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        ms = timed(lambda: a @ b, device, 5)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow
+    return 2 * n**3 / (ms * 1e-3) / 1e9
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def run(ops: list[str], quick: bool, device: torch.device, json_path: str | None = None, progress: bool = True):
+    from tqdm import tqdm
+
+    peak = measured_fp32_peak(device)
+    rows = []
+    for op in ops:
+        cases = REGISTRY[op].cases(device, quick)
+        for case in tqdm(cases, desc=f"bench {op}", disable=not progress):
+            results = {}
+            for name, fn, is_anchor in case["contenders"]:
+                ms = timed(fn, device, case.get("repeats", 3))
+                results[name] = (ms, is_anchor)
+            anchors = [ms for ms, is_anchor in results.values() if is_anchor]
+            best_anchor = min(anchors) if anchors else float("nan")
+            for name, (ms, is_anchor) in results.items():
+                gflops = case["flops"] / (ms * 1e-3) / 1e9
+                rows.append({
+                    "op": op, "shape": case["shape"], "contender": name, "anchor": is_anchor,
+                    "median_ms": ms, "speedup_vs_best_anchor": best_anchor / ms,
+                    "gflops": gflops, "pct_fp32_peak": 100 * gflops / peak,
+                    "exact": case.get("exact", {}).get(name),
+                })
+    print_table(rows, device, peak)
+    if json_path:
+        meta = {
+            "date": datetime.date.today().isoformat(), "device": device_name(device),
+            "torch": torch.__version__, "triton": _triton_version(), "fp32_peak_gflops": peak,
+            "quick": quick,
+        }
+        with open(json_path, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    return rows
+
+
+def print_table(rows, device, peak):
+    print(f"\n{device_name(device)} | measured fp32 GEMM peak {peak:.0f} GFLOP/s | {datetime.date.today()}")
+    header = f"{'op':<6} {'shape':<34} {'contender':<22} {'median ms':>10} {'vs best anchor':>15} {'GFLOP/s':>9} {'% peak':>7} {'exact':>6}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        exact = "" if r["exact"] is None else ("yes" if r["exact"] else "no")
+        print(f"{r['op']:<6} {r['shape']:<34} {r['contender']:<22} {r['median_ms']:>10.2f} "
+              f"{r['speedup_vs_best_anchor']:>14.2f}x {r['gflops']:>9.1f} {r['pct_fp32_peak']:>7.1f} {exact:>6}")
+
+
+def _triton_version():
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return None

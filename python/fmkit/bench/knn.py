@@ -1,0 +1,80 @@
+"""kNN benchmark cases: fmkit against faiss (IndexFlatL2, CPU or GPU) and torch mm/cdist + topk.
+
+The 'exact' column says whether a contender's indices equal the float64 exact answer
+(fmkit's) on that case: anchors built on the GEMM expansion can differ on near-ties.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from fmkit.ops import _backend, knn
+
+
+def _torch_mm_topk(q, db, k, chunk=4096):
+    norms = (db * db).sum(1)
+    out = []
+    for q0 in range(0, q.shape[0], chunk):
+        x = q[q0 : q0 + chunk]
+        out.append(torch.topk(norms[None, :] - 2 * (x @ db.T), k, dim=1, largest=False).indices)
+    return torch.cat(out)
+
+
+def _torch_cdist_topk(q, db, k, chunk=4096):
+    out = []
+    for q0 in range(0, q.shape[0], chunk):
+        out.append(torch.topk(torch.cdist(q[q0 : q0 + chunk], db), k, dim=1, largest=False).indices)
+    return torch.cat(out)
+
+
+def _faiss(q, db, k, device):
+    import faiss
+
+    d = db.shape[1]
+    if device.type == "cuda":
+        if not hasattr(faiss, "StandardGpuResources"):
+            return None
+        res = faiss.StandardGpuResources()
+        return lambda: faiss.knn_gpu(res, q, db, k)[1]
+    index = faiss.IndexFlatL2(d)
+    index.add(db.numpy())
+    qn = q.numpy()
+    return lambda: torch.from_numpy(index.search(qn, k)[1])
+
+
+def cases(device: torch.device, quick: bool):
+    if device.type == "cuda":
+        shapes = [(4096, 200_000, 128, 10)] if quick else [
+            (16384, 1_000_000, 128, 10), (16384, 1_000_000, 128, 100), (16384, 1_000_000, 128, 1024),
+            (16384, 1_000_000, 768, 10), (25_000, 25_000, 1024, 10),
+        ]
+        backends = [b for b in ("cuda", "triton") if _backend._available(b, True)]
+    else:
+        shapes = [(2048, 100_000, 128, 10)] if quick else [
+            (2048, 100_000, 128, 10), (2048, 100_000, 128, 100), (512, 100_000, 128, 1024), (1024, 25_000, 768, 10),
+        ]
+        backends = ["cpu"]
+    out = []
+    for Q, N, d, k in shapes:
+        g = torch.Generator().manual_seed(0)
+        db = torch.randn(N, d, generator=g).to(device)
+        q = torch.randn(Q, d, generator=g).to(device)
+        contenders = [(f"fmkit[{b}]", (lambda b=b: knn(q, db, k, backend=b)[1]), False) for b in backends]
+        anchors = [("torch mm+topk", lambda: _torch_mm_topk(q, db, k), True)]
+        if device.type == "cuda":
+            anchors.append(("torch cdist+topk", lambda: _torch_cdist_topk(q, db, k), True))
+        if importlib.util.find_spec("faiss") is not None:
+            f = _faiss(q, db, k, device)
+            if f is not None:
+                anchors.append(("faiss IndexFlatL2" if device.type == "cpu" else "faiss knn_gpu", f, True))
+        truth = knn(q, db, k)[1].cpu()
+        exact = {name: bool(torch.equal(fn().cpu(), truth)) for name, fn, _ in contenders + anchors}
+        out.append({
+            "shape": f"Q={Q} N={N} d={d} k={k} fp32",
+            "flops": 2.0 * Q * N * d,
+            "contenders": contenders + anchors,
+            "exact": exact,
+            "repeats": 3,
+        })
+    return out
