@@ -101,7 +101,7 @@ def to_torch(x: Any, name: str) -> tuple[torch.Tensor, Callable[[torch.Tensor], 
         return x, lambda t: t
     module = type(x).__module__.split(".")[0]
     if module == "numpy":
-        return torch.from_numpy(x), lambda t: t.numpy(force=True) if t.requires_grad else t.numpy()
+        return torch.from_numpy(x), lambda t: t.numpy(force=True)
     if module == "cupy":
         import cupy
 
@@ -123,7 +123,7 @@ def check_finite(x: torch.Tensor, name: str, limit: float) -> None:
     """Rejects NaN/inf, and magnitudes whose squares would overflow float32 accumulation."""
     if x.numel() == 0:
         return
-    peak = x.detach().abs().max().item()
+    peak = torch.linalg.vector_norm(x.detach(), float("inf")).item()  # max |x| without a temporary
     if not peak <= limit:  # also catches NaN
         what = "NaN or inf" if not torch.isfinite(torch.tensor(peak)) else f"values of magnitude {peak:.3g}"
         raise ValueError(
