@@ -332,3 +332,33 @@ def test_gpu_auto_picks_a_gpu_backend_and_matches_cpu():
     d_cpu, i_cpu = knn(q, db, 10)
     d_gpu, i_gpu = knn(q.cuda(), db.cuda(), 10)
     assert torch.equal(i_gpu.cpu(), i_cpu) and torch.equal(d_gpu.cpu(), d_cpu)
+
+
+def test_device_mismatch_is_a_clear_error():
+    q = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="database: on meta, but queries are on cpu; expected the same device"):
+        knn(q, torch.empty(10, 4, device="meta"), 2)
+
+
+def test_bench_cli_quick_table_json_and_plot(tmp_path, monkeypatch, capsys):
+    """`fmkit bench` end to end on a tiny case list (the real sizes are for benchmarks, not tests)."""
+    from fmkit import bench, cli
+    from fmkit.bench import knn as knn_cases
+
+    real_cases = knn_cases.cases
+
+    def tiny(device, quick):
+        return real_cases(device, quick, shapes=[(8, 300, 16, 3)])
+
+    monkeypatch.setattr(knn_cases, "cases", tiny)
+    monkeypatch.setattr(bench, "measured_fp32_peak", lambda device: 1.0)
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    assert cli.main(["bench", "--quick", "--op", "knn", "--device", "cpu", "--json", str(out_json), "--plot", str(out_png)]) == 0
+    table = capsys.readouterr().out
+    assert "fmkit[cpu]" in table and "torch mm+topk" in table
+    import json
+
+    rows = json.loads(out_json.read_text())["rows"]
+    assert {r["contender"] for r in rows} >= {"fmkit[cpu]", "torch mm+topk"}
+    assert all(r["exact"] for r in rows if r["contender"].startswith("fmkit"))
+    assert out_png.stat().st_size > 1000

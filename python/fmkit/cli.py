@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--op", action="append", help="benchmark only this op (repeatable)")
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     bench.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    bench.add_argument("--plot", default=None, metavar="PNG", help="also draw the timings as a bar chart")
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"--op: unknown op(s) {unknown}; registered: {sorted(fbench.REGISTRY)}")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        fbench.run(ops, args.quick, device, args.json)
+        fbench.run(ops, args.quick, device, args.json, args.plot)
         return 0
     return 1
 

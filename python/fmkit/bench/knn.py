@@ -35,6 +35,8 @@ def _faiss(q, db, k, device):
     if device.type == "cuda":
         if not hasattr(faiss, "StandardGpuResources"):
             return None
+        import faiss.contrib.torch_utils  # noqa: F401  (lets faiss take torch CUDA tensors in place)
+
         res = faiss.StandardGpuResources()
         return lambda: faiss.knn_gpu(res, q, db, k)[1]
     index = faiss.IndexFlatL2(d)
@@ -43,38 +45,43 @@ def _faiss(q, db, k, device):
     return lambda: torch.from_numpy(index.search(qn, k)[1])
 
 
-def cases(device: torch.device, quick: bool):
+# (Q, N, d, k); the full sizes are the acceptance shapes of the spec (calibration_knn.md §7, §9).
+SHAPES = {
+    ("cpu", "quick"): [(2048, 100_000, 128, 10)],
+    ("cpu", "full"): [(2048, 100_000, 128, 10), (2048, 100_000, 128, 100), (512, 100_000, 128, 1024),
+                      (1024, 25_000, 768, 10)],
+    ("cuda", "quick"): [(4096, 200_000, 128, 10)],
+    ("cuda", "full"): [(16384, 1_000_000, 128, 10), (16384, 1_000_000, 128, 100), (16384, 1_000_000, 128, 1024),
+                       (16384, 1_000_000, 768, 10), (25_000, 25_000, 1024, 10)],
+}
+
+
+def cases(device: torch.device, quick: bool, shapes: list[tuple[int, int, int, int]] | None = None):
+    """Benchmark cases; `shapes` ((Q, N, d, k), ...) overrides the embedded sizes."""
+    on_cuda = device.type == "cuda"
+    if shapes is None:
+        shapes = SHAPES[("cuda" if on_cuda else "cpu", "quick" if quick else "full")]
+    backends = [b for b in ("cuda", "triton") if _backend._available(b, True)] if on_cuda else ["cpu"]
+    return [_case(Q, N, d, k, device, backends) for Q, N, d, k in shapes]
+
+
+def _case(Q, N, d, k, device, backends):
+    g = torch.Generator().manual_seed(0)
+    db = torch.randn(N, d, generator=g).to(device)
+    q = torch.randn(Q, d, generator=g).to(device)
+    contenders = [(f"fmkit[{b}]", (lambda b=b: knn(q, db, k, backend=b)[1]), False) for b in backends]
+    anchors = [("torch mm+topk", lambda: _torch_mm_topk(q, db, k), True)]
     if device.type == "cuda":
-        shapes = [(4096, 200_000, 128, 10)] if quick else [
-            (16384, 1_000_000, 128, 10), (16384, 1_000_000, 128, 100), (16384, 1_000_000, 128, 1024),
-            (16384, 1_000_000, 768, 10), (25_000, 25_000, 1024, 10),
-        ]
-        backends = [b for b in ("cuda", "triton") if _backend._available(b, True)]
-    else:
-        shapes = [(2048, 100_000, 128, 10)] if quick else [
-            (2048, 100_000, 128, 10), (2048, 100_000, 128, 100), (512, 100_000, 128, 1024), (1024, 25_000, 768, 10),
-        ]
-        backends = ["cpu"]
-    out = []
-    for Q, N, d, k in shapes:
-        g = torch.Generator().manual_seed(0)
-        db = torch.randn(N, d, generator=g).to(device)
-        q = torch.randn(Q, d, generator=g).to(device)
-        contenders = [(f"fmkit[{b}]", (lambda b=b: knn(q, db, k, backend=b)[1]), False) for b in backends]
-        anchors = [("torch mm+topk", lambda: _torch_mm_topk(q, db, k), True)]
-        if device.type == "cuda":
-            anchors.append(("torch cdist+topk", lambda: _torch_cdist_topk(q, db, k), True))
-        if importlib.util.find_spec("faiss") is not None:
-            f = _faiss(q, db, k, device)
-            if f is not None:
-                anchors.append(("faiss IndexFlatL2" if device.type == "cpu" else "faiss knn_gpu", f, True))
-        truth = knn(q, db, k)[1].cpu()
-        exact = {name: bool(torch.equal(fn().cpu(), truth)) for name, fn, _ in contenders + anchors}
-        out.append({
-            "shape": f"Q={Q} N={N} d={d} k={k} fp32",
-            "flops": 2.0 * Q * N * d,
-            "contenders": contenders + anchors,
-            "exact": exact,
-            "repeats": 3,
-        })
-    return out
+        anchors.append(("torch cdist+topk", lambda: _torch_cdist_topk(q, db, k), True))
+    if importlib.util.find_spec("faiss") is not None:
+        f = _faiss(q, db, k, device)
+        if f is not None:
+            anchors.append(("faiss IndexFlatL2" if device.type == "cpu" else "faiss knn_gpu", f, True))
+    truth = knn(q, db, k)[1].cpu()
+    return {
+        "shape": f"Q={Q} N={N} d={d} k={k} fp32",
+        "flops": 2.0 * Q * N * d,
+        "contenders": contenders + anchors,
+        "exact": {name: bool(torch.equal(fn().cpu(), truth)) for name, fn, _ in contenders + anchors},
+        "repeats": 3,
+    }
