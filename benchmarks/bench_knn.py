@@ -19,7 +19,10 @@ def _quick_contenders():
     return [(case["shape"], name, fn) for case in knn_cases.cases(device, quick=True) for name, fn, _ in case["contenders"]]
 
 
-@pytest.mark.parametrize("shape,name,fn", _quick_contenders() if "pytest" in sys.modules else [])
+_CASES = _quick_contenders() if "pytest" in sys.modules else []
+
+
+@pytest.mark.parametrize("shape,name,fn", _CASES, ids=[f"{shape}|{name}" for shape, name, _ in _CASES])
 def test_knn(benchmark, shape, name, fn):
     benchmark.group = shape
     benchmark.name = name

@@ -31,7 +31,8 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 GPU_BACKEND_ORDER = ("cuda", "triton")
 VALUE_LIMIT = 1e15  # |x| above this could overflow float32 squared norms
 _RERANK_ELEMENTS = 1 << 23  # float64 elements per re-rank chunk (64 MB)
-_TILE_ELEMENTS = 1 << 24  # score elements per tile in the tiled (triton / torch) path
+# Score elements per tile in the tiled (triton / torch) path: 256 MB on a GPU, 16 MB on a CPU.
+_TILE_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 22}
 
 # Rows recomputed by the float64 reference since import (exposed for tests and benchmarks).
 fallback_rows = 0
@@ -254,7 +255,7 @@ def tiled_candidates(queries, database, center, metric, kprime, self_offset, sco
     Q = queries.shape[0]
     N = database.shape[0]
     q_chunk = min(Q, 4096)
-    n_chunk = max(kprime, _TILE_ELEMENTS // q_chunk)
+    n_chunk = max(kprime, _TILE_ELEMENTS.get(queries.device.type, 1 << 22) // q_chunk)
     scores, indices = [], []
     for q0 in range(0, Q, q_chunk):
         x = queries[q0 : q0 + q_chunk]
