@@ -21,6 +21,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "ops/knn.h"
 
@@ -29,7 +32,7 @@ namespace {
 
 #if defined(__AVX512F__)
 constexpr int VW = 16;  // floats per vector register
-constexpr int MR = 8;   // 16 accumulators + 2 panel loads + 1 broadcast fit in 32 zmm registers
+constexpr int MR = 12;  // 24 accumulators + 2 panel loads + 1 broadcast fit in 32 zmm registers
 #elif defined(__AVX__) || defined(__ARM_NEON)
 constexpr int VW = 8;
 constexpr int MR = 6;   // 12 accumulators in 16 ymm registers
@@ -38,8 +41,29 @@ constexpr int VW = 4;
 constexpr int MR = 6;
 #endif
 constexpr int NR = 2 * VW;  // database columns per micro-tile
-constexpr int QB = 16 * MR;  // query rows per work item
+// Query rows per work item: as many as keep every thread busy with two items, up to
+// kMaxQueryBlock, because each item re-packs the database (a 1/QB overhead).
+constexpr int kMaxQueryBlock = 64 * MR;
 typedef float vfloat __attribute__((vector_size(VW * sizeof(float))));
+
+// True if any lane of a or b is below t. This runs once per row of every micro-tile, so it
+// must be a compare + mask test, not a loop over lanes.
+inline bool any_below(vfloat a, vfloat b, float t) {
+#if defined(__AVX512F__)
+  const __m512 vt = _mm512_set1_ps(t);
+  return (_mm512_cmp_ps_mask(reinterpret_cast<__m512&>(a), vt, _CMP_LT_OQ) |
+          _mm512_cmp_ps_mask(reinterpret_cast<__m512&>(b), vt, _CMP_LT_OQ)) != 0;
+#elif defined(__AVX__)
+  const __m256 vt = _mm256_set1_ps(t);
+  return _mm256_movemask_ps(_mm256_or_ps(_mm256_cmp_ps(reinterpret_cast<__m256&>(a), vt, _CMP_LT_OQ),
+                                         _mm256_cmp_ps(reinterpret_cast<__m256&>(b), vt, _CMP_LT_OQ))) != 0;
+#else
+  const auto pass = (a < t) | (b < t);
+  bool any = false;
+  for (int c = 0; c < VW; ++c) any |= pass[c] != 0;
+  return any;
+#endif
+}
 
 struct Candidate {
   float score;
@@ -152,13 +176,9 @@ inline void micro_tile(const float* qrows, int64_t d, const float* panel, const 
     BoundedHeap& heap = heaps[r];
     const vfloat s0 = pb.norm_weight * n0 + pb.dot_weight * acc[r][0];
     const vfloat s1 = pb.norm_weight * n1 + pb.dot_weight * acc[r][1];
-    const float thr = heap.threshold();
     // Columns arrive in increasing index order, so an equal score never displaces a
     // kept candidate: a strict comparison is exact.
-    const auto pass = (s0 < thr) | (s1 < thr);
-    bool any = false;
-    for (int c = 0; c < VW; ++c) any |= pass[c] != 0;
-    if (!any) continue;
+    if (!any_below(s0, s1, heap.threshold())) continue;
     const int64_t self = pb.self_offset >= 0 ? query0 + r + pb.self_offset : -1;
     for (int c = 0; c < NR; ++c) {
       const float s = c < VW ? s0[c] : s1[c - VW];
@@ -205,6 +225,8 @@ void search_item(const Problem& pb, int64_t q0, int64_t q_rows, int64_t db0, int
 
 template <typename T>
 void run(const Problem& pb, Candidate* result, int num_threads) {
+  const int64_t per_thread = (pb.Q + 2 * num_threads - 1) / (2 * num_threads);
+  const int64_t QB = std::max<int64_t>(MR, std::min<int64_t>(kMaxQueryBlock, (per_thread + MR - 1) / MR * MR));
   const int64_t n_qblocks = (pb.Q + QB - 1) / QB;
   const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(
       num_threads > n_qblocks ? (num_threads + n_qblocks - 1) / n_qblocks : 1, pb.N / std::max<int64_t>(pb.kprime, NR)));
