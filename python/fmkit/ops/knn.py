@@ -30,7 +30,7 @@ METRICS = ("l2", "ip")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 GPU_BACKEND_ORDER = ("cuda", "triton")
 VALUE_LIMIT = 1e15  # |x| above this could overflow float32 squared norms
-_RERANK_ELEMENTS = 1 << 23  # float64 elements per re-rank chunk (64 MB)
+_RERANK_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 23}  # float64 elements per torch re-rank chunk
 # Score elements per tile in the tiled (triton / torch) path: 256 MB on a GPU, 16 MB on a CPU.
 _TILE_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 22}
 
@@ -187,7 +187,7 @@ def rerank(queries, database, cand, k, metric, cpu_kernels):
             dl(queries), dl(database), dl(cand.contiguous()), metric, dl(dist_out), dl(idx_out), _backend.cpu_threads()
         )
         return dist_out, idx_out
-    chunk = max(1, _RERANK_ELEMENTS // (kprime * d))
+    chunk = max(1, _RERANK_ELEMENTS.get(queries.device.type, 1 << 23) // (kprime * d))
     for q0 in range(0, Q, chunk):
         x64 = queries[q0 : q0 + chunk].to(torch.float64)
         c = cand[q0 : q0 + chunk]
