@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "ops/gaussian_kde.h"
 #include "ops/knn.h"
 #include "tensor.h"
 
@@ -90,6 +91,16 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("queries"), py::arg("database"), py::arg("candidates"), py::arg("metric"), py::arg("out_dist"),
       py::arg("out_index"), py::arg("num_threads"), "Float64 re-rank of kNN candidates, sorted by (distance, index).");
+
+  m.def(
+      "gaussian_kernel_sum_cpu",
+      [](py::capsule queries, py::capsule points_t, py::capsule out, int num_threads) {
+        auto q = borrow(queries, "queries"), p = borrow(points_t, "points_t"), o = borrow(out, "out");
+        py::gil_scoped_release release;
+        fmkit::gaussian_kernel_sum_cpu(q.tensor(), p.tensor(), o.tensor(), num_threads);
+      },
+      py::arg("queries"), py::arg("points_t"), py::arg("out"), py::arg("num_threads"),
+      "out[m] = sum_i exp(-|queries[m] - points[i]|^2), float64 (see csrc/ops/gaussian_kde.h).");
 
 #ifdef FMKIT_WITH_CUDA
   m.def("knn_workspace_bytes_cuda", &fmkit::knn_workspace_bytes_cuda, py::arg("Q"), py::arg("N"), py::arg("d"),

@@ -16,8 +16,37 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     bench.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--plot", default=None, metavar="PNG", help="also draw the timings as a bar chart")
+    cal = sub.add_parser("calibrate", help="ProCal: every calibration method with and without ProCal")
+    cal.add_argument("--val", required=True, metavar="VAL.npz", help="calibration split: logits, labels, features")
+    cal.add_argument("--test", required=True, metavar="TEST.npz", help="test split: logits, labels, features")
+    cal.add_argument("--methods", default="conf,ts,ets,pts,hb,ir,mir",
+                     help="comma-separated subset of conf,ts,ets,pts,hb,ir,mir")
+    cal.add_argument("--k", type=int, default=10, help="neighbours for proximity (default 10)")
+    cal.add_argument("--variant", default="paper", choices=["paper", "reference"], help="proximity definition")
+    cal.add_argument("--backend", default="auto", help="kNN / KDE backend")
+    cal.add_argument("--out", default=None, metavar="DIR", help="write metrics.json, table.txt and plots here")
+    demo = sub.add_parser("demo", help="end-to-end demonstrations on offline data")
+    demo.add_argument("what", choices=["calibration"])
+    demo.add_argument("--out", default="fmkit_demo_calibration", metavar="DIR")
+    demo.add_argument("--seeds", type=int, default=5, help="random splits to average (the paper uses 5)")
     args = parser.parse_args(argv)
 
+    if args.command == "calibrate":
+        from fmkit.calibration import Split, compare_methods
+
+        result = compare_methods(Split.load(args.val), Split.load(args.test),
+                                 [m.strip() for m in args.methods.split(",") if m.strip()],
+                                 k=args.k, variant=args.variant, backend=args.backend)
+        print(result.table())
+        if args.out:
+            for path in result.save(args.out):
+                print("wrote", path)
+        return 0
+    if args.command == "demo":
+        from fmkit.calibration.demo import run_demo
+
+        run_demo(args.out, seeds=args.seeds)
+        return 0
     if args.command == "info":
         import fmkit
 

@@ -16,9 +16,10 @@ from typing import Callable
 
 import torch
 
+from fmkit.bench import calibration as _calibration
 from fmkit.bench import knn as _knn
 
-REGISTRY = {"knn": _knn}
+REGISTRY = {"knn": _knn, "calibration": _calibration}
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
