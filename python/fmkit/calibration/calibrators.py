@@ -524,7 +524,7 @@ class MultiIsotonic(Calibrator):
 
     def transform(self, probs):
         p = self._transform_input(probs)
-        out = self.map_(p.reshape(-1)).reshape(p.shape) + 0 * p
+        out = self.map_(p.reshape(-1)).reshape(p.shape) + 1e-9 * p
         return self._output(probs, out)
 
 
