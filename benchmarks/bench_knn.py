@@ -8,21 +8,13 @@ Both use the cases of fmkit.bench.knn, which is also what `fmkit bench --op knn`
 import sys
 
 import pytest
-import torch
 
-from fmkit import bench
-from fmkit.bench import knn as knn_cases
+from fmkit.bench import quick_contenders
 
-
-def _quick_contenders():
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return [(case["shape"], name, fn) for case in knn_cases.cases(device, quick=True) for name, fn, _ in case["contenders"]]
+CASES = quick_contenders("knn") if "pytest" in sys.modules else []
 
 
-_CASES = _quick_contenders() if "pytest" in sys.modules else []
-
-
-@pytest.mark.parametrize("shape,name,fn", _CASES, ids=[f"{shape}|{name}" for shape, name, _ in _CASES])
+@pytest.mark.parametrize("shape,name,fn", CASES, ids=[f"{shape}|{name}" for shape, name, _ in CASES])
 def test_knn(benchmark, shape, name, fn):
     benchmark.group = shape
     benchmark.name = name

@@ -22,13 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--methods", default="conf,ts,ets,pts,hb,ir,mir",
                      help="comma-separated subset of conf,ts,ets,pts,hb,ir,mir")
     cal.add_argument("--k", type=int, default=10, help="neighbours for proximity (default 10)")
-    cal.add_argument("--variant", default="paper", choices=["paper", "reference"], help="proximity definition")
+    cal.add_argument("--variant", default="reference", choices=["paper", "reference"],
+                     help="proximity definition (default reference: see README, paper vs released code)")
     cal.add_argument("--backend", default="auto", help="kNN / KDE backend")
     cal.add_argument("--out", default=None, metavar="DIR", help="write metrics.json, table.txt and plots here")
     demo = sub.add_parser("demo", help="end-to-end demonstrations on offline data")
     demo.add_argument("what", choices=["calibration"])
     demo.add_argument("--out", default="fmkit_demo_calibration", metavar="DIR")
     demo.add_argument("--seeds", type=int, default=5, help="random splits to average (the paper uses 5)")
+    demo.add_argument("--dataset", action="append", choices=["digits", "mixture"], help="default: both")
     args = parser.parse_args(argv)
 
     if args.command == "calibrate":
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from fmkit.calibration.demo import run_demo
 
-        run_demo(args.out, seeds=args.seeds)
+        run_demo(args.out, seeds=args.seeds, datasets=args.dataset or ("digits", "mixture"))
         return 0
     if args.command == "info":
         import fmkit

@@ -37,6 +37,13 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return statistics.median(times)
 
 
+def quick_contenders(op: str) -> list[tuple[str, str, Callable[[], object]]]:
+    """(shape, contender, callable) of the quick cases of `op`, for pytest-benchmark suites."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return [(case["shape"], name, fn) for case in REGISTRY[op].cases(device, quick=True)
+            for name, fn, _ in case["contenders"]]
+
+
 def measured_fp32_peak(device: torch.device) -> float:
     """fp32 GEMM GFLOP/s of torch.mm on this device, TF32 off: the denominator for '% peak'."""
     n = 4096 if device.type == "cuda" else 1536
@@ -96,12 +103,12 @@ def run(ops: list[str], quick: bool, device: torch.device, json_path: str | None
 
 def print_table(rows, device, peak):
     print(f"\n{device_name(device)} | fp32 GEMM peak (torch.mm, TF32 off, measured now) {peak:.0f} GFLOP/s | {datetime.date.today()}")
-    header = f"{'op':<6} {'shape':<34} {'contender':<22} {'median ms':>10} {'vs best anchor':>15} {'GFLOP/s':>9} {'% mm peak':>9} {'exact':>6}"
+    header = f"{'op':<12} {'shape':<34} {'contender':<22} {'median ms':>10} {'vs best anchor':>15} {'GFLOP/s':>9} {'% mm peak':>9} {'exact':>6}"
     print(header)
     print("-" * len(header))
     for r in rows:
         exact = "" if r["exact"] is None else ("yes" if r["exact"] else "no")
-        print(f"{r['op']:<6} {r['shape']:<34} {r['contender']:<22} {r['median_ms']:>10.2f} "
+        print(f"{r['op']:<12} {r['shape']:<34} {r['contender']:<22} {r['median_ms']:>10.2f} "
               f"{r['speedup_vs_best_anchor']:>14.2f}x {r['gflops']:>9.1f} {r['pct_fp32_peak']:>9.1f} {exact:>6}")
 
 

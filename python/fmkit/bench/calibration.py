@@ -25,11 +25,11 @@ SHAPES = {  # (n_cal, n_test, d, classes)
 def synthetic_split(n: int, d: int, classes: int, device, seed: int):
     """Features with dense and sparse regions, and logits that are over-confident in sparse ones."""
     g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, d, generator=g)
+    centers = 3.0 * torch.randn(classes, d, generator=torch.Generator().manual_seed(1234)) / d**0.5
     y = torch.randint(0, classes, (n,), generator=g)
-    spread = 0.3 + torch.rand(n, generator=g) * 1.5
+    spread = 0.5 + 2.0 * torch.rand(n, generator=g)
     feats = centers[y] + spread[:, None] * torch.randn(n, d, generator=g) / d**0.5
-    logits = 4.0 * feats @ centers.T / d**0.5 + torch.randn(n, classes, generator=g)
+    logits = 0.5 * feats @ centers.T + 1.0 * torch.randn(n, classes, generator=g)
     return logits.to(device), y.to(device), feats.to(device)
 
 

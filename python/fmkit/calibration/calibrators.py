@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ._arrays import as_tensor, check_finite, check_labels, check_same_length, like
+from fmkit.calibration._arrays import as_tensor, check_finite, check_labels, check_same_length, like, unit_interval
 
 __all__ = [
     "Calibrator",
@@ -29,9 +29,6 @@ __all__ = [
     "MultiIsotonic",
     "pool_adjacent_violators",
 ]
-
-# float32 softmax outputs may overshoot [0, 1] by an ulp; anything further out is a caller bug.
-_PROB_TOL = 1e-6
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -46,10 +43,7 @@ def _scores(x: Any, name: str, *, probs: bool) -> torch.Tensor:
                          "pass binary scores as a 1-D array")
     check_finite(name, t)
     if probs:
-        if bool(((t < -_PROB_TOL) | (t > 1 + _PROB_TOL)).any()):
-            bad = t[(t < -_PROB_TOL) | (t > 1 + _PROB_TOL)][0].item()
-            raise ValueError(f"{name}: values must lie in [0, 1], found {bad}")
-        t = t.clamp(0.0, 1.0)
+        t = unit_interval(name, t)
     return t
 
 

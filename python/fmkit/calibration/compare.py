@@ -122,7 +122,7 @@ def _base_calibrator(method: str, seed: int):
     }[method]()
 
 
-def compare_methods(val: Split, test: Split, methods=METHODS, *, k: int = 10, variant: str = "paper",
+def compare_methods(val: Split, test: Split, methods=METHODS, *, k: int = 10, variant: str = "reference",
                     backend: str = "auto", seed: int = 0, progress: bool = True, device=None) -> Comparison:
     """Fits every method on `val`, evaluates on `test`, each with and without ProCal."""
     from tqdm import tqdm

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fmkit.calibration._arrays import as_tensor, check_finite, check_labels, check_same_length, check_unit_interval
+from fmkit.calibration._arrays import as_tensor, check_finite, check_labels, check_same_length, unit_interval
 
 __all__ = ["ece", "ace", "mce", "brier", "piece", "evaluate"]
 
@@ -52,7 +52,7 @@ def _confidences(x: Any, name: str = "confidences") -> torch.Tensor:
     if t.numel() == 0:
         raise ValueError(f"{name}: empty input (need at least one sample)")
     check_finite(name, t)
-    check_unit_interval(name, t)
+    t = unit_interval(name, t)
     return t
 
 
@@ -193,7 +193,7 @@ def _probs_labels(probs, labels, preds=None):
     if p.shape[1] == 0:
         raise ValueError("probs: need at least one class column")
     check_finite("probs", p)
-    check_unit_interval("probs", p)
+    p = unit_interval("probs", p)
     y = as_tensor(labels, "labels", ndim=1, dtype=None, device=p.device)
     check_same_length("probs", p, "labels", y)
     y = check_labels("labels", y, p.shape[1])

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from fmkit.calibration._arrays import as_tensor, check_finite, check_labels, check_same_length, check_unit_interval, like
+from fmkit.calibration._arrays import as_tensor, check_finite, check_labels, check_same_length, like, unit_interval
 from fmkit.ops.gaussian_kde import gaussian_kde
 
 
@@ -32,7 +32,7 @@ from fmkit.ops.gaussian_kde import gaussian_kde
 def _probs_and_preds(probs, preds, name="probs"):
     p = as_tensor(probs, name, ndim=2)
     check_finite(name, p)
-    check_unit_interval(name, p)
+    p = unit_interval(name, p)
     if p.shape[0] == 0:
         raise ValueError(f"{name}: empty input")
     if preds is None:
@@ -48,6 +48,14 @@ def _proximities(proximities, like_tensor, name="proximities"):
     check_same_length("probs", like_tensor, name, d)
     check_finite(name, d)
     return d
+
+
+def _fit_inputs(probs, labels, proximities, preds):
+    """Validated (probs, preds, labels, proximities) tensors for a ProCal fit."""
+    p, pr = _probs_and_preds(probs, preds)
+    y = check_labels("labels", as_tensor(labels, "labels", ndim=1, device=p.device), p.shape[1])
+    check_same_length("probs", p, "labels", y)
+    return p, pr, y, _proximities(proximities, p)
 
 
 def write_confidence(probs: torch.Tensor, column: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
@@ -114,10 +122,7 @@ class DensityRatioCalibrator:
         self.backend = backend
 
     def fit(self, probs: Any, labels: Any, proximities: Any, preds: Any = None):
-        p, pr = _probs_and_preds(probs, preds)
-        y = check_labels("labels", as_tensor(labels, "labels", ndim=1, device=p.device), p.shape[1])
-        check_same_length("probs", p, "labels", y)
-        d = _proximities(proximities, p)
+        p, pr, y, d = _fit_inputs(probs, labels, proximities, preds)
         conf = p.max(dim=1).values
         correct = pr == y
         points = torch.stack([conf, d], dim=1)
@@ -202,10 +207,7 @@ class BinMeanShiftCalibrator:
         self.refit_prox_bins = refit_prox_bins
 
     def fit(self, probs: Any, labels: Any, proximities: Any, preds: Any = None):
-        p, pr = _probs_and_preds(probs, preds)
-        y = check_labels("labels", as_tensor(labels, "labels", ndim=1, device=p.device), p.shape[1])
-        check_same_length("probs", p, "labels", y)
-        d = _proximities(proximities, p)
+        p, pr, y, d = _fit_inputs(probs, labels, proximities, preds)
         self.n_classes_ = p.shape[1]
         if self.mode == "refit":
             self.prox_edges_ = quantile_edges(d, self.refit_prox_bins)
