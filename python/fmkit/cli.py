@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     cal = sub.add_parser("calibrate", help="ProCal: every calibration method with and without ProCal")
     cal.add_argument("--val", required=True, metavar="VAL.npz", help="calibration split: logits, labels, features")
     cal.add_argument("--test", required=True, metavar="TEST.npz", help="test split: logits, labels, features")
-    cal.add_argument("--methods", default="conf,ts,ets,pts,hb,ir,mir",
-                     help="comma-separated subset of conf,ts,ets,pts,hb,ir,mir")
+    cal.add_argument("--methods", default="conf,ts,ets,pts,ptsk,hb,ir,mir",
+                     help="comma-separated subset of conf,ts,ets,pts,ptsk,hb,ir,mir")
     cal.add_argument("--k", type=int, default=10, help="neighbours for proximity (default 10)")
     cal.add_argument("--variant", default="reference", choices=["paper", "reference"],
                      help="proximity definition (default reference: see README, paper vs released code)")

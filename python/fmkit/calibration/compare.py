@@ -5,7 +5,8 @@ This is what `fmkit calibrate` and `fmkit demo calibration` run. Follows the pap
 excluded) and of test points to the calibration set; each base calibrator is fit on the
 calibration split; ProCal adds Density-Ratio on top of the continuous ones (conf, ts, ets,
 pts) and Bin-Mean-Shift on top of the binning ones (hb, ir, mir); metrics are computed on the
-test split with confidence taken at the ORIGINAL model prediction.
+test split with confidence taken at the ORIGINAL model prediction. PTSK (new in the paper)
+is PTS fed the top-5 logits and the 5 nearest neighbours' exp(-distance) values.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from fmkit.calibration.metrics import evaluate
 from fmkit.calibration.procal import BinMeanShiftCalibrator, DensityRatioCalibrator
 from fmkit.calibration.proximity import proximity
 
-CONTINUOUS = ("conf", "ts", "ets", "pts")
+CONTINUOUS = ("conf", "ts", "ets", "pts", "ptsk")
 BINNING = ("hb", "ir", "mir")
 METHODS = CONTINUOUS + BINNING
 METRIC_KEYS = ("ece", "ace", "mce", "brier", "piece", "accuracy")
@@ -116,6 +117,7 @@ def _base_calibrator(method: str, seed: int):
         "ts": TemperatureScaling,
         "ets": EnsembleTemperatureScaling,
         "pts": lambda: ParameterizedTemperatureScaling(seed=seed),
+        "ptsk": lambda: ParameterizedTemperatureScaling(top_k=5, seed=seed),
         "hb": lambda: HistogramBinning(n_bins=10),
         "ir": IsotonicCalibration,
         "mir": MultiIsotonic,
@@ -136,8 +138,9 @@ def compare_methods(val: Split, test: Split, methods=METHODS, *, k: int = 10, va
         raise ValueError(f"test.logits: {t_logits.shape[1]} classes, but val.logits has {v_logits.shape[1]}")
     steps = tqdm(total=2 + len(methods), desc="calibrate", disable=not progress)
     steps.set_postfix_str("proximity (kNN)")
-    v_prox = as_tensor(proximity(v_feat, k=k, variant=variant, backend=backend), "proximity")
-    t_prox = as_tensor(proximity(t_feat, v_feat, k=k, variant=variant, backend=backend), "proximity")
+    v_prox, v_neigh = proximity(v_feat, k=k, variant=variant, backend=backend, return_neighbors=True)
+    t_prox, t_neigh = proximity(t_feat, v_feat, k=k, variant=variant, backend=backend, return_neighbors=True)
+    extra = {"val": v_neigh[:, :5], "test": t_neigh[:, :5]}  # PTSK's per-neighbour inputs
     steps.update(1)
     v_pred, t_pred = v_logits.argmax(1), t_logits.argmax(1)
     v_soft, t_soft = torch.softmax(v_logits, 1), torch.softmax(t_logits, 1)
@@ -157,6 +160,9 @@ def compare_methods(val: Split, test: Split, methods=METHODS, *, k: int = 10, va
         elif method in BINNING:
             cal = _base_calibrator(method, seed).fit(v_soft, v_labels)
             v_probs, t_probs = cal.transform(v_soft), cal.transform(t_soft)
+        elif method == "ptsk":
+            cal = _base_calibrator(method, seed).fit(v_logits, v_labels, extra=extra["val"])
+            v_probs, t_probs = cal.transform(v_logits, extra=extra["val"]), cal.transform(t_logits, extra=extra["test"])
         else:
             cal = _base_calibrator(method, seed).fit(v_logits, v_labels)
             v_probs, t_probs = cal.transform(v_logits), cal.transform(t_logits)
