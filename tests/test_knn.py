@@ -351,7 +351,7 @@ def test_bench_cli_quick_table_json_and_plot(tmp_path, monkeypatch, capsys):
         return real_cases(device, quick, shapes=[(8, 300, 16, 3)])
 
     monkeypatch.setattr(knn_cases, "cases", tiny)
-    monkeypatch.setattr(bench, "measured_fp32_peak", lambda device: 1.0)
+    monkeypatch.setattr(bench, "measured_peak", lambda device, dtype=None: 1.0)
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
     assert cli.main(["bench", "--quick", "--op", "knn", "--device", "cpu", "--json", str(out_json), "--plot", str(out_png)]) == 0
     table = capsys.readouterr().out

@@ -17,9 +17,10 @@ from typing import Callable
 import torch
 
 from fmkit.bench import calibration as _calibration
+from fmkit.bench import contrastive as _contrastive
 from fmkit.bench import knn as _knn
 
-REGISTRY = {"knn": _knn, "calibration": _calibration}
+REGISTRY = {"knn": _knn, "calibration": _calibration, "contrastive": _contrastive}
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -44,11 +45,23 @@ def quick_contenders(op: str) -> list[tuple[str, str, Callable[[], object]]]:
             for name, fn, _ in case["contenders"]]
 
 
-def measured_fp32_peak(device: torch.device) -> float:
-    """fp32 GEMM GFLOP/s of torch.mm on this device, TF32 off: the denominator for '% peak'."""
+def peak_extra_mib(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory one call allocates beyond what was live before it (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def measured_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """GEMM GFLOP/s of torch.mm on this device in `dtype` (TF32 off): the denominator for '% peak'."""
     n = 4096 if device.type == "cuda" else 1536
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     allow = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -68,23 +81,33 @@ def run(ops: list[str], quick: bool, device: torch.device, json_path: str | None
         progress: bool = True):
     from tqdm import tqdm
 
-    peak = measured_fp32_peak(device)
+    peaks = {torch.float32: measured_peak(device)}
+    peak = peaks[torch.float32]
     rows = []
     for op in ops:
         cases = REGISTRY[op].cases(device, quick)
         for case in tqdm(cases, desc=f"bench {op}", disable=not progress):
+            dtype = case.get("peak_dtype", torch.float32)
+            if dtype not in peaks:
+                peaks[dtype] = measured_peak(device, dtype)
             results = {}
             for name, fn, is_anchor in case["contenders"]:
-                ms = timed(fn, device, case.get("repeats", 3))
-                results[name] = (ms, is_anchor)
-            anchors = [ms for ms, is_anchor in results.values() if is_anchor]
+                try:
+                    ms = timed(fn, device, case.get("repeats", 3))
+                    mib = peak_extra_mib(fn, device)
+                except torch.OutOfMemoryError:  # the naive losses cannot run the largest batches
+                    ms, mib = float("nan"), float("nan")
+                    torch.cuda.empty_cache()
+                results[name] = (ms, is_anchor, mib)
+            anchors = [ms for ms, is_anchor, _ in results.values() if is_anchor and ms == ms]
             best_anchor = min(anchors) if anchors else float("nan")
-            for name, (ms, is_anchor) in results.items():
+            for name, (ms, is_anchor, mib) in results.items():
                 gflops = case["flops"] / (ms * 1e-3) / 1e9
                 rows.append({
                     "op": op, "shape": case["shape"], "contender": name, "anchor": is_anchor,
                     "median_ms": ms, "speedup_vs_best_anchor": best_anchor / ms,
-                    "gflops": gflops, "pct_fp32_peak": 100 * gflops / peak,
+                    "gflops": gflops, "pct_peak": 100 * gflops / peaks[dtype], "peak_dtype": str(dtype),
+                    "peak_extra_mib": mib,
                     "exact": case.get("exact", {}).get(name),
                 })
     print_table(rows, device, peak)
@@ -93,7 +116,8 @@ def run(ops: list[str], quick: bool, device: torch.device, json_path: str | None
     if json_path:
         meta = {
             "date": datetime.date.today().isoformat(), "device": device_name(device),
-            "torch": torch.__version__, "triton": _triton_version(), "fp32_peak_gflops": peak,
+            "torch": torch.__version__, "triton": _triton_version(),
+            "gemm_peak_gflops": {str(k): v for k, v in peaks.items()},
             "quick": quick,
         }
         with open(json_path, "w") as f:
@@ -103,13 +127,15 @@ def run(ops: list[str], quick: bool, device: torch.device, json_path: str | None
 
 def print_table(rows, device, peak):
     print(f"\n{device_name(device)} | fp32 GEMM peak (torch.mm, TF32 off, measured now) {peak:.0f} GFLOP/s | {datetime.date.today()}")
-    header = f"{'op':<12} {'shape':<34} {'contender':<22} {'median ms':>10} {'vs best anchor':>15} {'GFLOP/s':>9} {'% mm peak':>9} {'exact':>6}"
+    header = (f"{'op':<12} {'shape':<34} {'contender':<22} {'median ms':>10} {'vs best anchor':>15} {'GFLOP/s':>9} "
+              f"{'% mm peak':>9} {'extra MiB':>9} {'exact':>6}")
     print(header)
     print("-" * len(header))
     for r in rows:
         exact = "" if r["exact"] is None else ("yes" if r["exact"] else "no")
+        mib = "" if r["peak_extra_mib"] is None else f"{r['peak_extra_mib']:.0f}"
         print(f"{r['op']:<12} {r['shape']:<34} {r['contender']:<22} {r['median_ms']:>10.2f} "
-              f"{r['speedup_vs_best_anchor']:>14.2f}x {r['gflops']:>9.1f} {r['pct_fp32_peak']:>9.1f} {exact:>6}")
+              f"{r['speedup_vs_best_anchor']:>14.2f}x {r['gflops']:>9.1f} {r['pct_peak']:>9.1f} {mib:>9} {exact:>6}")
 
 
 def plot(rows, device, path):

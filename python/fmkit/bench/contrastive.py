@@ -1,0 +1,70 @@
+"""Contrastive-loss benchmark: fmkit's fused CLIP / SigLIP loss, forward + backward, against the
+naive materialised loss (open_clip's math; bf16 logits and fp32 logits) and inf-cl where importable.
+
+FLOPs are the useful 6 N^2 d of a forward + backward (one logits GEMM, two gradient GEMMs);
+'% mm peak' is against torch.mm in the input dtype measured in the same run. Extra MiB (CUDA)
+is the peak memory one step allocates beyond its inputs.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+from fmkit.ops import clip_loss
+from fmkit.reference.clip_loss import naive_clip_loss
+
+SHAPES = {  # (N, d, dtype, kind)
+    ("cpu", "quick"): [(2048, 512, torch.float32, "softmax")],
+    ("cpu", "full"): [(4096, 512, torch.float32, "softmax"), (4096, 512, torch.float32, "sigmoid")],
+    ("cuda", "quick"): [(8192, 768, torch.bfloat16, "softmax")],
+    ("cuda", "full"): [(n, 768, torch.bfloat16, kind) for kind in ("softmax", "sigmoid")
+                       for n in (8192, 32768, 65536)] + [(262144, 768, torch.bfloat16, "softmax")],
+}
+
+
+def _step(loss_fn, x, y, s, b):
+    def run():
+        for t in (x, y, s, b):
+            if t is not None:
+                t.grad = None
+        loss_fn().backward()
+    return run
+
+
+def _inf_cl(x, y, s):
+    from inf_cl import cal_inf_loss
+
+    labels = torch.arange(x.shape[0], device=x.device)
+    return lambda: ((cal_inf_loss(x, y, labels, s) + cal_inf_loss(y, x, labels, s)) / 2).mean()
+
+
+def cases(device: torch.device, quick: bool, shapes=None):
+    on_cuda = device.type == "cuda"
+    shapes = shapes or SHAPES[("cuda" if on_cuda else "cpu", "quick" if quick else "full")]
+    return [_case(n, d, dtype, kind, device) for n, d, dtype, kind in shapes]
+
+
+def _case(n, d, dtype, kind, device):
+    g = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(n, d, generator=g), dim=1).to(device, dtype).requires_grad_()
+    y = F.normalize(torch.randn(n, d, generator=g), dim=1).to(device, dtype).requires_grad_()
+    s = torch.tensor(14.3 if kind == "softmax" else 10.0, device=device, requires_grad=True)
+    b = torch.tensor(-10.0, device=device, requires_grad=True) if kind == "sigmoid" else None
+    fused = _step(lambda: clip_loss(x, y, s, logit_bias=b, kind=kind), x, y, s, b)
+    contenders = [(f"fmkit fused ({kind})", fused, False)]
+    if n <= 65536:
+        contenders.append(("naive, fp32 logits", _step(lambda: naive_clip_loss(x, y, s, b, kind, torch.float32),
+                                                        x, y, s, b), True))
+        if dtype != torch.float32:
+            contenders.append(("naive, bf16 logits", _step(lambda: naive_clip_loss(x, y, s, b, kind), x, y, s, b), True))
+    if kind == "softmax" and device.type == "cuda" and importlib.util.find_spec("inf_cl") is not None:
+        contenders.append(("inf-cl (2 directions)", _step(_inf_cl(x, y, s), x, y, s, None), True))
+    return {
+        "shape": f"N={n} d={d} {str(dtype).replace('torch.', '')} {kind}",
+        "flops": 6.0 * n * n * d,
+        "contenders": contenders,
+        "peak_dtype": dtype,
+        "repeats": 3,
+    }
