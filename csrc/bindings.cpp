@@ -3,8 +3,10 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
+#include "ops/clip_loss.h"
 #include "ops/gaussian_kde.h"
 #include "ops/knn.h"
 #include "tensor.h"
@@ -30,6 +32,24 @@ fmkit::KnnMetric parse_metric(const std::string& metric) {
   if (metric == "l2") return fmkit::KnnMetric::l2;
   if (metric == "ip") return fmkit::KnnMetric::ip;
   throw std::invalid_argument("metric: expected 'l2' or 'ip', got '" + metric + "'");
+}
+
+// Like borrow, for an optional argument: None gives nullptr.
+std::unique_ptr<DLPackHandle> borrow_optional(const py::object& obj, const char* name) {
+  if (obj.is_none()) return nullptr;
+  if (!PyCapsule_IsValid(obj.ptr(), "dltensor"))
+    throw std::invalid_argument(std::string(name) + ": expected an unconsumed DLPack capsule or None");
+  auto* managed = static_cast<fmkit::dl::ManagedTensor*>(PyCapsule_GetPointer(obj.ptr(), "dltensor"));
+  PyCapsule_SetName(obj.ptr(), "used_dltensor");
+  return std::make_unique<DLPackHandle>(managed, name);
+}
+
+const fmkit::Tensor* tensor_or_null(const std::unique_ptr<DLPackHandle>& h) { return h ? &h->tensor() : nullptr; }
+
+fmkit::ContrastiveKind parse_contrastive_kind(const std::string& kind) {
+  if (kind == "softmax") return fmkit::ContrastiveKind::softmax;
+  if (kind == "sigmoid") return fmkit::ContrastiveKind::sigmoid;
+  throw std::invalid_argument("kind: expected 'softmax' or 'sigmoid', got '" + kind + "'");
 }
 
 }  // namespace
@@ -101,6 +121,39 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("queries"), py::arg("points_t"), py::arg("out"), py::arg("num_threads"),
       "out[m] = sum_i exp(-|queries[m] - points[i]|^2), float64 (see csrc/ops/gaussian_kde.h).");
+
+  m.def(
+      "contrastive_forward_cpu",
+      [](py::capsule x, py::capsule y, float scale, float bias, const std::string& kind, py::capsule out_row,
+         py::object out_col, int num_threads) {
+        const auto k = parse_contrastive_kind(kind);
+        auto xh = borrow(x, "x"), yh = borrow(y, "y"), r = borrow(out_row, "out_row");
+        auto c = borrow_optional(out_col, "out_col");
+        py::gil_scoped_release release;
+        fmkit::contrastive_forward_cpu(xh.tensor(), yh.tensor(), scale, bias, k, r.tensor(), tensor_or_null(c),
+                                       num_threads);
+      },
+      py::arg("x"), py::arg("y"), py::arg("scale"), py::arg("bias"), py::arg("kind"), py::arg("out_row"),
+      py::arg("out_col"), py::arg("num_threads"),
+      "Row (and column) LSE or row softplus sums of scale * x y^T + bias (contract in csrc/ops/clip_loss.h).");
+  m.def(
+      "contrastive_backward_cpu",
+      [](py::capsule x, py::capsule y, float scale, float bias, const std::string& kind, py::capsule row,
+         py::object col, py::capsule w_row, py::object w_col, py::capsule out_dx, py::capsule out_dy,
+         py::capsule out_stats, int num_threads) {
+        const auto k = parse_contrastive_kind(kind);
+        auto xh = borrow(x, "x"), yh = borrow(y, "y"), r = borrow(row, "row"), wr = borrow(w_row, "w_row");
+        auto c = borrow_optional(col, "col"), wc = borrow_optional(w_col, "w_col");
+        auto dx = borrow(out_dx, "out_dx"), dy = borrow(out_dy, "out_dy"), st = borrow(out_stats, "out_stats");
+        py::gil_scoped_release release;
+        fmkit::contrastive_backward_cpu(xh.tensor(), yh.tensor(), scale, bias, k, r.tensor(), tensor_or_null(c),
+                                        wr.tensor(), tensor_or_null(wc), dx.tensor(), dy.tensor(), st.tensor(),
+                                        num_threads);
+      },
+      py::arg("x"), py::arg("y"), py::arg("scale"), py::arg("bias"), py::arg("kind"), py::arg("row"), py::arg("col"),
+      py::arg("w_row"), py::arg("w_col"), py::arg("out_dx"), py::arg("out_dy"), py::arg("out_stats"),
+      py::arg("num_threads"),
+      "out_dx = scale G y, out_dy = scale G^T x, out_stats = (sum G<x,y>, sum G) (contract in csrc/ops/clip_loss.h).");
 
 #ifdef FMKIT_WITH_CUDA
   m.def("knn_workspace_bytes_cuda", &fmkit::knn_workspace_bytes_cuda, py::arg("Q"), py::arg("N"), py::arg("d"),
