@@ -33,25 +33,17 @@
 #include <omp.h>
 #endif
 
+#include "cpu/simd.h"
 #include "ops/clip_loss.h"
 
 namespace fmkit {
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int VW = 16;  // floats per vector register
-constexpr int MR = 12;  // 24 accumulators + 2 panel loads + 1 broadcast fit in 32 zmm registers
-constexpr int NV = 2;
-#elif defined(__AVX__) || defined(__ARM_NEON)
-constexpr int VW = 8;
-constexpr int MR = 6;   // 12 accumulators in 16 ymm registers
-constexpr int NV = 2;
-#else
-constexpr int VW = 4;
-constexpr int MR = 6;
-constexpr int NV = 2;
-#endif
-constexpr int NR = NV * VW;  // columns of one micro-tile
+using simd::MR;
+using simd::NR;
+using simd::VW;
+using simd::load_as_float;
+constexpr int NV = NR / VW;  // vector registers per micro-tile row
 constexpr int64_t gcd_(int64_t a, int64_t b) { return b == 0 ? a : gcd_(b, a % b); }
 // The strip's column count must be a multiple of NR (micro-tile columns of S) and of MR (the
 // dY product walks the strip's columns in groups of MR).
@@ -63,7 +55,7 @@ constexpr int64_t BN = ((384 + kColQuantum - 1) / kColQuantum) * kColQuantum;
 // stored once per block): 16 MR was ~7% faster than 8 MR in the backward at N = 4096, d = 512.
 constexpr int64_t kMaxBM = 16 * MR;
 
-typedef float vfloat __attribute__((vector_size(VW * sizeof(float))));
+using simd::vfloat;
 typedef int32_t vint __attribute__((vector_size(VW * sizeof(int32_t))));
 
 inline vfloat splat(float v) { return vfloat{} + v; }
@@ -147,12 +139,6 @@ inline vint lane_mask(int64_t rem) {
   return m;
 }
 
-template <typename T> inline float load_as_float(const T* p);
-template <> inline float load_as_float<float>(const float* p) { return *p; }
-struct f16_tag { uint16_t bits; };
-struct bf16_tag { uint16_t bits; };
-template <> inline float load_as_float<f16_tag>(const f16_tag* p) { return half_to_float(p->bits); }
-template <> inline float load_as_float<bf16_tag>(const bf16_tag* p) { return bf16_to_float(p->bits); }
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
@@ -529,8 +515,8 @@ void contrastive_forward_cpu(const Tensor& x, const Tensor& y, float scale, floa
   const int threads = clamp_threads(num_threads);
   switch (x.dtype) {
     case DType::f32: forward_impl<float>(x, y, scale, bias, kind, out_row, out_col, threads); break;
-    case DType::f16: forward_impl<f16_tag>(x, y, scale, bias, kind, out_row, out_col, threads); break;
-    default: forward_impl<bf16_tag>(x, y, scale, bias, kind, out_row, out_col, threads); break;
+    case DType::f16: forward_impl<simd::f16>(x, y, scale, bias, kind, out_row, out_col, threads); break;
+    default: forward_impl<simd::bf16>(x, y, scale, bias, kind, out_row, out_col, threads); break;
   }
 }
 
@@ -566,8 +552,8 @@ void contrastive_backward_cpu(const Tensor& x, const Tensor& y, float scale, flo
   double st[2];
   switch (x.dtype) {
     case DType::f32: backward_impl<float>(x, y, ba, out_dx.ptr<float>(), out_dy.ptr<float>(), st, threads); break;
-    case DType::f16: backward_impl<f16_tag>(x, y, ba, out_dx.ptr<float>(), out_dy.ptr<float>(), st, threads); break;
-    default: backward_impl<bf16_tag>(x, y, ba, out_dx.ptr<float>(), out_dy.ptr<float>(), st, threads); break;
+    case DType::f16: backward_impl<simd::f16>(x, y, ba, out_dx.ptr<float>(), out_dy.ptr<float>(), st, threads); break;
+    default: backward_impl<simd::bf16>(x, y, ba, out_dx.ptr<float>(), out_dy.ptr<float>(), st, threads); break;
   }
   stats[0] = st[0];
   stats[stats_stride] = st[1];

@@ -25,26 +25,20 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu/simd.h"
 #include "ops/knn.h"
 
 namespace fmkit {
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int VW = 16;  // floats per vector register
-constexpr int MR = 12;  // 24 accumulators + 2 panel loads + 1 broadcast fit in 32 zmm registers
-#elif defined(__AVX__) || defined(__ARM_NEON)
-constexpr int VW = 8;
-constexpr int MR = 6;   // 12 accumulators in 16 ymm registers
-#else
-constexpr int VW = 4;
-constexpr int MR = 6;
-#endif
-constexpr int NR = 2 * VW;  // database columns per micro-tile
+using simd::MR;
+using simd::NR;
+using simd::VW;
+using simd::vfloat;
+using simd::load_as_float;
 // Query rows per work item: as many as keep every thread busy with two items, up to
 // kMaxQueryBlock, because each item re-packs the database (a 1/QB overhead).
 constexpr int kMaxQueryBlock = 64 * MR;
-typedef float vfloat __attribute__((vector_size(VW * sizeof(float))));
 
 // True if any lane of a or b is below t. This runs once per row of every micro-tile, so it
 // must be a compare + mask test, not a loop over lanes.
@@ -100,12 +94,6 @@ struct BoundedHeap {
   void sort() { std::sort(items, items + capacity, before); }
 };
 
-template <typename T> inline float load_as_float(const T* p);
-template <> inline float load_as_float<float>(const float* p) { return *p; }
-struct f16_tag { uint16_t bits; };
-struct bf16_tag { uint16_t bits; };
-template <> inline float load_as_float<f16_tag>(const f16_tag* p) { return half_to_float(p->bits); }
-template <> inline float load_as_float<bf16_tag>(const bf16_tag* p) { return bf16_to_float(p->bits); }
 
 struct Problem {
   const void* queries; int64_t q_stride0, q_stride1;
@@ -354,8 +342,8 @@ void knn_center_radius_cpu(const Tensor& database, KnnMetric metric, const Tenso
   const int threads = std::max(1, num_threads);
   switch (database.dtype) {
     case DType::f32: center_and_radius<float>(database, centred, out_center.ptr<float>(), out_radius.ptr<double>(), threads); break;
-    case DType::f16: center_and_radius<f16_tag>(database, centred, out_center.ptr<float>(), out_radius.ptr<double>(), threads); break;
-    default: center_and_radius<bf16_tag>(database, centred, out_center.ptr<float>(), out_radius.ptr<double>(), threads); break;
+    case DType::f16: center_and_radius<simd::f16>(database, centred, out_center.ptr<float>(), out_radius.ptr<double>(), threads); break;
+    default: center_and_radius<simd::bf16>(database, centred, out_center.ptr<float>(), out_radius.ptr<double>(), threads); break;
   }
 }
 
@@ -381,8 +369,8 @@ void knn_rerank_cpu(const Tensor& queries, const Tensor& database, const Tensor&
   const int threads = std::max(1, num_threads);
   switch (queries.dtype) {
     case DType::f32: rerank<float>(queries, database, cand, kprime, ip, out_dist.ptr<double>(), out_index.ptr<int64_t>(), k, threads); break;
-    case DType::f16: rerank<f16_tag>(queries, database, cand, kprime, ip, out_dist.ptr<double>(), out_index.ptr<int64_t>(), k, threads); break;
-    default: rerank<bf16_tag>(queries, database, cand, kprime, ip, out_dist.ptr<double>(), out_index.ptr<int64_t>(), k, threads); break;
+    case DType::f16: rerank<simd::f16>(queries, database, cand, kprime, ip, out_dist.ptr<double>(), out_index.ptr<int64_t>(), k, threads); break;
+    default: rerank<simd::bf16>(queries, database, cand, kprime, ip, out_dist.ptr<double>(), out_index.ptr<int64_t>(), k, threads); break;
   }
 }
 
@@ -409,8 +397,8 @@ void knn_candidates_cpu(const Tensor& queries, const Tensor& database, const Ten
   const int threads = std::max(1, num_threads);
   switch (queries.dtype) {
     case DType::f32: run<float>(pb, result.data(), threads); break;
-    case DType::f16: run<f16_tag>(pb, result.data(), threads); break;
-    default: run<bf16_tag>(pb, result.data(), threads); break;
+    case DType::f16: run<simd::f16>(pb, result.data(), threads); break;
+    default: run<simd::bf16>(pb, result.data(), threads); break;
   }
   float* scores = out_score.ptr<float>();
   int64_t* indices = out_index.ptr<int64_t>();
