@@ -146,6 +146,24 @@ def _grad_tile(z, r, wr, c, wc, row_ok, col_ok, IS_SOFTMAX: tl.constexpr, HAS_CO
 
 
 @triton.jit
+def _add_product_rows(out_base, out_rows, out_ok, g, src_ptr, src_rows, src_ok, s_row, s_d, D,
+                      PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[out_rows] += g @ src[src_rows], one chunk of d at a time.
+
+    The output rows belong to the calling program alone, so a read-modify-write in fp32 is
+    race-free; a [rows, d] register accumulator would not fit at d = 768.
+    """
+    for d0 in range(0, D, BLOCK_D):
+        rd = d0 + tl.arange(0, BLOCK_D)
+        src = tl.load(src_ptr + src_rows[:, None] * s_row + rd[None, :] * s_d,
+                      mask=src_ok[:, None] & (rd[None, :] < D), other=0.0)
+        ptrs = out_base + out_rows[:, None] * D + rd[None, :]
+        msk = out_ok[:, None] & (rd[None, :] < D)
+        acc = tl.load(ptrs, mask=msk, other=0.0)
+        tl.store(ptrs, _mma(g, src, acc, PREC, UPCAST), mask=msk)
+
+
+@triton.jit
 def _bwd_dx_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, row_ptr, col_ptr, wr_ptr, wc_ptr,
                    dx_ptr, stats_ptr, M, N, D, sxm, sxd, syn, syd, tiles_per_split,
                    IS_SOFTMAX: tl.constexpr, HAS_COL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -177,16 +195,7 @@ def _bwd_dx_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, row_ptr, col_ptr, wr_ptr, 
         gs_acc += tl.sum(g * s, axis=1)
         g_acc += tl.sum(g, axis=1)
         gq = (g * scale).to(y_ptr.dtype.element_ty)
-        # dx rows belong to this program alone: read-modify-write chunk by chunk of d.
-        for d0 in range(0, D, BLOCK_D):
-            rd = d0 + tl.arange(0, BLOCK_D)
-            y = tl.load(y_ptr + rn[:, None] * syn + rd[None, :] * syd,
-                        mask=col_ok[:, None] & (rd[None, :] < D), other=0.0)
-            ptrs = dx_base + rm[:, None] * D + rd[None, :]
-            msk = row_ok[:, None] & (rd[None, :] < D)
-            acc = tl.load(ptrs, mask=msk, other=0.0)
-            acc = _mma(gq, y, acc, PREC, UPCAST)
-            tl.store(ptrs, acc, mask=msk)
+        _add_product_rows(dx_base, rm, row_ok, gq, y_ptr, rn, col_ok, syn, syd, D, PREC, UPCAST, BLOCK_D)
     pid = pid_m * tl.num_programs(1) + pid_s
     tl.store(stats_ptr + 2 * pid, tl.sum(gs_acc, axis=0))
     tl.store(stats_ptr + 2 * pid + 1, tl.sum(g_acc, axis=0))
@@ -221,15 +230,7 @@ def _bwd_dy_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, row_ptr, col_ptr, wr_ptr, 
         s = _dot_tile(x_ptr, y_ptr, rm, rn, M, N, D, sxm, sxd, syn, syd, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D)
         g = _grad_tile(s * scale + bias, r, wr, c, wc, row_ok, col_ok, IS_SOFTMAX, HAS_COL)
         gq = tl.trans((g * scale).to(x_ptr.dtype.element_ty))
-        for d0 in range(0, D, BLOCK_D):
-            rd = d0 + tl.arange(0, BLOCK_D)
-            x = tl.load(x_ptr + rm[:, None] * sxm + rd[None, :] * sxd,
-                        mask=row_ok[:, None] & (rd[None, :] < D), other=0.0)
-            ptrs = dy_base + rn[:, None] * D + rd[None, :]
-            msk = col_ok[:, None] & (rd[None, :] < D)
-            acc = tl.load(ptrs, mask=msk, other=0.0)
-            acc = _mma(gq, x, acc, PREC, UPCAST)
-            tl.store(ptrs, acc, mask=msk)
+        _add_product_rows(dy_base, rn, col_ok, gq, x_ptr, rm, row_ok, sxm, sxd, D, PREC, UPCAST, BLOCK_D)
 
 
 # ---- host side ----
