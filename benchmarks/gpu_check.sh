@@ -18,9 +18,9 @@ echo "build rc=$build_rc in $(( $(date +%s) - start ))s" | tee -a "$OUT/summary.
 [ $build_rc -eq 0 ] || { tail -50 "$OUT/build.log"; exit 1; }
 python3 -m fmkit.cli info | tee -a "$OUT/summary.txt"
 
-timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests -x -p no:cacheprovider >"$OUT/pytest_gpu.log" 2>&1
+timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests -x -p no:cacheprovider >"$OUT/pytest_gpu.log" 2>&1
 echo "pytest -m gpu rc=$?" | tee -a "$OUT/summary.txt"
 tail -15 "$OUT/pytest_gpu.log"
 
-timeout "${BENCH_TIMEOUT:-300}" python3 -m fmkit.cli bench ${BENCH_ARGS:-} --device cuda --json "$OUT/$card.json" 2>&1 | tee "$OUT/bench.log"
+timeout "${BENCH_TIMEOUT:-330}" python3 -m fmkit.cli bench ${BENCH_ARGS:-} --device cuda --json "$OUT/$card.json" 2>&1 | tee "$OUT/bench.log"
 echo "bench rc=${PIPESTATUS[0]}" | tee -a "$OUT/summary.txt"
