@@ -86,7 +86,7 @@ def cpu_threads() -> int:
 
 
 def dlpack(t: torch.Tensor) -> Any:
-    return torch.utils.dlpack.to_dlpack(t)
+    return torch.utils.dlpack.to_dlpack(t.detach())
 
 
 def current_stream(device: torch.device) -> int:
@@ -130,3 +130,16 @@ def check_finite(x: torch.Tensor, name: str, limit: float) -> None:
             f"{name}: contains {what}; expected finite values with |x| <= {limit:.0e} "
             "(pass check_finite=False to skip this check)"
         )
+
+
+def recompute_grads(fn, inputs, grad_output):
+    """Gradients of fn(*inputs) against grad_output by re-running fn under autograd.
+
+    The `torch` backend of an op uses this as its backward: its forward ran without a graph.
+    """
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(t.dtype.is_floating_point) for t in inputs]
+        out = fn(*leaves)
+        wrt = [t for t in leaves if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wrt, grad_output, allow_unused=True))
+    return [next(grads) if t.requires_grad else None for t in leaves]

@@ -1,0 +1,261 @@
+"""Flamingo around any Hugging Face causal LM (open_flamingo v2's `flamingo.py`, `flamingo_lm.py`,
+`factory.py`), with the deliberate differences of the spec (§1.2):
+
+- an `<image>` count above the number of supplied images raises instead of averaging;
+- `generate` encodes each image once and expands the latents across beams (no repeated pixels),
+  and every cross-attention block caches its media K/V at prefill, so decode steps project
+  nothing; the LM's own KV cache is used as usual;
+- the vision encoder is any module mapping pixels (N, 3, H, W) to patch tokens (N, v, d_vis).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from fmkit.flamingo.modules import GatedCrossAttentionBlock, PerceiverResampler
+from fmkit.ops.media_cross_attention import check_media_index
+
+IMAGE_TOKEN = "<image>"
+END_OF_CHUNK_TOKEN = "<|endofchunk|>"
+PAD_TOKEN = "<PAD>"
+# Where each family keeps its decoder layers (open_flamingo's `_infer_decoder_layers_attr_name` idea).
+DECODER_LAYER_PATHS = ("transformer.h", "gpt_neox.layers", "model.layers", "transformer.blocks",
+                       "model.decoder.layers", "transformer.layers")
+
+
+def find_decoder_layers(lm: nn.Module) -> tuple[str, nn.ModuleList]:
+    for path in DECODER_LAYER_PATHS:
+        obj = lm
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return path, obj
+    raise ValueError(f"lang_model: no decoder layer list found at any of {DECODER_LAYER_PATHS}; "
+                     "supported families: GPT-2, GPT-NeoX, LLaMA/Mistral, MPT, OPT")
+
+
+class FlamingoLayer(nn.Module):
+    """Runs the gated cross-attention block (if any) on the hidden states, then the LM layer.
+
+    The LM layer receives every argument unchanged (attention mask, KV cache); the block sees
+    only the hidden states and the conditioning that Flamingo sets on it.
+    """
+
+    def __init__(self, gated_cross_attn_layer: GatedCrossAttentionBlock | None, decoder_layer: nn.Module):
+        super().__init__()
+        self.gated_cross_attn_layer = gated_cross_attn_layer
+        self.decoder_layer = decoder_layer
+        self.media = None
+        self.media_index = None
+        self.use_cached_media = False
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.gated_cross_attn_layer is not None and self.media is not None:
+            hidden_states = self.gated_cross_attn_layer(hidden_states, self.media, self.media_index,
+                                                        self.use_cached_media)
+        return self.decoder_layer(hidden_states, *args, **kwargs)
+
+
+class Flamingo(nn.Module):
+    """vision_encoder -> PerceiverResampler -> gated cross-attention inside `lang_encoder`."""
+
+    def __init__(self, vision_encoder: nn.Module, lang_encoder: nn.Module, *, image_token_id: int,
+                 end_of_chunk_token_id: int, pad_token_id: int, vis_dim: int, cross_attn_every_n_layers: int = 1,
+                 backend: str = "auto"):
+        super().__init__()
+        if cross_attn_every_n_layers < 1:
+            raise ValueError(f"cross_attn_every_n_layers: expected >= 1, got {cross_attn_every_n_layers}")
+        self.vision_encoder = vision_encoder
+        self.perceiver = PerceiverResampler(dim=vis_dim, backend=backend)
+        self.lang_encoder = lang_encoder
+        self.image_token_id = image_token_id
+        self.end_of_chunk_token_id = end_of_chunk_token_id
+        self.pad_token_id = pad_token_id
+        self.cross_attn_every_n_layers = cross_attn_every_n_layers
+        path, layers = find_decoder_layers(lang_encoder)
+        self.decoder_layers_path = path
+        dim = lang_encoder.config.hidden_size
+        blocks = [GatedCrossAttentionBlock(dim=dim, dim_visual=vis_dim, backend=backend)
+                  if (i + 1) % cross_attn_every_n_layers == 0 else None for i in range(len(layers))]
+        lang_encoder.gated_cross_attn_layers = nn.ModuleList(blocks)
+        for i in range(len(layers)):
+            layers[i] = FlamingoLayer(blocks[i], layers[i])
+        self._layers = list(layers)
+        self._media_count = None
+        lang_encoder.register_forward_pre_hook(self._set_media_index, with_kwargs=True)
+        self._freeze()
+
+    # ---- trainable parameters: perceiver, blocks, and the two new embedding rows ----
+    def _freeze(self):
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for p in self.perceiver.parameters():
+            p.requires_grad_(True)
+        for p in self.lang_encoder.gated_cross_attn_layers.parameters():
+            p.requires_grad_(True)
+        emb = self.lang_encoder.get_input_embeddings().weight
+        emb.requires_grad_(True)
+        keep = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
+        keep[[self.image_token_id, self.end_of_chunk_token_id]] = 1
+        emb.register_hook(lambda g: g * keep.to(g.device, g.dtype))
+
+    # ---- conditioning ----
+    def encode_vision_x(self, vision_x: torch.Tensor) -> torch.Tensor:
+        """[B, T_img, F, C, H, W] pixels -> [B, T_img, 64, d_vis] latents (vision encoder frozen)."""
+        if vision_x.dim() != 6:
+            raise ValueError(f"vision_x: expected [B, T_img, F, C, H, W], got shape {list(vision_x.shape)}")
+        b, t, f = vision_x.shape[:3]
+        if f != 1:
+            raise ValueError(f"vision_x: only single-frame media are supported (F = 1), got F = {f}")
+        with torch.no_grad():
+            tokens = self.vision_encoder(vision_x.flatten(0, 2))
+        if tokens.dim() != 3:
+            raise ValueError(f"vision_encoder: expected patch tokens [N, v, d_vis], got shape {list(tokens.shape)}")
+        return self.perceiver(tokens.reshape(b, t, f, *tokens.shape[1:]))
+
+    def _condition(self, latents, use_cached_media=False):
+        for layer in self._layers:
+            layer.media = latents
+            layer.use_cached_media = use_cached_media
+            if layer.gated_cross_attn_layer is not None and not use_cached_media:
+                layer.gated_cross_attn_layer.attn.cached_kv = None
+
+    def _clear(self):
+        for layer in self._layers:
+            layer.media = layer.media_index = None
+            layer.use_cached_media = False
+            if layer.gated_cross_attn_layer is not None:
+                layer.gated_cross_attn_layer.attn.cached_kv = None
+        self._media_count = None
+
+    def _set_media_index(self, module, args, kwargs):
+        """Before every LM call: each token's image index (running `<image>` count)."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None or self._layers[0].media is None:
+            return None
+        counts = torch.cumsum(input_ids == self.image_token_id, dim=1)
+        cache = kwargs.get("past_key_values")
+        decoding = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
+        if decoding and self._media_count is not None:
+            counts = counts + self._media_count[:, None]  # new tokens continue after the prompt's images
+        n_media = self._layers[0].media.shape[1]
+        check_media_index(counts, n_media)
+        self._media_count = counts[:, -1]
+        for layer in self._layers:
+            layer.media_index = counts
+        return None
+
+    # ---- training forward ----
+    def forward(self, vision_x: torch.Tensor, lang_x: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **kwargs):
+        """HF causal-LM output (with `.loss` when labels are given; see `make_labels`)."""
+        if lang_x.dim() != 2:
+            raise ValueError(f"lang_x: expected [B, T] token ids, got shape {list(lang_x.shape)}")
+        if vision_x.shape[0] != lang_x.shape[0]:
+            raise ValueError(f"vision_x: batch {vision_x.shape[0]} does not match lang_x batch {lang_x.shape[0]}")
+        self._condition(self.encode_vision_x(vision_x))
+        try:
+            return self.lang_encoder(input_ids=lang_x, attention_mask=attention_mask, labels=labels, **kwargs)
+        finally:
+            self._clear()
+
+    def make_labels(self, lang_x: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+        """Training labels with the reference's masking (-100 on pad and `<image>` tokens; with
+        `interleaved=True`, MMC4-style, also before the first `<image>` and between each
+        `<|endofchunk|>` and the next `<image>`)."""
+        labels = lang_x.clone()
+        labels[lang_x == self.pad_token_id] = -100
+        if interleaved:
+            for row in range(lang_x.shape[0]):
+                inside = False
+                for i, tok in enumerate(lang_x[row].tolist()):
+                    if tok == self.image_token_id:
+                        inside = True
+                    elif tok == self.end_of_chunk_token_id:
+                        inside = False
+                        continue
+                    if not inside:
+                        labels[row, i] = -100
+        labels[lang_x == self.image_token_id] = -100
+        return labels
+
+    # ---- generation ----
+    @torch.no_grad()
+    def generate(self, vision_x: torch.Tensor, lang_x: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 *, use_media_cache: bool = True, **kwargs) -> torch.Tensor:
+        """HF `generate` conditioned on the images; eos defaults to `<|endofchunk|>`.
+
+        Each image is encoded once and its latents are repeated across `num_beams`; with
+        `use_media_cache` each block projects the media K/V once, at prefill.
+        """
+        num_beams = kwargs.get("num_beams", 1)
+        latents = self.encode_vision_x(vision_x)
+        if num_beams > 1:
+            latents = latents.repeat_interleave(num_beams, dim=0)
+        kwargs.setdefault("eos_token_id", self.end_of_chunk_token_id)
+        kwargs.setdefault("pad_token_id", self.pad_token_id)
+        self._condition(latents, use_cached_media=use_media_cache)
+        try:
+            return self.lang_encoder.generate(input_ids=lang_x, attention_mask=attention_mask, **kwargs)
+        finally:
+            self._clear()
+
+
+def create_flamingo(vision_encoder: nn.Module, lang_model: nn.Module, tokenizer, *, cross_attn_every_n_layers: int = 1,
+                    vis_dim: int | None = None, backend: str = "auto") -> Flamingo:
+    """Wraps a Hugging Face causal LM: adds `<image>`, `<|endofchunk|>` (and `<PAD>` if missing) to
+    the tokenizer, resizes the embeddings, inserts a gated cross-attention block before every
+    layer i with (i + 1) % cross_attn_every_n_layers == 0, and freezes all but the perceiver,
+    the blocks and the two new embedding rows."""
+    if vis_dim is None:
+        vis_dim = getattr(vision_encoder, "output_dim", None) or getattr(vision_encoder, "width", None)
+        if vis_dim is None:
+            raise ValueError("vis_dim: cannot infer the vision token width; pass vis_dim=")
+    tokenizer.add_special_tokens({"additional_special_tokens": [END_OF_CHUNK_TOKEN, IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    lang_model.resize_token_embeddings(len(tokenizer))
+    ids = lambda tok: tokenizer.encode(tok, add_special_tokens=False)[-1]  # noqa: E731 (the reference's rule)
+    return Flamingo(vision_encoder, lang_model, image_token_id=ids(IMAGE_TOKEN),
+                    end_of_chunk_token_id=ids(END_OF_CHUNK_TOKEN), pad_token_id=tokenizer.pad_token_id,
+                    vis_dim=vis_dim, cross_attn_every_n_layers=cross_attn_every_n_layers, backend=backend)
+
+
+def load_openflamingo_state_dict(model: Flamingo, state_dict: dict, strict_trainable: bool = True):
+    """Loads an open_flamingo checkpoint (its parameter names) into `model`.
+
+    fmkit keeps the released module names (`perceiver.*`, `lang_encoder.gated_cross_attn_layers.*`,
+    decoder layers wrapped as `<path>.{i}.gated_cross_attn_layer` / `.decoder_layer`), so the map
+    is by name; the released checkpoints hold only the trained parameters, so frozen LM and
+    vision weights may be absent. Returns (missing, unexpected) key lists; with
+    `strict_trainable`, a missing trainable parameter or any unexpected key raises ValueError.
+    """
+    own = model.state_dict()
+    unexpected = [k for k in state_dict if k not in own]
+    loadable = {k: v for k, v in state_dict.items() if k in own}
+    for k, v in loadable.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise ValueError(f"state_dict: {k} has shape {list(v.shape)}, the model expects {list(own[k].shape)}")
+    missing = [k for k in own if k not in state_dict]
+    if strict_trainable:
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        missing_trainable = [k for k in missing if k in trainable]
+        if unexpected or missing_trainable:
+            raise ValueError(f"state_dict: unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}; "
+                             f"missing trainable keys {missing_trainable[:5]}")
+    model.load_state_dict(loadable, strict=False)
+    return missing, unexpected
+
+
+@contextmanager
+def conditioned(model: Flamingo, vision_x: torch.Tensor):
+    """Conditions the LM on `vision_x` for several calls (log-likelihood evaluation), then clears."""
+    model._condition(model.encode_vision_x(vision_x))
+    try:
+        yield model.lang_encoder
+    finally:
+        model._clear()

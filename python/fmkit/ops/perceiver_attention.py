@@ -1,0 +1,127 @@
+"""Perceiver cross-attention with two-source keys/values: `fmkit.ops.perceiver_attention`.
+
+OpenFlamingo's PerceiverAttention lets the 64 latents of each image attend over
+[LN(media tokens); LN(latents)]. The reference concatenates the two sources for K and V; the
+kernels read them in turn instead (csrc/ops/perceiver_attention.h), with fp32 softmax and the
+log-sum-exp saved for a flash-style backward. Backends: cpu (C++), triton (`auto` on CUDA),
+torch (the reference, any device, also float64).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from fmkit.ops import _backend
+from fmkit.reference.perceiver_attention import perceiver_attention_reference
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+GPU_BACKEND_ORDER = ("triton",)
+
+
+def perceiver_attention(q, k_media, v_media, k_latents, v_latents, *, scale=None, backend="auto"):
+    """softmax(scale q [k_media; k_latents]^T) [v_media; v_latents], without the concatenation.
+
+    q [B, H, L, D]; k_media, v_media [B, H, M, D]; k_latents, v_latents [B, H, L2, D]; same dtype
+    (fp32 / bf16 / fp16; fp64 on the torch backend) and device. scale defaults to 1/sqrt(D).
+    Returns [B, H, L, D] in the input dtype. Differentiable in every input.
+    """
+    names = ("q", "k_media", "v_media", "k_latents", "v_latents")
+    tensors = (q, k_media, v_media, k_latents, v_latents)
+    for name, t in zip(names, tensors):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D [B, H, rows, D] tensor, got "
+                             f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(f"{name}: expected {q.dtype} on {q.device} like q, got {t.dtype} on {t.device}")
+    if q.dtype not in DTYPES:
+        raise ValueError(f"q: expected float32, float16 or bfloat16, got {q.dtype}")
+    B, H, _, D = q.shape
+    for name, t in zip(names[1:], tensors[1:]):
+        if t.shape[0] != B or t.shape[1] != H or t.shape[3] != D:
+            raise ValueError(f"{name}: expected [{B}, {H}, rows, {D}] to match q, got {list(t.shape)}")
+    for a, b in ((1, 2), (3, 4)):
+        if tensors[a].shape != tensors[b].shape:
+            raise ValueError(f"{names[b]}: shape {list(tensors[b].shape)} does not match {names[a]} "
+                             f"{list(tensors[a].shape)}")
+    if k_media.shape[2] + k_latents.shape[2] == 0:
+        raise ValueError("k_media: no keys at all (M + L2 = 0)")
+    _backend.resolve_backend(backend, q.device, "perceiver_attention", GPU_BACKEND_ORDER)
+    if q.dtype == torch.float64 and backend not in ("auto", "torch"):
+        raise ValueError(f"q: float64 runs only on backend='torch', not {backend!r}")
+    scale = float(D ** -0.5 if scale is None else scale)
+    out, _ = torch.ops.fmkit.perceiver_attention(q, k_media, v_media, k_latents, v_latents, scale, backend)
+    return out
+
+
+@torch.library.custom_op("fmkit::perceiver_attention", mutates_args=())
+def _op(q: torch.Tensor, km: torch.Tensor, vm: torch.Tensor, kl: torch.Tensor, vl: torch.Tensor, scale: float,
+        backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _kernels(backend, q).forward(q, km, vm, kl, vl, scale)
+
+
+@_op.register_fake
+def _fake(q, km, vm, kl, vl, scale, backend):
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=acc)
+
+
+def _setup_context(ctx, inputs, output):
+    q, km, vm, kl, vl, scale, backend = inputs
+    ctx.save_for_backward(q, km, vm, kl, vl, *output)
+    ctx.config = (scale, backend)
+
+
+def _backward(ctx, dout, _dlse):
+    q, km, vm, kl, vl, out, lse = ctx.saved_tensors
+    scale, backend = ctx.config
+    grads = _kernels(backend, q).backward(q, km, vm, kl, vl, out, lse, dout, scale)
+    return (*[g.to(t.dtype) for g, t in zip(grads, (q, km, vm, kl, vl))], None, None)
+
+
+_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _torch_forward(q, km, vm, kl, vl, scale):
+    return perceiver_attention_reference(q, km, vm, kl, vl, scale, return_lse=True)
+
+
+def _torch_backward(q, km, vm, kl, vl, out, lse, dout, scale):
+    return _backend.recompute_grads(lambda *t: perceiver_attention_reference(*t, scale), (q, km, vm, kl, vl), dout)
+
+
+class _CpuKernels:
+    @staticmethod
+    def forward(q, km, vm, kl, vl, scale):
+        dl = _backend.dlpack
+        out = torch.empty(q.shape, dtype=q.dtype)
+        lse = torch.empty(q.shape[:3], dtype=torch.float32)
+        _backend._C.perceiver_attention_forward_cpu(dl(q), dl(km), dl(vm), dl(kl), dl(vl), scale, dl(out), dl(lse),
+                                                    _backend.cpu_threads())
+        return out, lse
+
+    @staticmethod
+    def backward(q, km, vm, kl, vl, out, lse, dout, scale):
+        dl = _backend.dlpack
+        grads = [torch.empty(t.shape, dtype=torch.float32) for t in (q, km, vm, kl, vl)]
+        _backend._C.perceiver_attention_backward_cpu(dl(q), dl(km), dl(vm), dl(kl), dl(vl), dl(out), dl(lse),
+                                                     dl(dout), scale, *[dl(g) for g in grads], _backend.cpu_threads())
+        return grads
+
+
+_TorchKernels = SimpleNamespace(forward=_torch_forward, backward=_torch_backward)
+
+
+def _kernels(backend, q):
+    if q.dtype == torch.float64:
+        return _TorchKernels
+    name = _backend.resolve_backend(backend, q.device, "perceiver_attention", GPU_BACKEND_ORDER)
+    if name == "cpu":
+        return _CpuKernels
+    if name == "triton":
+        from fmkit.triton import perceiver_attention as triton_kernels
+
+        return triton_kernels
+    if name == "cuda":
+        raise ValueError("backend='cuda': perceiver_attention has no CUDA kernel; use 'triton' or 'auto'")
+    return _TorchKernels

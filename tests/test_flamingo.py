@@ -1,0 +1,237 @@
+"""fmkit.flamingo: modules against a transcription of open_flamingo's math, a tiny end-to-end model."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from fmkit.flamingo import (  # noqa: E402
+    MaskedCrossAttention,
+    PerceiverAttention,
+    PerceiverResampler,
+    create_flamingo,
+    load_openflamingo_state_dict,
+)
+from fmkit.ops import _backend  # noqa: E402
+
+BACKENDS = ["torch", "cpu"] + (["triton"] if _backend.triton_available() else [])
+CORPUS = ["a photo of a cat", "a dog on the grass", "two birds in the sky", "Output: a red car",
+          "the cat sat on a mat", "a small dog and a big cat"]
+
+
+# ---- transcriptions of the reference math (open_flamingo helpers.py) ----
+
+def reference_perceiver_attention(m, x, latents):
+    x, latents = m.norm_media(x), m.norm_latents(latents)
+    h = m.heads
+    q = m.to_q(latents)
+    kv_input = torch.cat((x, latents), dim=-2)
+    k, v = m.to_kv(kv_input).chunk(2, dim=-1)
+    split = lambda t: t.reshape(*t.shape[:-1], h, -1).transpose(-3, -2)  # noqa: E731
+    q, k, v = split(q) * m.scale, split(k), split(v)
+    sim = q @ k.transpose(-1, -2)
+    sim = sim - sim.amax(dim=-1, keepdim=True).detach()
+    out = sim.softmax(dim=-1) @ v
+    out = out.transpose(-3, -2).flatten(-2)
+    return m.to_out(out)
+
+
+def reference_masked_cross_attention(m, x, media, media_locations):
+    b, t_img, n = media.shape[:3]
+    h = m.heads
+    x = m.norm(x)
+    q = m.to_q(x)
+    k, v = m.to_kv(media.reshape(b, t_img * n, -1)).chunk(2, dim=-1)
+    split = lambda t: t.reshape(*t.shape[:-1], h, -1).transpose(-3, -2)  # noqa: E731
+    q, k, v = split(q) * m.scale, split(k), split(v)
+    sim = q @ k.transpose(-1, -2)
+    text_time = media_locations.cumsum(dim=-1)
+    media_time = torch.arange(t_img) + 1
+    mask = text_time[:, None, :, None] == media_time.repeat_interleave(n)[None, None, None, :]
+    sim = sim.masked_fill(~mask, -torch.finfo(sim.dtype).max)
+    sim = sim - sim.amax(dim=-1, keepdim=True).detach()
+    attn = sim.softmax(dim=-1)
+    attn = attn.masked_fill((text_time == 0)[:, None, :, None], 0.0)
+    out = (attn @ v).transpose(-3, -2).flatten(-2)
+    return m.to_out(out)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_perceiver_attention_matches_reference(backend):
+    torch.manual_seed(0)
+    m = PerceiverAttention(dim=24, dim_head=16, heads=3, backend=backend)
+    x, latents = torch.randn(2, 3, 10, 24), torch.randn(2, 3, 7, 24)
+    torch.testing.assert_close(m(x, latents), reference_perceiver_attention(m, x, latents), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masked_cross_attention_matches_reference(backend):
+    torch.manual_seed(1)
+    m = MaskedCrossAttention(dim=20, dim_visual=12, dim_head=16, heads=2, backend=backend)
+    media = torch.randn(2, 3, 5, 12)
+    x = torch.randn(2, 9, 20)
+    locations = torch.zeros(2, 9, dtype=torch.bool)
+    locations[0, [2, 5, 7]] = True  # text before the first image, then three images
+    locations[1, [0]] = True        # one image only
+    idx = locations.long().cumsum(-1)
+    out = m(x, media, idx)
+    torch.testing.assert_close(out, reference_masked_cross_attention(m, x, media, locations), rtol=1e-4, atol=1e-5)
+    assert (out[0, :2] == 0).all()  # text before any image: exactly zero
+
+
+def test_perceiver_images_are_independent():
+    torch.manual_seed(2)
+    p = PerceiverResampler(dim=16, depth=2, dim_head=8, heads=2, num_latents=4, backend="torch")
+    x = torch.randn(2, 3, 1, 6, 16)
+    base = p(x)
+    x2 = x.clone()
+    x2[1, 2] += torch.randn(1, 6, 16)  # not a constant shift: LayerNorm would remove that
+    changed = (p(x2) - base).abs().amax(dim=(-1, -2))
+    assert changed[1, 2] > 1e-3 and changed.sum() == changed[1, 2]
+
+
+# ---- a tiny end-to-end model ----
+
+class TinyVision(nn.Module):
+    """Pixels (N, 3, 16, 16) -> 16 patch tokens of width 16."""
+
+    output_dim = 16
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, kernel_size=4, stride=4)
+
+    def forward(self, pixels):
+        return self.patch(pixels).flatten(2).transpose(1, 2)
+
+
+def tiny_tokenizer():
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.train_from_iterator(CORPUS, tokenizers.trainers.WordLevelTrainer(special_tokens=["[UNK]", "<eos>"]))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<eos>",
+                                                padding_side="left")
+
+
+def tiny_flamingo(every=1, backend="auto", layers=2):
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=layers, n_head=2)
+    lm = transformers.GPT2LMHeadModel(config)
+    model = create_flamingo(TinyVision(), lm, tokenizer, cross_attn_every_n_layers=every, backend=backend)
+    return model.eval(), tokenizer
+
+
+def batch(tokenizer, texts, images=2):
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    g = torch.Generator().manual_seed(3)
+    vision_x = torch.randn(len(texts), images, 1, 3, 16, 16, generator=g)
+    return vision_x, enc["input_ids"], enc["attention_mask"]
+
+
+def test_special_tokens_placement_and_frozen_parameters():
+    model, tok = tiny_flamingo(every=2, layers=4)
+    assert "<image>" in tok.get_vocab() and "<|endofchunk|>" in tok.get_vocab() and tok.pad_token is not None
+    blocks = model.lang_encoder.gated_cross_attn_layers
+    assert [b is not None for b in blocks] == [False, True, False, True]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("perceiver.") for n in trainable)
+    assert not any(n.startswith("vision_encoder.") for n in trainable)
+    assert not any(".decoder_layer." in n for n in trainable)
+
+
+def test_identity_at_init_and_label_masking():
+    model, tok = tiny_flamingo()
+    vision_x, ids, mask = batch(tok, ["<image> a photo of a cat <|endofchunk|> <image> a dog", "<image> a red car"])
+    with torch.no_grad():
+        out = model(vision_x, ids, mask).logits
+        model._clear()
+        plain = model.lang_encoder(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(out, plain)  # tanh(0) gates: every block is exactly the identity
+    labels = model.make_labels(ids)
+    assert (labels[ids == model.image_token_id] == -100).all() and (labels[ids == model.pad_token_id] == -100).all()
+    inter = model.make_labels(torch.tensor([[5, model.image_token_id, 6, model.end_of_chunk_token_id, 7,
+                                             model.image_token_id, 8]]), interleaved=True)
+    assert inter.tolist() == [[-100, -100, 6, model.end_of_chunk_token_id, -100, -100, 8]]
+
+
+def test_training_step_lowers_loss():
+    model, tok = tiny_flamingo()
+    model.train()
+    vision_x, ids, mask = batch(tok, ["<image> a photo of a cat <|endofchunk|>", "<image> a dog on the grass"], 1)
+    labels = model.make_labels(ids)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss = model(vision_x, ids, mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+    assert model.lang_encoder.gated_cross_attn_layers[0].attn_gate.abs().item() > 0
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_cached_generation_equals_uncached(num_beams):
+    model, tok = tiny_flamingo()
+    with torch.no_grad():
+        for block in model.lang_encoder.gated_cross_attn_layers:  # open the gates so the images matter
+            block.attn_gate.fill_(1.0)
+            block.ff_gate.fill_(0.5)
+        # A peaked output distribution: greedy choices must not hinge on float rounding, which
+        # legitimately differs between the LM's cached and uncached matmul shapes.
+        model.lang_encoder.lm_head.weight.mul_(8.0)
+    vision_x, ids, mask = batch(tok, ["<image> a photo of <|endofchunk|> <image> a", "<image> two birds"])
+    common = dict(max_new_tokens=6, num_beams=num_beams, do_sample=False)
+    cached = model.generate(vision_x, ids, mask, **common)
+    media_uncached = model.generate(vision_x, ids, mask, use_media_cache=False, **common)
+    assert torch.equal(cached, media_uncached)  # identical arithmetic: bitwise
+    if num_beams == 1:
+        # Without the LM's KV cache every step re-runs the whole sequence (and its media indices).
+        # Beam search without the LM cache is not compared: see the open item in the README.
+        uncached = model.generate(vision_x, ids, mask, use_media_cache=False, use_cache=False, **common)
+        assert torch.equal(cached, uncached)
+    assert cached.shape[1] > ids.shape[1]
+    with torch.no_grad():  # and the images matter
+        assert not torch.allclose(model(vision_x, ids, mask).logits, model(vision_x.flip(1), ids, mask).logits)
+
+
+def test_beam_latents_from_one_encoding_equal_repeated_pixels():
+    model, tok = tiny_flamingo()
+    vision_x, _, _ = batch(tok, ["a", "b"])
+    once = model.encode_vision_x(vision_x).repeat_interleave(3, dim=0)
+    repeated = model.encode_vision_x(vision_x.repeat_interleave(3, dim=0))
+    torch.testing.assert_close(once, repeated)
+
+
+def test_bad_inputs():
+    model, tok = tiny_flamingo()
+    vision_x, ids, mask = batch(tok, ["<image> a <image> b <image> c"], images=2)
+    with pytest.raises(ValueError, match="media_index: sample 0 refers to image 3 .* only 2 images"):
+        model(vision_x, ids, mask)
+    with pytest.raises(ValueError, match=r"vision_x: expected \[B, T_img, F, C, H, W\]"):
+        model(vision_x[:, 0], ids, mask)
+    with pytest.raises(ValueError, match="vision_x: batch 1 does not match lang_x batch 2"):
+        model(vision_x, ids.repeat(2, 1), mask.repeat(2, 1))
+
+
+def test_load_released_state_dict_names():
+    model, _ = tiny_flamingo()
+    released = {k: v.clone() + 0.5 for k, v in model.state_dict().items()
+                if k.startswith("perceiver.") or "gated_cross_attn_layer" in k or k.endswith("wte.weight")}
+    assert "perceiver.layers.0.0.to_kv.weight" in released and "perceiver.layers.0.1.3.weight" in released
+    assert "lang_encoder.gated_cross_attn_layers.0.attn.to_q.weight" in released
+    fresh, _ = tiny_flamingo()
+    missing, unexpected = load_openflamingo_state_dict(fresh, released)
+    assert not unexpected
+    torch.testing.assert_close(fresh.perceiver.layers[0][0].to_kv.weight, released["perceiver.layers.0.0.to_kv.weight"])
+    with pytest.raises(ValueError, match="unexpected keys"):
+        load_openflamingo_state_dict(fresh, {**released, "perceiver.bogus": torch.zeros(1)})
+    partial = {k: v for k, v in released.items() if not k.startswith("perceiver.latents")}
+    with pytest.raises(ValueError, match="missing trainable keys"):
+        load_openflamingo_state_dict(copy.deepcopy(fresh), partial)
