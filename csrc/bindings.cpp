@@ -9,6 +9,8 @@
 #include "ops/clip_loss.h"
 #include "ops/gaussian_kde.h"
 #include "ops/knn.h"
+#include "ops/media_cross_attention.h"
+#include "ops/perceiver_attention.h"
 #include "tensor.h"
 
 namespace py = pybind11;
@@ -154,6 +156,70 @@ PYBIND11_MODULE(_C, m) {
       py::arg("w_row"), py::arg("w_col"), py::arg("out_dx"), py::arg("out_dy"), py::arg("out_stats"),
       py::arg("num_threads"),
       "out_dx = scale G y, out_dy = scale G^T x, out_stats = (sum G<x,y>, sum G) (contract in csrc/ops/clip_loss.h).");
+
+  m.def(
+      "perceiver_attention_forward_cpu",
+      [](py::capsule q, py::capsule km, py::capsule vm, py::capsule kl, py::capsule vl, float scale, py::capsule out,
+         py::capsule lse, int num_threads) {
+        auto qh = borrow(q, "q"), kmh = borrow(km, "km"), vmh = borrow(vm, "vm"), klh = borrow(kl, "kl"),
+             vlh = borrow(vl, "vl"), oh = borrow(out, "out"), lh = borrow(lse, "lse");
+        py::gil_scoped_release release;
+        fmkit::perceiver_attention_forward_cpu(qh.tensor(), kmh.tensor(), vmh.tensor(), klh.tensor(), vlh.tensor(),
+                                               scale, oh.tensor(), lh.tensor(), num_threads);
+      },
+      py::arg("q"), py::arg("km"), py::arg("vm"), py::arg("kl"), py::arg("vl"), py::arg("scale"), py::arg("out"),
+      py::arg("lse"), py::arg("num_threads"),
+      "Two-source (media + latent keys) attention forward into out/lse (contract in csrc/ops/perceiver_attention.h).");
+  m.def(
+      "perceiver_attention_backward_cpu",
+      [](py::capsule q, py::capsule km, py::capsule vm, py::capsule kl, py::capsule vl, py::capsule out,
+         py::capsule lse, py::capsule dout, float scale, py::capsule dq, py::capsule dkm, py::capsule dvm,
+         py::capsule dkl, py::capsule dvl, int num_threads) {
+        auto qh = borrow(q, "q"), kmh = borrow(km, "km"), vmh = borrow(vm, "vm"), klh = borrow(kl, "kl"),
+             vlh = borrow(vl, "vl"), oh = borrow(out, "out"), lh = borrow(lse, "lse"), gh = borrow(dout, "dout");
+        auto dqh = borrow(dq, "dq"), dkmh = borrow(dkm, "dkm"), dvmh = borrow(dvm, "dvm"), dklh = borrow(dkl, "dkl"),
+             dvlh = borrow(dvl, "dvl");
+        py::gil_scoped_release release;
+        fmkit::perceiver_attention_backward_cpu(qh.tensor(), kmh.tensor(), vmh.tensor(), klh.tensor(), vlh.tensor(),
+                                                oh.tensor(), lh.tensor(), gh.tensor(), scale, dqh.tensor(),
+                                                dkmh.tensor(), dvmh.tensor(), dklh.tensor(), dvlh.tensor(),
+                                                num_threads);
+      },
+      py::arg("q"), py::arg("km"), py::arg("vm"), py::arg("kl"), py::arg("vl"), py::arg("out"), py::arg("lse"),
+      py::arg("dout"), py::arg("scale"), py::arg("dq"), py::arg("dkm"), py::arg("dvm"), py::arg("dkl"), py::arg("dvl"),
+      py::arg("num_threads"),
+      "Gradients of perceiver_attention_forward_cpu as f32 dq/dkm/dvm/dkl/dvl (contract in csrc/ops/perceiver_attention.h).");
+
+  m.def(
+      "media_cross_attention_forward_cpu",
+      [](py::capsule q, py::capsule k, py::capsule v, py::capsule media_index, int64_t latents_per_media, float scale,
+         py::capsule out, py::capsule lse, int num_threads) {
+        auto qh = borrow(q, "q"), kh = borrow(k, "k"), vh = borrow(v, "v"), mh = borrow(media_index, "media_index"),
+             oh = borrow(out, "out"), lh = borrow(lse, "lse");
+        py::gil_scoped_release release;
+        fmkit::media_cross_attention_forward_cpu(qh.tensor(), kh.tensor(), vh.tensor(), mh.tensor(), latents_per_media,
+                                                 scale, oh.tensor(), lh.tensor(), num_threads);
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("media_index"), py::arg("latents_per_media"), py::arg("scale"),
+      py::arg("out"), py::arg("lse"), py::arg("num_threads"),
+      "Block-diagonal (by image index) text-to-media attention forward (contract in csrc/ops/media_cross_attention.h).");
+  m.def(
+      "media_cross_attention_backward_cpu",
+      [](py::capsule q, py::capsule k, py::capsule v, py::capsule media_index, int64_t latents_per_media,
+         py::capsule out, py::capsule lse, py::capsule dout, float scale, py::capsule dq, py::capsule dk,
+         py::capsule dv, int num_threads) {
+        auto qh = borrow(q, "q"), kh = borrow(k, "k"), vh = borrow(v, "v"), mh = borrow(media_index, "media_index"),
+             oh = borrow(out, "out"), lh = borrow(lse, "lse"), gh = borrow(dout, "dout");
+        auto dqh = borrow(dq, "dq"), dkh = borrow(dk, "dk"), dvh = borrow(dv, "dv");
+        py::gil_scoped_release release;
+        fmkit::media_cross_attention_backward_cpu(qh.tensor(), kh.tensor(), vh.tensor(), mh.tensor(),
+                                                  latents_per_media, oh.tensor(), lh.tensor(), gh.tensor(), scale,
+                                                  dqh.tensor(), dkh.tensor(), dvh.tensor(), num_threads);
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("media_index"), py::arg("latents_per_media"), py::arg("out"),
+      py::arg("lse"), py::arg("dout"), py::arg("scale"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
+      py::arg("num_threads"),
+      "Gradients of media_cross_attention_forward_cpu as f32 dq/dk/dv (contract in csrc/ops/media_cross_attention.h).");
 
 #ifdef FMKIT_WITH_CUDA
   m.def("knn_workspace_bytes_cuda", &fmkit::knn_workspace_bytes_cuda, py::arg("Q"), py::arg("N"), py::arg("d"),

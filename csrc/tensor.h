@@ -90,6 +90,7 @@ struct Tensor {
     return n;
   }
   bool is_contiguous() const {
+    if (numel() == 0) return true;  // torch reports arbitrary strides for empty tensors
     int64_t expected = 1;
     for (int64_t i = dim() - 1; i >= 0; --i) {
       if (shape[i] != 1 && strides[i] != expected) return false;

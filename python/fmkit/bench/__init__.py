@@ -18,9 +18,10 @@ import torch
 
 from fmkit.bench import calibration as _calibration
 from fmkit.bench import contrastive as _contrastive
+from fmkit.bench import flamingo as _flamingo
 from fmkit.bench import knn as _knn
 
-REGISTRY = {"knn": _knn, "calibration": _calibration, "contrastive": _contrastive}
+REGISTRY = {"knn": _knn, "calibration": _calibration, "contrastive": _contrastive, "flamingo": _flamingo}
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:

@@ -1,0 +1,104 @@
+"""OpenFlamingo kernel benchmarks (spec flamingo.md §1.4, §3): the perceiver core with two-source
+K/V and the media-masked cross-attention, forward and forward + backward, against what users run
+today: SDPA on the concatenated K/V (every SDPA backend on CUDA), SDPA with a dense boolean mask,
+and the eager reference math. FLOPs: 4 L S D per (batch, head) forward; x3.5 with backward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fmkit.ops import media_cross_attention, perceiver_attention
+
+SHAPES = {
+    # ("perceiver", BT, M media tokens, L latents) or ("media", B, T_txt, n_images)
+    ("cpu", "quick"): [("perceiver", 16, 256, 64), ("media", 2, 512, 5)],
+    ("cpu", "full"): [("perceiver", 64, 256, 64), ("media", 4, 2048, 5), ("media", 8, 256, 6)],
+    ("cuda", "quick"): [("perceiver", 512, 256, 64), ("media", 16, 2048, 5)],
+    ("cuda", "full"): [("perceiver", 64, 256, 64), ("perceiver", 192, 256, 64), ("perceiver", 512, 256, 64),
+                       ("perceiver", 792, 256, 64), ("media", 32, 256, 6), ("media", 24, 800, 33),
+                       ("media", 16, 2048, 5), ("media", 24, 1, 33)],
+}
+HEADS, DIM_HEAD, LATENTS_PER_MEDIA = 8, 64, 64
+
+
+def _sdpa_backends():
+    from torch.nn.attention import SDPBackend
+
+    return {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+
+
+def _timed_call(fn, tensors, backward):
+    def run():
+        for t in tensors:
+            t.grad = None
+        out = fn()
+        if backward:
+            out.backward(torch.ones_like(out))
+    return run
+
+
+def _sdpa_contenders(call, tensors, backward, device):
+    if device.type != "cuda":
+        return [("SDPA (default)", _timed_call(call, tensors, backward), True)]
+    from torch.nn.attention import sdpa_kernel
+
+    out = []
+    for name, backend in _sdpa_backends().items():
+        def run(backend=backend):
+            with sdpa_kernel(backend):
+                return call()
+        try:
+            run()
+        except RuntimeError:  # this backend does not support the shape / mask
+            continue
+        out.append((f"SDPA {name}", _timed_call(run, tensors, backward), True))
+    return out
+
+
+def _perceiver_case(bt, m, latents, device, dtype, backward):
+    g = torch.Generator().manual_seed(0)
+    mk = lambda rows: torch.randn(bt, HEADS, rows, DIM_HEAD, generator=g).to(device, dtype).requires_grad_(backward)  # noqa: E731
+    q, km, vm, kl, vl = mk(latents), mk(m), mk(m), mk(latents), mk(latents)
+    tensors = (q, km, vm, kl, vl)
+    contenders = [("fmkit perceiver_attention",
+                   _timed_call(lambda: perceiver_attention(q, km, vm, kl, vl), tensors, backward), False)]
+    sdpa = lambda: F.scaled_dot_product_attention(q, torch.cat([km, kl], 2), torch.cat([vm, vl], 2))  # noqa: E731
+    contenders += _sdpa_contenders(sdpa, tensors, backward, device)
+    flops = 4.0 * bt * HEADS * latents * (m + latents) * DIM_HEAD * (3.5 if backward else 1.0)
+    return contenders, flops, f"perceiver BT={bt} keys={m}+{latents}"
+
+
+def _media_case(b, t, n_images, device, dtype, backward):
+    g = torch.Generator().manual_seed(0)
+    keys = n_images * LATENTS_PER_MEDIA
+    q = torch.randn(b, HEADS, t, DIM_HEAD, generator=g).to(device, dtype).requires_grad_(backward)
+    k = torch.randn(b, HEADS, keys, DIM_HEAD, generator=g).to(device, dtype).requires_grad_(backward)
+    v = torch.randn(b, HEADS, keys, DIM_HEAD, generator=g).to(device, dtype).requires_grad_(backward)
+    # A realistic index: images spread evenly over the text; decode steps (t = 1) see the last one.
+    index = (torch.arange(t) * n_images // max(t, 1) + 1).clamp(max=n_images) if t > 1 else torch.full((1,), n_images)
+    index = index.expand(b, t).contiguous().to(device)
+    mask = (index[:, None, :, None] == (torch.arange(keys, device=device) // LATENTS_PER_MEDIA + 1))
+    tensors = (q, k, v)
+    contenders = [("fmkit media_cross_attention",
+                   _timed_call(lambda: media_cross_attention(q, k, v, index, check_index=False), tensors, backward),
+                   False)]
+    sdpa = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
+    contenders += _sdpa_contenders(sdpa, tensors, backward, device)
+    useful = 4.0 * b * HEADS * t * LATENTS_PER_MEDIA * DIM_HEAD * (3.5 if backward else 1.0)
+    return contenders, useful, f"media B={b} T={t} images={n_images}"
+
+
+def cases(device: torch.device, quick: bool, shapes=None):
+    on_cuda = device.type == "cuda"
+    shapes = shapes or SHAPES[("cuda" if on_cuda else "cpu", "quick" if quick else "full")]
+    dtype = torch.bfloat16 if on_cuda else torch.float32
+    out = []
+    for kind, *dims in shapes:
+        for backward in (False, True):
+            make = _perceiver_case if kind == "perceiver" else _media_case
+            contenders, flops, label = make(*dims, device, dtype, backward)
+            out.append({"shape": f"{label} {'fwd+bwd' if backward else 'fwd'} {str(dtype)[6:]}", "flops": flops,
+                        "contenders": contenders, "peak_dtype": dtype, "repeats": 5})
+    return out
