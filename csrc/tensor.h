@@ -133,6 +133,10 @@ struct Tensor {
     if (!is_contiguous()) fail(name, "expected a contiguous tensor");
     return *this;
   }
+  // What a CPU kernel writes into: a CPU tensor of this dtype and shape, contiguous.
+  const Tensor& check_cpu_output(DType t, std::initializer_list<int64_t> expected) const {
+    return check_device(DeviceKind::cpu).check_dtype({t}).check_shape(expected).check_contiguous();
+  }
   const Tensor& check_same_device(const Tensor& other) const {
     if (device != other.device || device_id != other.device_id)
       fail(name, "must be on the same device as " + other.name);

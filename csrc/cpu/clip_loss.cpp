@@ -12,8 +12,8 @@
 //             sum G<x,y>), then dX_I += G Y_J (fp32 [BM x d] accumulator per row block) and
 //             dY_J += G^T X_I into a per-thread fp32 [N x d] accumulator, summed at the end.
 // That is the minimum of four N^2 d products for forward + backward. All three products use
-// one register-blocked micro-kernel (MR rows x NR = NV vectors, GCC vector extensions, as in
-// knn.cpp) on operands packed once per call into fp32 panels: the "A" side is read as
+// one register-blocked micro-kernel (cpu/tile.h: MR rows x NR = NV vectors, GCC vector extensions,
+// as in knn.cpp) on operands packed once per call into fp32 panels: the "A" side is read as
 // broadcasts a[k * a_ks + r] (one pointer + constant displacements), the "B" side as NR-wide
 // rows of a [K][NR] panel, so every inner loop streams contiguous memory.
 // Inputs are converted to fp32 once (any strides, f32/f16/bf16); all panels are zero-padded
@@ -25,7 +25,6 @@
 // Memory: O((M + N) d) packed operands + O(threads * N * d) dY accumulators + O(threads * BM * BN).
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -34,15 +33,16 @@
 #endif
 
 #include "cpu/simd.h"
+#include "cpu/tile.h"
 #include "ops/clip_loss.h"
 
 namespace fmkit {
 namespace {
 
-using simd::MR;
-using simd::NR;
-using simd::VW;
-using simd::load_as_float;
+using namespace simd;  // vector width and micro-tile shape, vector helpers, 16-bit loads
+using cpu::micro;
+using cpu::round_up;
+using cpu::Seg;
 constexpr int NV = NR / VW;  // vector registers per micro-tile row
 constexpr int64_t gcd_(int64_t a, int64_t b) { return b == 0 ? a : gcd_(b, a % b); }
 // The strip's column count must be a multiple of NR (micro-tile columns of S) and of MR (the
@@ -55,17 +55,6 @@ constexpr int64_t BN = ((384 + kColQuantum - 1) / kColQuantum) * kColQuantum;
 // stored once per block): 16 MR was ~7% faster than 8 MR in the backward at N = 4096, d = 512.
 constexpr int64_t kMaxBM = 16 * MR;
 
-using simd::vfloat;
-typedef int32_t vint __attribute__((vector_size(VW * sizeof(int32_t))));
-
-inline vfloat splat(float v) { return vfloat{} + v; }
-inline vfloat vload(const float* p) {
-  vfloat v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void vstore(float* p, vfloat v) { std::memcpy(p, &v, sizeof v); }
-inline vfloat vmax(vfloat a, vfloat b) { return a > b ? a : b; }
 inline float hmax(vfloat v) {
   float m = v[0];
   for (int c = 1; c < VW; ++c) m = std::max(m, v[c]);
@@ -75,32 +64,6 @@ inline float hsum(vfloat v) {
   float s = 0.f;
   for (int c = 0; c < VW; ++c) s += v[c];
   return s;
-}
-
-// exp on a vector: x = n ln2 + r, |r| <= ln2/2, degree-7 Taylor polynomial (relative error
-// < 1e-8 before rounding), 2^n built in the exponent field. The clamp keeps 2^n a normal
-// number or exactly 0 (n = -127 gives a zero exponent field), so exp(-inf) = 0 and no lane
-// ever overflows; NaN passes through the comparisons unchanged.
-inline vfloat vexp(vfloat x) {
-  const vfloat lo = splat(-88.f), hi = splat(88.f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const vfloat magic = splat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
-  const vfloat n = (x * 1.44269504088896341f + magic) - magic;
-  vfloat r = x - n * 0.693359375f;  // ln2 split in two (Cody-Waite) so r is exact enough
-  r = r - n * -2.12194440e-4f;
-  vfloat p = splat(1.f / 5040.f);
-  p = p * r + 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
-  vfloat scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
 }
 
 // log1p(e) for e in [0, 1]: 1 + e = 2^k (1 + f) with f in [-0.29, 0.42] (computed without
@@ -132,34 +95,13 @@ inline vfloat vsigmoid(vfloat z) {
   return z >= 0.f ? inv : e * inv;
 }
 
-// Lanes [0, rem) true: masks the last, partial vector of a strip row.
-inline vint lane_mask(int64_t rem) {
-  vint m;
-  for (int c = 0; c < VW; ++c) m[c] = c < rem ? -1 : 0;
-  return m;
-}
-
-
-inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
-
 // C[MR x NR] = sum_k A(r, k) B(k, :) with A(r, k) = a[k * a_ks + r] and B(k, :) the NR floats at
-// b + k * NR; `store(r, v, acc)` receives the accumulators (kept in registers: 2 * MR of 32).
+// b + k * NR (the packed panels below): the shared micro-kernel of cpu/tile.h with one operand
+// pair; `store(r, col, acc)` receives the accumulators (kept in registers: 2 * MR of 32).
 template <typename Store>
-inline void micro(int64_t K, const float* a, int64_t a_ks, const float* b, Store&& store) {
-  vfloat acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = vfloat{};
-  for (int64_t k = 0; k < K; ++k) {
-    vfloat bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = vload(b + k * NR + v * VW);
-    const float* ak = a + k * a_ks;
-    for (int r = 0; r < MR; ++r) {
-      const float s = ak[r];
-      for (int v = 0; v < NV; ++v) acc[r][v] += s * bv[v];
-    }
-  }
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) store(r, v, acc[r][v]);
+inline void micro_nr(int64_t K, const float* a, int64_t a_ks, const float* b, Store&& store) {
+  const Seg seg{a, a_ks, b, NR, K};
+  micro<NV>(&seg, cpu::OneSeg{}, 0, 0, MR, store);
 }
 
 // Packing (called inside a parallel region: the loops are orphaned `omp for`s).
@@ -224,7 +166,7 @@ inline void score_tile(const float* Xa, const float* Yt, int64_t d, int64_t i0, 
     for (int64_t g = 0; g < groups; ++g) {
       const float* a = Xa + (i0 / MR + g) * d * MR;
       float* c = strip + g * MR * BN + p * NR;
-      micro(d, a, MR, b, [&](int r, int v, vfloat acc) { vstore(c + r * BN + v * VW, alpha * acc + beta); });
+      micro_nr(d, a, MR, b, [&](int64_t r, int64_t col, vfloat acc) { vstore(c + r * BN + col, alpha * acc + beta); });
     }
   }
 }
@@ -442,8 +384,8 @@ void backward_impl(const Tensor& x, const Tensor& y, const BackwardArgs& ba, flo
           const float* b = Yr.data() + (p * N + j0) * NR;
           for (int64_t g = 0; g < groups; ++g) {
             float* c = dx_acc.data() + g * MR * dp + p * NR;
-            micro(bn, gp.data() + g * bn * MR, MR, b,
-                  [&](int r, int v, vfloat acc) { float* q = c + r * dp + v * VW; vstore(q, vload(q) + acc); });
+            micro_nr(bn, gp.data() + g * bn * MR, MR, b,
+                     [&](int64_t r, int64_t col, vfloat acc) { float* q = c + r * dp + col; vstore(q, vload(q) + acc); });
           }
         }
         // dY_J += G^T X_I: A(r, k) = G[k][jg + r] is read straight from the strip, K = bm.
@@ -451,8 +393,8 @@ void backward_impl(const Tensor& x, const Tensor& y, const BackwardArgs& ba, flo
           const float* b = Xr.data() + (p * M + i0) * NR;
           for (int64_t jg = 0; jg < gcols; jg += MR) {
             float* c = dyt + (j0 + jg) * dp + p * NR;
-            micro(bm, strip.data() + jg, BN, b,
-                  [&](int r, int v, vfloat acc) { float* q = c + r * dp + v * VW; vstore(q, vload(q) + acc); });
+            micro_nr(bm, strip.data() + jg, BN, b,
+                     [&](int64_t r, int64_t col, vfloat acc) { float* q = c + r * dp + col; vstore(q, vload(q) + acc); });
           }
         }
       }
@@ -495,7 +437,6 @@ void check_vector(const Tensor& t, int64_t n) {
   t.check_device(DeviceKind::cpu).check_dtype({DType::f32}).check_dim(1).check_shape({n});
 }
 
-int clamp_threads(int num_threads) { return std::max(1, num_threads); }
 
 // A 1-D f32 argument (any stride) copied into a zero-padded contiguous buffer.
 std::vector<float> gather_vector(const Tensor& t, int64_t n, int64_t padded) {
@@ -512,7 +453,7 @@ void contrastive_forward_cpu(const Tensor& x, const Tensor& y, float scale, floa
   check_features(x, y);
   check_vector(out_row, x.size(0));
   if (out_col) check_vector(*out_col, y.size(0));
-  const int threads = clamp_threads(num_threads);
+  const int threads = cpu::thread_count(num_threads);
   switch (x.dtype) {
     case DType::f32: forward_impl<float>(x, y, scale, bias, kind, out_row, out_col, threads); break;
     case DType::f16: forward_impl<simd::f16>(x, y, scale, bias, kind, out_row, out_col, threads); break;
@@ -542,7 +483,7 @@ void contrastive_backward_cpu(const Tensor& x, const Tensor& y, float scale, flo
     stats[0] = stats[stats_stride] = 0.0;
     return;
   }
-  const int threads = clamp_threads(num_threads);
+  const int threads = cpu::thread_count(num_threads);
   const int64_t Npad = round_up(N, BN);
   const std::vector<float> rowv = gather_vector(row, M, M), w_rowv = gather_vector(w_row, M, M);
   const bool col_term = softmax && w_col != nullptr;

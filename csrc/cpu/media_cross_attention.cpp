@@ -12,7 +12,7 @@
 //   backward: S = Q K_m^T and dP = dO V_m^T (queries on rows), P = exp(S - lse),
 //             dS = scale P (dP - delta), dV_m += P^T dO, dK_m += dS^T Q (fp32 accumulators per
 //             image), dQ = dS K_m (via one transpose of the block's dS).
-// Every product uses one register-blocked micro-kernel (MR rows x 2 vectors, GCC vector
+// Every product uses one register-blocked micro-kernel (cpu/tile.h; MR rows x 2 vectors, GCC vector
 // extensions; A read as broadcasts a[k * a_ks + r], B as vector rows b[k * b_ks + c]). Padded
 // rows/columns are zero or masked to P = 0, so they contribute nothing.
 // Parallelism: forward over (b, h, block) units; backward over (b, h, image) so that each
@@ -20,7 +20,6 @@
 // Assumes P is small (64 in OpenFlamingo): per-thread memory is O((64 + P) * (P + D)) floats.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -29,143 +28,17 @@
 #endif
 
 #include "cpu/simd.h"
+#include "cpu/tile.h"
 #include "ops/media_cross_attention.h"
 
 namespace fmkit {
 namespace {
 
-using simd::load_as_float;
-using simd::MR;
-using simd::NR;
-using simd::vfloat;
-using simd::VW;
-constexpr int NV = NR / VW;
-static_assert(NV == 2, "the micro-kernel dispatch below assumes two vectors per micro-tile row");
-typedef int32_t vint __attribute__((vector_size(VW * sizeof(int32_t))));
+using namespace simd;  // vector width, vector helpers, 16-bit loads / stores
+using namespace cpu;   // micro-kernel, gemm, packing, softmax strip helpers
 
 // Largest query block: with P = 64 keys the strips and packed operands of a block stay in L2.
 constexpr int64_t kMaxBlock = 64;
-
-inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
-inline vfloat splat(float v) { return vfloat{} + v; }
-inline vfloat vload(const float* p) {
-  vfloat v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void vstore(float* p, vfloat v) { std::memcpy(p, &v, sizeof v); }
-inline vfloat vmax(vfloat a, vfloat b) { return a > b ? a : b; }
-
-// exp on a vector: x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite split of ln2), a degree-7
-// Taylor polynomial for e^r and 2^n assembled in the exponent field. Clamping to [-88, 88]
-// keeps 2^n normal or exactly 0 (so exp(-inf) = 0 and tiny probabilities flush to 0 instead
-// of producing denormals); a libm call per score would cost as much as the products.
-inline vfloat vexp(vfloat x) {
-  const vfloat lo = splat(-88.f), hi = splat(88.f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const vfloat magic = splat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
-  const vfloat n = (x * 1.44269504088896341f + magic) - magic;
-  vfloat r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vfloat p = splat(1.f / 5040.f);
-  p = p * r + 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
-  vfloat two_n;
-  std::memcpy(&two_n, &bits, sizeof two_n);
-  return p * two_n;
-}
-
-// ---- fp32 -> storage, round to nearest even ----
-
-inline uint16_t float_to_half_bits(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  x &= 0x7fffffffu;
-  if (x > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u | ((x >> 13) & 0x3ffu));  // NaN stays NaN
-  if (x >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520 rounds to inf
-  if (x >= 0x38800000u) {  // normal half: rebias the exponent, round the 13 dropped bits
-    const uint32_t b = x - (112u << 23);
-    return static_cast<uint16_t>(sign | ((b + 0x0fffu + ((b >> 13) & 1u)) >> 13));
-  }
-  // Subnormal half (units of 2^-24): shift the full significand right and round; a carry into
-  // bit 10 correctly yields the smallest normal.
-  const int shift = 126 - static_cast<int>(x >> 23);
-  if (shift > 24) return static_cast<uint16_t>(sign);
-  const uint32_t m = (x & 0x7fffffu) | 0x800000u;
-  uint32_t q = m >> shift;
-  const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
-  if (rem > half || (rem == half && (q & 1u))) ++q;
-  return static_cast<uint16_t>(sign | q);
-}
-
-inline uint16_t float_to_bf16_bits(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
-  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);  // overflow carries into inf
-}
-
-inline void store_as(float* p, float v) { *p = v; }
-inline void store_as(simd::f16* p, float v) { p->bits = float_to_half_bits(v); }
-inline void store_as(simd::bf16* p, float v) { p->bits = float_to_bf16_bits(v); }
-
-// ---- micro-kernel ----
-
-// C = A B with A(r, k) = a[k * a_ks + r] and B(k, c) = b[k * b_ks + c], k < K.
-struct Seg {
-  const float* a;
-  int64_t a_ks;
-  const float* b;
-  int64_t b_ks;
-  int64_t K;
-};
-
-// C[r0 .. r0 + MR) x [c0 .. c0 + NVC * VW) in registers (2 * MR accumulators);
-// store(row, col, acc) receives each of the first `rvalid` rows.
-template <int NVC, typename Store>
-inline void micro(const Seg& seg, int64_t r0, int64_t c0, int rvalid, Store& store) {
-  vfloat acc[MR][NVC];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NVC; ++v) acc[r][v] = vfloat{};
-  const float* a = seg.a + r0;
-  const float* b = seg.b + c0;
-  for (int64_t k = 0; k < seg.K; ++k) {
-    vfloat bv[NVC];
-    for (int v = 0; v < NVC; ++v) bv[v] = vload(b + k * seg.b_ks + v * VW);
-    const float* ak = a + k * seg.a_ks;
-    for (int r = 0; r < MR; ++r) {
-      const float x = ak[r];
-      for (int v = 0; v < NVC; ++v) acc[r][v] += x * bv[v];
-    }
-  }
-  for (int r = 0; r < rvalid; ++r)
-    for (int v = 0; v < NVC; ++v) store(r0 + r, c0 + v * VW, acc[r][v]);
-}
-
-// rows x cols product (cols a multiple of VW). A must be readable (finite) up to
-// round_up(rows, MR) rows, B up to cols columns; only rows < `rows` reach `store`.
-// Column panels outermost so each B panel stays in L1 while the row blocks stream past it.
-template <typename Store>
-void gemm(int64_t rows, int64_t cols, const Seg& seg, Store&& store) {
-  for (int64_t c0 = 0; c0 < cols; c0 += NR) {
-    const bool full = cols - c0 >= NR;
-    for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-      const int rv = static_cast<int>(std::min<int64_t>(MR, rows - r0));
-      if (full)
-        micro<NV>(seg, r0, c0, rv, store);
-      else
-        micro<1>(seg, r0, c0, rv, store);
-    }
-  }
-}
 
 // ---- operand views and packing ----
 
@@ -183,37 +56,6 @@ template <typename T>
 Rows<T> rows_of(const Tensor& t, int64_t b, int64_t h, int64_t first, const int64_t* idx) {
   return {t.ptr<T>() + b * t.stride(0) + h * t.stride(1) + first * t.stride(2), t.stride(2), t.stride(3), idx};
 }
-
-// Rows [0, n) -> out[d * ld + j] (transposed), columns [n, ld) zeroed.
-template <typename T>
-void pack_t(const Rows<T>& x, int64_t n, int64_t D, int64_t ld, float* out) {
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < D; ++d) out[d * ld + j] = x.at(j, d);
-  for (int64_t d = 0; d < D; ++d) std::fill(out + d * ld + n, out + (d + 1) * ld, 0.f);
-}
-
-// Rows [0, n) -> out[j * Dp + d], columns [D, Dp) zeroed.
-template <typename T>
-void pack_rows(const Rows<T>& x, int64_t n, int64_t D, int64_t Dp, float* out) {
-  for (int64_t j = 0; j < n; ++j) {
-    float* o = out + j * Dp;
-    for (int64_t d = 0; d < D; ++d) o[d] = x.at(j, d);
-    std::fill(o + D, o + Dp, 0.f);
-  }
-}
-
-// Writes the first min(VW, D - col) lanes of v to dst[col ...] (rows are unpadded in D).
-template <typename T>
-inline void store_lanes(T* dst, int64_t col, int64_t D, vfloat v) {
-  const int64_t n = std::min<int64_t>(VW, D - col);
-  if (n <= 0) return;
-  float tmp[VW];
-  vstore(tmp, v);
-  for (int64_t c = 0; c < n; ++c) store_as(dst + col + c, tmp[c]);
-}
-
-// Leading dimension of query-indexed strips: rows of MR (A side) and vectors of VW (B side).
-inline int64_t query_ld(int64_t rows) { return std::max<int64_t>(MR, std::max(round_up(rows, MR), round_up(rows, VW))); }
 
 // Queries of each batch row grouped by image: order[b * T + start[b][m] ...] are the t with
 // media_index[b, t] == m, ascending.
@@ -324,15 +166,8 @@ void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Group
            [&](int64_t r, int64_t c, vfloat acc) { vstore(st.data() + r * ldq + c, scale * acc); });
       // Column softmax statistics, vectorised over the block's queries.
       for (int64_t c = 0; c < nqv; c += VW) {
-        vfloat m = splat(ninf);
-        for (int64_t j = 0; j < P; ++j) m = vmax(m, vload(st.data() + j * ldq + c));
-        vfloat l{};
-        for (int64_t j = 0; j < P; ++j) {
-          float* p = st.data() + j * ldq + c;
-          const vfloat e = vexp(vload(p) - m);
-          vstore(p, e);
-          l += e;
-        }
+        const vfloat m = column_max(st.data() + c, ldq, P, splat(ninf));
+        const vfloat l = column_exp_sum(st.data() + c, ldq, P, m, vfloat{});
         vstore(mx.data() + c, m);
         vstore(sum.data() + c, l);
       }
@@ -430,21 +265,7 @@ void backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Grou
         // over S and dP, plus dS^T for the dQ product.
         for (int64_t i = 0; i < bq; ++i) {
           const vfloat li = splat(lse_r[i]), di = splat(delta[i]);
-          for (int64_t cc = 0; cc < P; cc += VW) {
-            float* pp = sp.data() + i * ldS + cc;
-            float* dd = dp.data() + i * ldS + cc;
-            vfloat p = vexp(vload(pp) - li);
-            if (P - cc < VW) {
-              vint lane;
-              for (int l = 0; l < VW; ++l) lane[l] = l < P - cc ? -1 : 0;
-              p = lane ? p : vfloat{};
-            }
-            const vfloat ds = scale * p * (vload(dd) - di);
-            vstore(pp, p);
-            vstore(dd, ds);
-            float* t = dsT.data() + cc * ldq + i;
-            for (int l = 0; l < VW && cc + l < P; ++l) t[l * ldq] = ds[l];
-          }
+          softmax_grad_row(sp.data() + i * ldS, dp.data() + i * ldS, dsT.data() + i, ldq, P, li, di, scale);
         }
         // dV += P^T dO, dK += dS^T Q: keys on rows, reading the row-major P / dS strips.
         gemm(P, Dp, Seg{sp.data(), ldS, dor.data(), Dp, bq}, [&](int64_t r, int64_t cc, vfloat acc) {
@@ -495,21 +316,6 @@ int64_t check_common(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 }
 
 // Outputs: given dtype and shape, contiguous.
-void check_output(const Tensor& g, DType dtype, std::initializer_list<int64_t> shape) {
-  g.check_device(DeviceKind::cpu).check_dtype({dtype}).check_shape(shape);
-  // An empty tensor (e.g. dkm with M = 0) is trivially contiguous whatever strides it reports.
-  if (g.numel() > 0) g.check_contiguous();
-}
-
-int clamp_threads(int num_threads) {
-#ifdef _OPENMP
-  return std::max(1, num_threads);
-#else
-  (void)num_threads;
-  return 1;
-#endif
-}
-
 }  // namespace
 
 void media_cross_attention_forward_cpu(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& media_index,
@@ -517,10 +323,10 @@ void media_cross_attention_forward_cpu(const Tensor& q, const Tensor& k, const T
                                        int num_threads) {
   const int64_t n_media = check_common(q, k, v, media_index, latents_per_media);
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
-  check_output(out, q.dtype, {B, H, T, D});
-  check_output(lse, DType::f32, {B, H, T});
+  out.check_cpu_output(q.dtype, {B, H, T, D});
+  lse.check_cpu_output(DType::f32, {B, H, T});
   const Groups g = group_queries(media_index, B, T, n_media);
-  const int threads = clamp_threads(num_threads);
+  const int threads = thread_count(num_threads);
   switch (q.dtype) {
     case DType::f32: forward_impl<float>(q, k, v, g, latents_per_media, scale, out, lse, threads); break;
     case DType::f16: forward_impl<simd::f16>(q, k, v, g, latents_per_media, scale, out, lse, threads); break;
@@ -539,11 +345,11 @@ void media_cross_attention_backward_cpu(const Tensor& q, const Tensor& k, const 
   check_input(dout, q);
   dout.check_shape({B, H, T, D});
   lse.check_device(DeviceKind::cpu).check_dtype({DType::f32}).check_shape({B, H, T});
-  check_output(dq, DType::f32, {B, H, T, D});
-  check_output(dk, DType::f32, {B, H, k.size(2), D});
-  check_output(dv, DType::f32, {B, H, k.size(2), D});
+  dq.check_cpu_output(DType::f32, {B, H, T, D});
+  dk.check_cpu_output(DType::f32, {B, H, k.size(2), D});
+  dv.check_cpu_output(DType::f32, {B, H, k.size(2), D});
   const Groups g = group_queries(media_index, B, T, n_media);
-  const int threads = clamp_threads(num_threads);
+  const int threads = thread_count(num_threads);
   switch (q.dtype) {
     case DType::f32:
       backward_impl<float>(q, k, v, g, latents_per_media, out, lse, dout, scale, dq, dk, dv, threads);

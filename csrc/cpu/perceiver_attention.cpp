@@ -15,7 +15,7 @@
 //   S = Q K^T and dP = dO V^T (queries on rows), P = exp(S - lse), dS = scale P (dP - delta),
 //   dV += P^T dO, dK += dS^T Q (both read the row-major P/dS directly), dQ = dS K (reads dS^T,
 //   one explicit transpose of the block, cheap next to the products).
-// All products share one register-blocked micro-kernel (MR rows x 2 vectors, GCC vector
+// All products share one register-blocked micro-kernel (cpu/tile.h; MR rows x 2 vectors, GCC vector
 // extensions) whose A operand is read as broadcasts a[k * a_ks + r] and B as vector rows
 // b[k * b_ks + c]; each product above is arranged so both are plain strided panels. Padded
 // rows/columns are zero (or masked to P = 0), so they add nothing to any product.
@@ -24,7 +24,6 @@
 // owned by one thread and writes its gradients directly.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -33,150 +32,20 @@
 #endif
 
 #include "cpu/simd.h"
+#include "cpu/tile.h"
 #include "ops/perceiver_attention.h"
 
 namespace fmkit {
 namespace {
 
-using simd::load_as_float;
-using simd::MR;
-using simd::NR;
-using simd::vfloat;
-using simd::VW;
-constexpr int NV = NR / VW;
-static_assert(NV == 2, "the micro-kernel dispatch below assumes two vectors per micro-tile row");
-typedef int32_t vint __attribute__((vector_size(VW * sizeof(int32_t))));
+using namespace simd;  // vector width, vector helpers, 16-bit loads / stores
+using namespace cpu;   // micro-kernel, gemm, packing, softmax strip helpers
 
 // Largest query block: 64 rows (the perceiver's latent count) keeps the per-thread strips
 // (~100 KiB each at 320 keys) and packed operands inside L2.
 constexpr int64_t kMaxBlock = 64;
 // Smallest block worth splitting down to when there are few (b, h) pairs.
 constexpr int64_t kMinBlock = 16;
-
-inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
-inline vfloat splat(float v) { return vfloat{} + v; }
-inline vfloat vload(const float* p) {
-  vfloat v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void vstore(float* p, vfloat v) { std::memcpy(p, &v, sizeof v); }
-inline vfloat vmax(vfloat a, vfloat b) { return a > b ? a : b; }
-
-// exp on a vector: x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite split of ln2), a degree-7
-// Taylor polynomial for e^r and 2^n assembled in the exponent field. Clamping to [-88, 88]
-// keeps 2^n normal or exactly 0 (so exp(-inf) = 0 and tiny probabilities flush to 0 instead
-// of producing denormals); a libm call per score would cost as much as the products.
-inline vfloat vexp(vfloat x) {
-  const vfloat lo = splat(-88.f), hi = splat(88.f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const vfloat magic = splat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
-  const vfloat n = (x * 1.44269504088896341f + magic) - magic;
-  vfloat r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vfloat p = splat(1.f / 5040.f);
-  p = p * r + 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
-  vfloat two_n;
-  std::memcpy(&two_n, &bits, sizeof two_n);
-  return p * two_n;
-}
-
-// ---- fp32 -> storage, round to nearest even ----
-
-inline uint16_t float_to_half_bits(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  x &= 0x7fffffffu;
-  if (x > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u | ((x >> 13) & 0x3ffu));  // NaN stays NaN
-  if (x >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520 rounds to inf
-  if (x >= 0x38800000u) {  // normal half: rebias the exponent, round the 13 dropped bits
-    const uint32_t b = x - (112u << 23);
-    return static_cast<uint16_t>(sign | ((b + 0x0fffu + ((b >> 13) & 1u)) >> 13));
-  }
-  // Subnormal half (units of 2^-24): shift the full significand right and round; a carry into
-  // bit 10 correctly yields the smallest normal.
-  const int shift = 126 - static_cast<int>(x >> 23);
-  if (shift > 24) return static_cast<uint16_t>(sign);
-  const uint32_t m = (x & 0x7fffffu) | 0x800000u;
-  uint32_t q = m >> shift;
-  const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
-  if (rem > half || (rem == half && (q & 1u))) ++q;
-  return static_cast<uint16_t>(sign | q);
-}
-
-inline uint16_t float_to_bf16_bits(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
-  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);  // overflow carries into inf
-}
-
-inline void store_as(float* p, float v) { *p = v; }
-inline void store_as(simd::f16* p, float v) { p->bits = float_to_half_bits(v); }
-inline void store_as(simd::bf16* p, float v) { p->bits = float_to_bf16_bits(v); }
-
-// ---- micro-kernel ----
-
-// One operand pair of a product C = sum_k A(r, k) B(k, c): A(r, k) = a[k * a_ks + r],
-// B(k, c) = b[k * b_ks + c]. A product may sum several pairs (one per key source).
-struct Seg {
-  const float* a;
-  int64_t a_ks;
-  const float* b;
-  int64_t b_ks;
-  int64_t K;
-};
-
-// C[r0 .. r0 + MR) x [c0 .. c0 + NVC * VW) summed over `nseg` pairs, kept in registers
-// (2 * MR accumulators); store(row, col, acc) receives each of the first `rvalid` rows.
-template <int NVC, typename Store>
-inline void micro(const Seg* seg, int nseg, int64_t r0, int64_t c0, int rvalid, Store& store) {
-  vfloat acc[MR][NVC];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NVC; ++v) acc[r][v] = vfloat{};
-  for (int s = 0; s < nseg; ++s) {
-    const float* a = seg[s].a + r0;
-    const float* b = seg[s].b + c0;
-    const int64_t a_ks = seg[s].a_ks, b_ks = seg[s].b_ks, K = seg[s].K;
-    for (int64_t k = 0; k < K; ++k) {
-      vfloat bv[NVC];
-      for (int v = 0; v < NVC; ++v) bv[v] = vload(b + k * b_ks + v * VW);
-      const float* ak = a + k * a_ks;
-      for (int r = 0; r < MR; ++r) {
-        const float x = ak[r];
-        for (int v = 0; v < NVC; ++v) acc[r][v] += x * bv[v];
-      }
-    }
-  }
-  for (int r = 0; r < rvalid; ++r)
-    for (int v = 0; v < NVC; ++v) store(r0 + r, c0 + v * VW, acc[r][v]);
-}
-
-// rows x cols product (cols a multiple of VW). A must be readable (finite) up to
-// round_up(rows, MR) rows, B up to cols columns; only rows < `rows` reach `store`.
-// Column panels outermost so each B panel stays in L1 while the row blocks stream past it.
-template <typename Store>
-void gemm(int64_t rows, int64_t cols, const Seg* seg, int nseg, Store&& store) {
-  for (int64_t c0 = 0; c0 < cols; c0 += NR) {
-    const bool full = cols - c0 >= NR;
-    for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-      const int rv = static_cast<int>(std::min<int64_t>(MR, rows - r0));
-      if (full)
-        micro<NV>(seg, nseg, r0, c0, rv, store);
-      else
-        micro<1>(seg, nseg, r0, c0, rv, store);
-    }
-  }
-}
 
 // ---- operand views and packing ----
 
@@ -193,33 +62,6 @@ Slice<T> slice(const Tensor& t, int64_t b, int64_t h) {
   return {t.ptr<T>() + b * t.stride(0) + h * t.stride(1), t.stride(2), t.stride(3)};
 }
 
-// Rows [0, n) -> out[d * ld + j] (transposed), columns [n, ld) zeroed.
-template <typename T>
-void pack_t(const Slice<T>& x, int64_t n, int64_t D, int64_t ld, float* out) {
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < D; ++d) out[d * ld + j] = x.at(j, d);
-  for (int64_t d = 0; d < D; ++d) std::fill(out + d * ld + n, out + (d + 1) * ld, 0.f);
-}
-
-// Rows [0, n) -> out[j * Dp + d], columns [D, Dp) zeroed.
-template <typename T>
-void pack_rows(const Slice<T>& x, int64_t n, int64_t D, int64_t Dp, float* out) {
-  for (int64_t j = 0; j < n; ++j) {
-    float* o = out + j * Dp;
-    for (int64_t d = 0; d < D; ++d) o[d] = x.at(j, d);
-    std::fill(o + D, o + Dp, 0.f);
-  }
-}
-
-// Writes the first min(VW, D - col) lanes of v to dst[col ...] (rows are unpadded in D).
-template <typename T>
-inline void store_lanes(T* dst, int64_t col, int64_t D, vfloat v) {
-  const int64_t n = std::min<int64_t>(VW, D - col);
-  if (n <= 0) return;
-  float tmp[VW];
-  vstore(tmp, v);
-  for (int64_t c = 0; c < n; ++c) store_as(dst + col + c, tmp[c]);
-}
 
 // Key sources: layout of the padded key axis shared by every strip of a call.
 struct Sources {
@@ -257,8 +99,6 @@ Blocks make_blocks(int64_t L, int64_t BH, int threads) {
   return {nb, L == 0 ? 0 : (L + nb - 1) / nb};
 }
 
-// Leading dimension of query-indexed strips: rows of MR (A side) and vectors of VW (B side).
-inline int64_t query_ld(int64_t rows) { return std::max<int64_t>(MR, std::max(round_up(rows, MR), round_up(rows, VW))); }
 
 // ---------------------------------------------------------------------------------------
 // Forward
@@ -318,22 +158,15 @@ void forward_impl(const Tensor& q, const Tensor& km, const Tensor& vm, const Ten
         if (src.n[s] == 0) continue;
         float* dst = st.data() + src.off[s] * ldq;
         const Seg seg{kT.data() + D * src.off[s], src.np[s], qT.data(), ldq, D};
-        gemm(src.n[s], nqv, &seg, 1,
+        gemm(src.n[s], nqv, seg,
              [&](int64_t r, int64_t c, vfloat acc) { vstore(dst + r * ldq + c, scale * acc); });
       }
       // Column softmax statistics, vectorised over the queries of the block.
       for (int64_t c = 0; c < nqv; c += VW) {
         vfloat m = splat(ninf);
-        for (int s = 0; s < 2; ++s)
-          for (int64_t j = 0; j < src.n[s]; ++j) m = vmax(m, vload(st.data() + (src.off[s] + j) * ldq + c));
+        for (int s = 0; s < 2; ++s) m = column_max(st.data() + src.off[s] * ldq + c, ldq, src.n[s], m);
         vfloat l{};
-        for (int s = 0; s < 2; ++s)
-          for (int64_t j = 0; j < src.n[s]; ++j) {
-            float* p = st.data() + (src.off[s] + j) * ldq + c;
-            const vfloat e = vexp(vload(p) - m);
-            vstore(p, e);
-            l += e;
-          }
+        for (int s = 0; s < 2; ++s) l = column_exp_sum(st.data() + src.off[s] * ldq + c, ldq, src.n[s], m, l);
         vstore(mx.data() + c, m);
         vstore(sum.data() + c, l);
       }
@@ -430,32 +263,19 @@ void backward_impl(const Tensor& q, const Tensor& km, const Tensor& vm, const Te
           if (src.n[s] == 0) continue;
           const int64_t ncv = round_up(src.n[s], VW), off = src.off[s];
           const Seg sseg{qT.data(), ldq, kT.data() + D * off, src.np[s], D};
-          gemm(bq, ncv, &sseg, 1,
+          gemm(bq, ncv, sseg,
                [&](int64_t r, int64_t c, vfloat acc) { vstore(sp.data() + r * ldS + off + c, scale * acc); });
           const Seg pseg{doT.data(), ldq, vT.data() + D * off, src.np[s], D};
-          gemm(bq, ncv, &pseg, 1, [&](int64_t r, int64_t c, vfloat acc) { vstore(dp.data() + r * ldS + off + c, acc); });
+          gemm(bq, ncv, pseg, [&](int64_t r, int64_t c, vfloat acc) { vstore(dp.data() + r * ldS + off + c, acc); });
         }
         // P = exp(S - lse) (padded key columns forced to 0), dS = scale P (dP - delta),
         // written over S and dP, plus dS^T for the dQ product.
         for (int64_t i = 0; i < bq; ++i) {
           const vfloat li = splat(lse_r[i]), di = splat(delta[i]);
           for (int s = 0; s < 2; ++s) {
-            const int64_t n = src.n[s], off = src.off[s];
-            for (int64_t c = 0; c < n; c += VW) {
-              float* pp = sp.data() + i * ldS + off + c;
-              float* dd = dp.data() + i * ldS + off + c;
-              vfloat p = vexp(vload(pp) - li);
-              if (n - c < VW) {
-                vint lane;
-                for (int v = 0; v < VW; ++v) lane[v] = v < n - c ? -1 : 0;
-                p = lane ? p : vfloat{};
-              }
-              const vfloat ds = scale * p * (vload(dd) - di);
-              vstore(pp, p);
-              vstore(dd, ds);
-              float* t = dsT.data() + (off + c) * ldq + i;
-              for (int v = 0; v < VW && c + v < n; ++v) t[v * ldq] = ds[v];
-            }
+            const int64_t off = src.off[s];
+            softmax_grad_row(sp.data() + i * ldS + off, dp.data() + i * ldS + off, dsT.data() + off * ldq + i, ldq,
+                             src.n[s], li, di, scale);
           }
         }
         // dV += P^T dO, dK += dS^T Q: keys on rows, reading the row-major P / dS strips.
@@ -463,12 +283,12 @@ void backward_impl(const Tensor& q, const Tensor& km, const Tensor& vm, const Te
           if (src.n[s] == 0) continue;
           const int64_t off = src.off[s];
           const Seg vseg{sp.data() + off, ldS, dor.data(), Dp, bq};
-          gemm(src.n[s], Dp, &vseg, 1, [&](int64_t r, int64_t c, vfloat acc) {
+          gemm(src.n[s], Dp, vseg, [&](int64_t r, int64_t c, vfloat acc) {
             float* p = dv_acc.data() + (off + r) * Dp + c;
             vstore(p, vload(p) + acc);
           });
           const Seg kseg{dp.data() + off, ldS, qr.data(), Dp, bq};
-          gemm(src.n[s], Dp, &kseg, 1, [&](int64_t r, int64_t c, vfloat acc) {
+          gemm(src.n[s], Dp, kseg, [&](int64_t r, int64_t c, vfloat acc) {
             float* p = dk_acc.data() + (off + r) * Dp + c;
             vstore(p, vload(p) + acc);
           });
@@ -553,21 +373,6 @@ void check_common(const Tensor& q, const Tensor& km, const Tensor& vm, const Ten
 }
 
 // Outputs: given dtype and shape, contiguous.
-void check_output(const Tensor& g, DType dtype, std::initializer_list<int64_t> shape) {
-  g.check_device(DeviceKind::cpu).check_dtype({dtype}).check_shape(shape);
-  // An empty tensor (e.g. dkm with M = 0) is trivially contiguous whatever strides it reports.
-  if (g.numel() > 0) g.check_contiguous();
-}
-
-int clamp_threads(int num_threads) {
-#ifdef _OPENMP
-  return std::max(1, num_threads);
-#else
-  (void)num_threads;
-  return 1;
-#endif
-}
-
 }  // namespace
 
 void perceiver_attention_forward_cpu(const Tensor& q, const Tensor& km, const Tensor& vm, const Tensor& kl,
@@ -575,9 +380,9 @@ void perceiver_attention_forward_cpu(const Tensor& q, const Tensor& km, const Te
                                      int num_threads) {
   check_common(q, km, vm, kl, vl);
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
-  check_output(out, q.dtype, {B, H, L, D});
-  check_output(lse, DType::f32, {B, H, L});
-  const int threads = clamp_threads(num_threads);
+  out.check_cpu_output(q.dtype, {B, H, L, D});
+  lse.check_cpu_output(DType::f32, {B, H, L});
+  const int threads = thread_count(num_threads);
   switch (q.dtype) {
     case DType::f32: forward_impl<float>(q, km, vm, kl, vl, scale, out, lse, threads); break;
     case DType::f16: forward_impl<simd::f16>(q, km, vm, kl, vl, scale, out, lse, threads); break;
@@ -597,12 +402,12 @@ void perceiver_attention_backward_cpu(const Tensor& q, const Tensor& km, const T
   check_input(dout, q);
   dout.check_shape({B, H, L, D});
   lse.check_device(DeviceKind::cpu).check_dtype({DType::f32}).check_shape({B, H, L});
-  check_output(dq, DType::f32, {B, H, L, D});
-  check_output(dkm, DType::f32, {B, H, M, D});
-  check_output(dvm, DType::f32, {B, H, M, D});
-  check_output(dkl, DType::f32, {B, H, L2, D});
-  check_output(dvl, DType::f32, {B, H, L2, D});
-  const int threads = clamp_threads(num_threads);
+  dq.check_cpu_output(DType::f32, {B, H, L, D});
+  dkm.check_cpu_output(DType::f32, {B, H, M, D});
+  dvm.check_cpu_output(DType::f32, {B, H, M, D});
+  dkl.check_cpu_output(DType::f32, {B, H, L2, D});
+  dvl.check_cpu_output(DType::f32, {B, H, L2, D});
+  const int threads = thread_count(num_threads);
   switch (q.dtype) {
     case DType::f32:
       backward_impl<float>(q, km, vm, kl, vl, out, lse, dout, scale, dq, dkm, dvm, dkl, dvl, threads);

@@ -81,6 +81,34 @@ def _why(backend: str, on_cuda: bool) -> str | None:
     return f"unknown backend {backend!r}"
 
 
+def select_kernels(op: str, backend: str, x: torch.Tensor, *, cpu, torch_impl, triton_module: str,
+                   gpu_order: tuple[str, ...]):
+    """The kernel set (an object with the op's contract functions) for tensors like `x`.
+
+    float64 always runs the torch reference (the compiled and Triton kernels are fp32/16-bit).
+    """
+    if x.dtype == torch.float64:
+        return torch_impl
+    name = resolve_backend(backend, x.device, op, gpu_order)
+    if name == "cpu":
+        return cpu
+    if name == "triton":
+        return importlib.import_module(f"fmkit.triton.{triton_module}")
+    if name == "cuda":
+        raise ValueError(f"backend='cuda': {op} has no CUDA kernel yet; use 'triton' or 'auto'")
+    return torch_impl
+
+
+def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp32 for fp32/16-bit inputs, fp64 for fp64 inputs (the gradcheck path)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def check_float64_backend(name: str, x: torch.Tensor, backend: str) -> None:
+    if x.dtype == torch.float64 and backend not in ("auto", "torch"):
+        raise ValueError(f"{name}: float64 runs only on backend='torch' (the reference), not {backend!r}")
+
+
 def cpu_threads() -> int:
     return torch.get_num_threads()
 

@@ -64,8 +64,7 @@ def _check(x, y, scale, bias, kind, backend):
             raise ValueError("logit_bias: only used with kind='sigmoid' (softmax cross entropy is shift invariant)")
         _check_scalar(bias, "logit_bias", x.device)
     _backend.resolve_backend(backend, x.device, "clip_loss", GPU_BACKEND_ORDER)
-    if x.dtype == torch.float64 and backend not in ("auto", "torch"):
-        raise ValueError(f"image_features: float64 runs only on backend='torch' (the reference), not {backend!r}")
+    _backend.check_float64_backend("image_features", x, backend)
 
 
 def _check_scalar(t, name, device):
@@ -95,7 +94,7 @@ def _contrastive_loss_op(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, 
                          symmetric: bool, offset: int, positives: bool, has_bias: bool,
                          backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     kernels = _kernels(backend, x)
-    s, b = scale.to(_acc(x)), bias.to(_acc(x))
+    s, b = scale.to(_backend.accumulation_dtype(x)), bias.to(_backend.accumulation_dtype(x))
     row, col = kernels.forward(x, y, s, b, kind, symmetric)
     m = x.shape[0]
     pos_rows, pos_dots = _positive_dots(x, y, offset, positives)
@@ -109,12 +108,12 @@ def _contrastive_loss_op(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, 
     else:
         loss = row_terms.sum() / m
     empty = row.new_empty(0)
-    return loss.to(_acc(x)), row, col if col is not None else empty
+    return loss.to(_backend.accumulation_dtype(x)), row, col if col is not None else empty
 
 
 @_contrastive_loss_op.register_fake
 def _contrastive_loss_fake(x, y, scale, bias, kind, symmetric, offset, positives, has_bias, backend):
-    acc = _acc(x)
+    acc = _backend.accumulation_dtype(x)
     return (x.new_empty((), dtype=acc), x.new_empty(x.shape[0], dtype=acc),
             x.new_empty(y.shape[0] if symmetric else 0, dtype=acc))
 
@@ -122,11 +121,11 @@ def _contrastive_loss_fake(x, y, scale, bias, kind, symmetric, offset, positives
 def _positive_dots(x, y, offset, positives):
     """Rows i with a positive column i + offset inside y, and the dots <x_i, y_{i+offset}> (fp32, fp64 for fp64 inputs)."""
     if not positives:
-        return slice(0, 0), x.new_zeros(0, dtype=_acc(x))
+        return slice(0, 0), x.new_zeros(0, dtype=_backend.accumulation_dtype(x))
     lo, hi = max(0, -offset), min(x.shape[0], y.shape[0] - offset)
     rows = slice(lo, max(lo, hi))
     cols = slice(lo + offset, max(lo, hi) + offset)
-    return rows, (x[rows].to(_acc(x)) * y[cols].to(_acc(x))).sum(1)
+    return rows, (x[rows].to(_backend.accumulation_dtype(x)) * y[cols].to(_backend.accumulation_dtype(x))).sum(1)
 
 
 def _setup_context(ctx, inputs, output):
@@ -140,7 +139,7 @@ def _backward(ctx, grad_loss, _grad_row, _grad_col):
     x, y, scale, bias, row, col = ctx.saved_tensors
     kind, symmetric, offset, positives, has_bias, backend = ctx.config
     kernels = _kernels(backend, x)
-    s, b = scale.to(_acc(x)), bias.to(_acc(x))
+    s, b = scale.to(_backend.accumulation_dtype(x)), bias.to(_backend.accumulation_dtype(x))
     m, n = x.shape[0], y.shape[0]
     weight = 1.0 / (2 * m) if symmetric else 1.0 / m
     w_row = torch.full((m,), weight, dtype=row.dtype, device=x.device)
@@ -189,20 +188,6 @@ class _CpuKernels:
         return dx, dy, stats
 
 
-def _acc(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _kernels(backend, x):
-    if x.dtype == torch.float64:
-        return _TorchKernels
-    name = _backend.resolve_backend(backend, x.device, "clip_loss", GPU_BACKEND_ORDER)
-    if name == "cpu":
-        return _CpuKernels
-    if name == "triton":
-        from fmkit.triton import clip_loss as triton_kernels
-
-        return triton_kernels
-    if name == "cuda":
-        raise ValueError("backend='cuda': clip_loss has no CUDA kernel yet; use 'triton' or 'auto'")
-    return _TorchKernels
+    return _backend.select_kernels("clip_loss", backend, x, cpu=_CpuKernels, torch_impl=_TorchKernels,
+                                   triton_module="clip_loss", gpu_order=GPU_BACKEND_ORDER)

@@ -52,8 +52,7 @@ def media_cross_attention(q, k, v, media_index, *, latents_per_media=64, scale=N
     if check_index and media_index.numel():
         check_media_index(media_index, n_media)
     _backend.resolve_backend(backend, q.device, "media_cross_attention", GPU_BACKEND_ORDER)
-    if q.dtype == torch.float64 and backend not in ("auto", "torch"):
-        raise ValueError(f"q: float64 runs only on backend='torch', not {backend!r}")
+    _backend.check_float64_backend("q", q, backend)
     scale = float(D ** -0.5 if scale is None else scale)
     out, _ = torch.ops.fmkit.media_cross_attention(q, k, v, media_index, latents_per_media, scale, backend)
     return out
@@ -79,8 +78,8 @@ def _op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, media_index: torch.Te
 
 @_op.register_fake
 def _fake(q, k, v, media_index, latents_per_media, scale, backend):
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=acc)
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            q.new_empty(q.shape[:3], dtype=_backend.accumulation_dtype(q)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -133,16 +132,6 @@ class _CpuKernels:
 _TorchKernels = SimpleNamespace(forward=_torch_forward, backward=_torch_backward)
 
 
-def _kernels(backend, q):
-    if q.dtype == torch.float64:
-        return _TorchKernels
-    name = _backend.resolve_backend(backend, q.device, "media_cross_attention", GPU_BACKEND_ORDER)
-    if name == "cpu":
-        return _CpuKernels
-    if name == "triton":
-        from fmkit.triton import media_cross_attention as triton_kernels
-
-        return triton_kernels
-    if name == "cuda":
-        raise ValueError("backend='cuda': media_cross_attention has no CUDA kernel; use 'triton' or 'auto'")
-    return _TorchKernels
+def _kernels(backend, x):
+    return _backend.select_kernels("media_cross_attention", backend, x, cpu=_CpuKernels, torch_impl=_TorchKernels,
+                                   triton_module="media_cross_attention", gpu_order=GPU_BACKEND_ORDER)

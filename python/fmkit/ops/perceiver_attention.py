@@ -47,8 +47,7 @@ def perceiver_attention(q, k_media, v_media, k_latents, v_latents, *, scale=None
     if k_media.shape[2] + k_latents.shape[2] == 0:
         raise ValueError("k_media: no keys at all (M + L2 = 0)")
     _backend.resolve_backend(backend, q.device, "perceiver_attention", GPU_BACKEND_ORDER)
-    if q.dtype == torch.float64 and backend not in ("auto", "torch"):
-        raise ValueError(f"q: float64 runs only on backend='torch', not {backend!r}")
+    _backend.check_float64_backend("q", q, backend)
     scale = float(D ** -0.5 if scale is None else scale)
     out, _ = torch.ops.fmkit.perceiver_attention(q, k_media, v_media, k_latents, v_latents, scale, backend)
     return out
@@ -62,8 +61,8 @@ def _op(q: torch.Tensor, km: torch.Tensor, vm: torch.Tensor, kl: torch.Tensor, v
 
 @_op.register_fake
 def _fake(q, km, vm, kl, vl, scale, backend):
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=acc)
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            q.new_empty(q.shape[:3], dtype=_backend.accumulation_dtype(q)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -112,16 +111,6 @@ class _CpuKernels:
 _TorchKernels = SimpleNamespace(forward=_torch_forward, backward=_torch_backward)
 
 
-def _kernels(backend, q):
-    if q.dtype == torch.float64:
-        return _TorchKernels
-    name = _backend.resolve_backend(backend, q.device, "perceiver_attention", GPU_BACKEND_ORDER)
-    if name == "cpu":
-        return _CpuKernels
-    if name == "triton":
-        from fmkit.triton import perceiver_attention as triton_kernels
-
-        return triton_kernels
-    if name == "cuda":
-        raise ValueError("backend='cuda': perceiver_attention has no CUDA kernel; use 'triton' or 'auto'")
-    return _TorchKernels
+def _kernels(backend, x):
+    return _backend.select_kernels("perceiver_attention", backend, x, cpu=_CpuKernels, torch_impl=_TorchKernels,
+                                   triton_module="perceiver_attention", gpu_order=GPU_BACKEND_ORDER)

@@ -44,19 +44,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import FLOAT_DTYPES, dot_flags, mma, tile_range
+
 # Column-LSE scratch budget (fp32 elements) for one forward launch; tests lower it to exercise
 # the row chunking.
 _SCRATCH_ELEMS = 1 << 26
-
-
-@triton.jit
-def _mma(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    # UPCAST: the interpreter's tl.dot mishandles bf16 operands (reads them as raw bits), so
-    # under TRITON_INTERPRET bf16 tiles are widened first (exact: bf16 -> fp32 is lossless).
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PREC)
 
 
 @triton.jit
@@ -72,7 +64,7 @@ def _dot_tile(x_ptr, y_ptr, rm, rn, M, N, D, sxm, sxd, syn, syd,
         # Y loaded as [BLOCK_D, BLOCK_N] so the dot needs no explicit transpose.
         yt = tl.load(y_ptr + rn[None, :] * syn + rd[:, None] * syd,
                      mask=(rn[None, :] < N) & (rd[:, None] < D), other=0.0)
-        acc = _mma(x, yt, acc, PREC, UPCAST)
+        acc = mma(x, yt, acc, PREC, UPCAST)
     return acc
 
 
@@ -93,6 +85,29 @@ def _sigmoid(z):
 
 
 @triton.jit
+def _split_range(pid_s, tiles_per_split, BLOCK: tl.constexpr, n):
+    """[start, end) of the loop axis covered by split pid_s (tiles_per_split tiles of BLOCK)."""
+    start = pid_s * tiles_per_split * BLOCK
+    return start, tl.minimum(n, start + tiles_per_split * BLOCK)
+
+
+@triton.jit
+def _load_stats(stat_ptr, w_ptr, idx, ok):
+    """(LSE statistic, weight) of rows / columns idx; padding loads stat = +inf and weight 0."""
+    return tl.load(stat_ptr + idx, mask=ok, other=float("inf")), tl.load(w_ptr + idx, mask=ok, other=0.0)
+
+
+@triton.jit
+def _load_col_stats(col_ptr, wc_ptr, rn, col_ok, HAS_COL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(c, wc) of columns rn; zeros (unused by _grad_tile) without a column term."""
+    c = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    wc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if HAS_COL:
+        c, wc = _load_stats(col_ptr, wc_ptr, rn, col_ok)
+    return c, wc
+
+
+@triton.jit
 def _fwd_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, row_part_ptr, col_part_ptr,
                 M, N, D, sxm, sxd, syn, syd, tiles_per_split,
                 IS_SOFTMAX: tl.constexpr, NEED_COL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -101,16 +116,13 @@ def _fwd_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, row_part_ptr, col_part_ptr,
     pid_s = tl.program_id(1)
     scale = tl.load(scale_ptr)
     bias = tl.load(bias_ptr)
-    rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    row_ok = rm < M
+    rm, row_ok = tile_range(pid_m * BLOCK_M, BLOCK_M, M)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    n_start = pid_s * tiles_per_split * BLOCK_N
-    n_end = tl.minimum(N, n_start + tiles_per_split * BLOCK_N)
+    n_start, n_end = _split_range(pid_s, tiles_per_split, BLOCK_N, N)
     # Every split starts on a tile with >= 1 real column, so m_i is finite after one step.
     for n0 in range(n_start, n_end, BLOCK_N):
-        rn = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
-        col_ok = rn < N
+        rn, col_ok = tile_range(n0, BLOCK_N, N)
         z = _dot_tile(x_ptr, y_ptr, rm, rn, M, N, D, sxm, sxd, syn, syd,
                       PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D) * scale + bias
         if IS_SOFTMAX:
@@ -160,7 +172,7 @@ def _add_product_rows(out_base, out_rows, out_ok, g, src_ptr, src_rows, src_ok, 
         ptrs = out_base + out_rows[:, None] * D + rd[None, :]
         msk = out_ok[:, None] & (rd[None, :] < D)
         acc = tl.load(ptrs, mask=msk, other=0.0)
-        tl.store(ptrs, _mma(g, src, acc, PREC, UPCAST), mask=msk)
+        tl.store(ptrs, mma(g, src, acc, PREC, UPCAST), mask=msk)
 
 
 @triton.jit
@@ -172,25 +184,17 @@ def _bwd_dx_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, row_ptr, col_ptr, wr_ptr, 
     pid_s = tl.program_id(1)
     scale = tl.load(scale_ptr)
     bias = tl.load(bias_ptr)
-    rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    row_ok = rm < M
-    r = tl.load(row_ptr + rm, mask=row_ok, other=float("inf"))
-    wr = tl.load(wr_ptr + rm, mask=row_ok, other=0.0)
+    rm, row_ok = tile_range(pid_m * BLOCK_M, BLOCK_M, M)
+    r, wr = _load_stats(row_ptr, wr_ptr, rm, row_ok)
     gs_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     g_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     dx_base = dx_ptr + pid_s.to(tl.int64) * M * D  # this split's own [M, D] fp32 buffer
-    n_start = pid_s * tiles_per_split * BLOCK_N
-    n_end = tl.minimum(N, n_start + tiles_per_split * BLOCK_N)
+    n_start, n_end = _split_range(pid_s, tiles_per_split, BLOCK_N, N)
     for n0 in range(n_start, n_end, BLOCK_N):
-        rn = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
-        col_ok = rn < N
+        rn, col_ok = tile_range(n0, BLOCK_N, N)
         s = _dot_tile(x_ptr, y_ptr, rm, rn, M, N, D, sxm, sxd, syn, syd, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D)
         z = s * scale + bias
-        c = tl.zeros((BLOCK_N,), dtype=tl.float32)  # unused without a column term
-        wc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        if HAS_COL:
-            c = tl.load(col_ptr + rn, mask=col_ok, other=float("inf"))
-            wc = tl.load(wc_ptr + rn, mask=col_ok, other=0.0)
+        c, wc = _load_col_stats(col_ptr, wc_ptr, rn, col_ok, HAS_COL, BLOCK_N)
         g = _grad_tile(z, r, wr, c, wc, row_ok, col_ok, IS_SOFTMAX, HAS_COL)
         gs_acc += tl.sum(g * s, axis=1)
         g_acc += tl.sum(g, axis=1)
@@ -210,21 +214,13 @@ def _bwd_dy_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, row_ptr, col_ptr, wr_ptr, 
     pid_s = tl.program_id(1)
     scale = tl.load(scale_ptr)
     bias = tl.load(bias_ptr)
-    rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    col_ok = rn < N
-    c = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    wc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    if HAS_COL:
-        c = tl.load(col_ptr + rn, mask=col_ok, other=float("inf"))
-        wc = tl.load(wc_ptr + rn, mask=col_ok, other=0.0)
+    rn, col_ok = tile_range(pid_n * BLOCK_N, BLOCK_N, N)
+    c, wc = _load_col_stats(col_ptr, wc_ptr, rn, col_ok, HAS_COL, BLOCK_N)
     dy_base = dy_ptr + pid_s.to(tl.int64) * N * D
-    m_start = pid_s * tiles_per_split * BLOCK_M
-    m_end = tl.minimum(M, m_start + tiles_per_split * BLOCK_M)
+    m_start, m_end = _split_range(pid_s, tiles_per_split, BLOCK_M, M)
     for m0 in range(m_start, m_end, BLOCK_M):
-        rm = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
-        row_ok = rm < M
-        r = tl.load(row_ptr + rm, mask=row_ok, other=float("inf"))
-        wr = tl.load(wr_ptr + rm, mask=row_ok, other=0.0)
+        rm, row_ok = tile_range(m0, BLOCK_M, M)
+        r, wr = _load_stats(row_ptr, wr_ptr, rm, row_ok)
         # Same tile orientation and d-chunk order as the forward / dx pass, so G agrees with them
         # to fp32 rounding (exp(L - row) stays <= ~1).
         s = _dot_tile(x_ptr, y_ptr, rm, rn, M, N, D, sxm, sxd, syn, syd, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D)
@@ -272,12 +268,9 @@ def _prep(x, y, scale, bias, kind):
         raise ValueError(f"kind must be 'softmax' or 'sigmoid', got {kind!r}")
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"x [M, d] and y [N, d] expected, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if x.dtype != y.dtype or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if x.dtype != y.dtype or x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"x and y must share a dtype among f32/f16/bf16, got {x.dtype}, {y.dtype}")
-    upcast = x.device.type == "cpu" and x.dtype == torch.bfloat16  # see _mma
-    # "tf32" is ignored for 16-bit operands; fp32 operands get exact IEEE products.
-    prec = "ieee" if x.dtype == torch.float32 or upcast else "tf32"
-    flags = dict(PREC=prec, UPCAST=upcast)
+    flags = dot_flags(x.dtype, x.device)
     return x.detach(), y.detach(), _scalar(scale, x.device), _scalar(bias, x.device), flags
 
 

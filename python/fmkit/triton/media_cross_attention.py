@@ -47,18 +47,9 @@ import torch
 import triton
 import triton.language as tl
 
-_LOG2E = 1.4426950408889634
-_MAX_D = 256
-
-
-@triton.jit
-def _mma(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    # UPCAST: the interpreter's tl.dot reads bf16 operands as raw bits, so under
-    # TRITON_INTERPRET bf16 tiles are widened first (exact).
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PREC)
+from ._common import (FLOAT_DTYPES, LOG2E, attention_config, attn_delta, attn_dscores, attn_query_block,
+                      attn_scores, check_head_dim, dot_flags, mma, online_softmax_update, store_attn_out,
+                      tile_range)
 
 
 @triton.jit
@@ -70,21 +61,31 @@ def _image_range(idx):
 
 
 @triton.jit
+def _query_block(mi_ptr, H, T, D, smb, smt, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """attn_query_block plus the rows x lanes mask and the media_index of the rows:
+    (bh, b, h, rt, rt < T, rd, rd < D, td_ok, idx)."""
+    bh, b, h, rt, t_ok, rd, d_ok = attn_query_block(H, T, D, BLOCK_T, BLOCK_D)
+    td_ok = t_ok[:, None] & d_ok[None, :]
+    idx = tl.load(mi_ptr + b * smb + rt * smt, mask=t_ok, other=0).to(tl.int32)
+    return bh, b, h, rt, t_ok, rd, d_ok, td_ok, idx
+
+
+@triton.jit
+def _image_keys(m, n0, P, BLOCK_N: tl.constexpr):
+    """Key tile n0 .. n0 + BLOCK_N - 1 of image m (1-based): (int64 key rows, mask of tile entries < P)."""
+    rn = n0 + tl.arange(0, BLOCK_N)
+    n_ok = rn < P
+    # (m - 1) * P + rn < n_media * P fits int32; the row offsets are widened.
+    return ((m - 1) * P + rn).to(tl.int64), n_ok
+
+
+@triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, out_ptr, lse_ptr,
                 H, T, P, D, qk_scale,
                 sqb, sqh, sqt, sqd, skb, skh, skn, skd, svb, svh, svn, svd, smb, smt,
                 PREC: tl.constexpr, UPCAST: tl.constexpr,
                 BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_t = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    rt = (pid_t * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-    t_ok = rt < T
-    rd = tl.arange(0, BLOCK_D)
-    d_ok = rd < D
-    td_ok = t_ok[:, None] & d_ok[None, :]
-    idx = tl.load(mi_ptr + b * smb + rt * smt, mask=t_ok, other=0).to(tl.int32)
+    bh, b, h, rt, t_ok, rd, d_ok, td_ok, idx = _query_block(mi_ptr, H, T, D, smb, smt, BLOCK_T, BLOCK_D)
     q = tl.load(q_ptr + b * sqb + h * sqh + rt[:, None] * sqt + rd[None, :] * sqd, mask=td_ok, other=0.0)
     k_base = k_ptr + b * skb + h * skh
     v_base = v_ptr + b * svb + h * svh
@@ -94,32 +95,22 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, out_ptr, lse_ptr,
     lo, hi = _image_range(idx)
     for m in range(lo, hi):
         row_m = idx == m
-        key0 = (m - 1) * P  # < n_media * P: fits int32; row offsets are widened below
         for n0 in range(0, P, BLOCK_N):
-            rn = n0 + tl.arange(0, BLOCK_N)
-            n_ok = rn < P
-            rk = (key0 + rn).to(tl.int64)
+            rk, n_ok = _image_keys(m, n0, P, BLOCK_N)
             kt = tl.load(k_base + rk[None, :] * skn + rd[:, None] * skd,
                          mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-            s = _mma(q, kt, tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32), PREC, UPCAST) * qk_scale
+            s = attn_scores(q, kt, qk_scale, PREC, UPCAST, BLOCK_T, BLOCK_N)
             s = tl.where(row_m[:, None] & n_ok[None, :], s, float("-inf"))
             # Rows of other images see an all -inf tile: a finite stand-in max keeps
             # exp2(-inf - m) = 0 and avoids -inf - -inf = NaN; their (m_i, l_i, acc) are unchanged.
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_use)
-            p = tl.exp2(s - m_use[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_base + rk[:, None] * svn + rd[None, :] * svd,
-                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-            acc = _mma(p.to(v.dtype), v, acc * alpha[:, None], PREC, UPCAST)
+            l_i, acc = online_softmax_update(s, m_i, m_use, l_i, acc,
+                                             v_base + rk[:, None] * svn + rd[None, :] * svd,
+                                             n_ok[:, None] & d_ok[None, :], PREC, UPCAST)
             m_i = m_new
     # Index-0 rows never got a key: l_i = 0, acc = 0, so out is exactly 0 and lse = -inf.
-    has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-    tl.store(out_ptr + (bh * T + rt)[:, None] * D + rd[None, :], out.to(out_ptr.dtype.element_ty), mask=td_ok)
-    tl.store(lse_ptr + bh * T + rt, lse, mask=t_ok)
+    store_attn_out(out_ptr, lse_ptr, m_i, l_i, acc, bh * T, rt, t_ok, rd, d_ok, D)
 
 
 @triton.jit
@@ -129,20 +120,10 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, out_ptr, lse_ptr, do_ptr, dq_ptr
                    sdob, sdoh, sdot, sdod,
                    PREC: tl.constexpr, UPCAST: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_t = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    rt = (pid_t * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-    t_ok = rt < T
-    rd = tl.arange(0, BLOCK_D)
-    d_ok = rd < D
-    td_ok = t_ok[:, None] & d_ok[None, :]
-    idx = tl.load(mi_ptr + b * smb + rt * smt, mask=t_ok, other=0).to(tl.int32)
+    bh, b, h, rt, t_ok, rd, d_ok, td_ok, idx = _query_block(mi_ptr, H, T, D, smb, smt, BLOCK_T, BLOCK_D)
     q = tl.load(q_ptr + b * sqb + h * sqh + rt[:, None] * sqt + rd[None, :] * sqd, mask=td_ok, other=0.0)
     do = tl.load(do_ptr + b * sdob + h * sdoh + rt[:, None] * sdot + rd[None, :] * sdod, mask=td_ok, other=0.0)
-    o = tl.load(out_ptr + (bh * T + rt)[:, None] * D + rd[None, :], mask=td_ok, other=0.0)
-    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+    delta = attn_delta(do, out_ptr, bh * T, rt, rd, td_ok, D)
     tl.store(delta_ptr + bh * T + rt, delta, mask=t_ok)
     # Index-0 rows have lse = -inf; their scores are masked to -inf below, and a finite lse
     # keeps exp2(-inf - lse) = 0 (not NaN).
@@ -154,20 +135,16 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, out_ptr, lse_ptr, do_ptr, dq_ptr
     lo, hi = _image_range(idx)
     for m in range(lo, hi):
         row_m = idx == m
-        key0 = (m - 1) * P  # < n_media * P: fits int32; row offsets are widened below
         for n0 in range(0, P, BLOCK_N):
-            rn = n0 + tl.arange(0, BLOCK_N)
-            n_ok = rn < P
-            rk = (key0 + rn).to(tl.int64)
+            rk, n_ok = _image_keys(m, n0, P, BLOCK_N)
             nd_ok = n_ok[None, :] & d_ok[:, None]
             kt = tl.load(k_base + rk[None, :] * skn + rd[:, None] * skd, mask=nd_ok, other=0.0)
             vt = tl.load(v_base + rk[None, :] * svn + rd[:, None] * svd, mask=nd_ok, other=0.0)
-            s = _mma(q, kt, tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32), PREC, UPCAST) * qk_scale
+            s = attn_scores(q, kt, qk_scale, PREC, UPCAST, BLOCK_T, BLOCK_N)
             s = tl.where(row_m[:, None] & n_ok[None, :], s, float("-inf"))
             p = tl.exp2(s - lse2[:, None])
-            dp = _mma(do, vt, tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32), PREC, UPCAST)
-            ds = (p * (dp - delta[:, None])).to(q.dtype)
-            dq = _mma(ds, tl.trans(kt), dq, PREC, UPCAST)
+            ds = attn_dscores(p, do, vt, delta, PREC, UPCAST, BLOCK_T, BLOCK_N)
+            dq = mma(ds, tl.trans(kt), dq, PREC, UPCAST)
     tl.store(dq_ptr + (bh * T + rt)[:, None] * D + rd[None, :], dq * scale, mask=td_ok)
 
 
@@ -184,9 +161,7 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, lse_ptr, do_ptr, delta_ptr, fir
     b = bh // H
     h = bh % H
     m = pid // n_ptiles + 1  # image owned by this program (1-based, as in media_index)
-    rn = (pid % n_ptiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = rn < P
-    rk = ((m - 1) * P + rn).to(tl.int64)
+    rk, n_ok = _image_keys(m, (pid % n_ptiles) * BLOCK_N, P, BLOCK_N)
     rd = tl.arange(0, BLOCK_D)
     d_ok = rd < D
     nd_ok = n_ok[None, :] & d_ok[:, None]
@@ -198,8 +173,7 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, lse_ptr, do_ptr, delta_ptr, fir
     first = tl.load(first_ptr + b * n_slots + m)
     last = tl.load(last_ptr + b * n_slots + m)
     for t0 in range((first // BLOCK_T) * BLOCK_T, last + 1, BLOCK_T):
-        rt = (t0 + tl.arange(0, BLOCK_T)).to(tl.int64)
-        t_ok = rt < T
+        rt, t_ok = tile_range(t0, BLOCK_T, T)
         td_ok = t_ok[:, None] & d_ok[None, :]
         idx = tl.load(mi_ptr + b * smb + rt * smt, mask=t_ok, other=0).to(tl.int32)
         row_m = idx == m
@@ -210,13 +184,12 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, lse_ptr, do_ptr, delta_ptr, fir
         lse2 = tl.load(lse_ptr + bh * T + rt, mask=t_ok, other=0.0) * 1.4426950408889634
         lse2 = tl.where(row_m, lse2, 0.0)
         delta = tl.load(delta_ptr + bh * T + rt, mask=t_ok, other=0.0)
-        s = _mma(q, kt, tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32), PREC, UPCAST) * qk_scale
+        s = attn_scores(q, kt, qk_scale, PREC, UPCAST, BLOCK_T, BLOCK_N)
         s = tl.where(row_m[:, None] & n_ok[None, :], s, float("-inf"))
         p = tl.exp2(s - lse2[:, None])
-        dp = _mma(do, vt, tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32), PREC, UPCAST)
-        ds = (p * (dp - delta[:, None])).to(q.dtype)
-        dv = _mma(tl.trans(p.to(do.dtype)), do, dv, PREC, UPCAST)
-        dk = _mma(tl.trans(ds), q, dk, PREC, UPCAST)
+        ds = attn_dscores(p, do, vt, delta, PREC, UPCAST, BLOCK_T, BLOCK_N)
+        dv = mma(tl.trans(p.to(do.dtype)), do, dv, PREC, UPCAST)
+        dk = mma(tl.trans(ds), q, dk, PREC, UPCAST)
     off = (bh * NK + rk)[:, None] * D + rd[None, :]
     ok = n_ok[:, None] & d_ok[None, :]
     tl.store(dk_ptr + off, dk * scale, mask=ok)
@@ -225,23 +198,10 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, lse_ptr, do_ptr, delta_ptr, fir
 
 # ---- host side ----
 
-def _config(device, D, backward=False):
-    """(BLOCK_T, BLOCK_N, BLOCK_D, num_warps, num_stages)."""
-    bd = max(16, triton.next_power_of_2(D))
-    if device.type == "cpu":  # interpreter: small tiles keep the numpy work per program low
-        return 16, 16, bd, 4, 1
-    if backward:
-        # The backward's live set (q, dout, dq or dK / dV plus S / P / dP / dS) is about twice the
-        # forward's: 32-key tiles and 8 warps are the largest sm_90 config without register spills
-        # (ptxas -v at D = 64, bf16).
-        return 64, 32, bd, 8, 2
-    return 64, 64, bd, 4, 2
-
-
 def _prep(q, k, v, media_index, latents_per_media):
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be [B, H, N, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+    if q.dtype not in FLOAT_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share a dtype among f32/f16/bf16, got {q.dtype}, {k.dtype}, {v.dtype}")
     B, H, T, D = q.shape
     P = int(latents_per_media)
@@ -254,11 +214,8 @@ def _prep(q, k, v, media_index, latents_per_media):
     if media_index.shape != (B, T) or media_index.dtype != torch.int64:
         raise ValueError(f"media_index must be int64 [B, T] = {(B, T)}, got {media_index.dtype} "
                          f"{tuple(media_index.shape)}")
-    if D > _MAX_D:
-        raise ValueError(f"head dim {D} > {_MAX_D} is not supported by these kernels")
-    upcast = q.device.type == "cpu" and q.dtype == torch.bfloat16  # see _mma
-    prec = "ieee" if q.dtype == torch.float32 or upcast else "tf32"  # tf32 is ignored for 16-bit
-    return q.detach(), k.detach(), v.detach(), media_index.detach(), P, dict(PREC=prec, UPCAST=upcast)
+    check_head_dim(D)
+    return q.detach(), k.detach(), v.detach(), media_index.detach(), P, dot_flags(q.dtype, q.device)
 
 
 def forward(q, k, v, media_index, latents_per_media, scale):
@@ -269,9 +226,9 @@ def forward(q, k, v, media_index, latents_per_media, scale):
     lse = torch.empty((B, H, T), dtype=torch.float32, device=dev)
     if B * H * T == 0:
         return out, lse
-    bt, bn, bd, warps, stages = _config(dev, D)
+    bt, bn, bd, warps, stages = attention_config(dev, D)
     _fwd_kernel[(triton.cdiv(T, bt), B * H)](
-        q, k, v, mi, out, lse, H, T, P, D, float(scale) * _LOG2E,
+        q, k, v, mi, out, lse, H, T, P, D, float(scale) * LOG2E,
         *q.stride(), *k.stride(), *v.stride(), *mi.stride(), **flags,
         BLOCK_T=bt, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
     )
@@ -297,8 +254,8 @@ def backward(q, k, v, media_index, latents_per_media, out, lse, dout, scale):
     out = out.detach().contiguous()
     lse = lse.detach().to(torch.float32).contiguous()
     dout = dout.detach().to(q.dtype)
-    bt, bn, bd, warps, stages = _config(dev, D, backward=True)
-    scales = (float(scale) * _LOG2E, float(scale))
+    bt, bn, bd, warps, stages = attention_config(dev, D, backward=True)
+    scales = (float(scale) * LOG2E, float(scale))
     delta = torch.empty((B, H, T), **f32)
     _bwd_dq_kernel[(triton.cdiv(T, bt), B * H)](
         q, k, v, mi, out, lse, dout, dq, delta, H, T, P, D, *scales,

@@ -49,18 +49,9 @@ import torch
 import triton
 import triton.language as tl
 
-_LOG2E = 1.4426950408889634
-_MAX_D = 256  # the q / dq / acc tiles live in registers as [BLOCK_L, BLOCK_D]
-
-
-@triton.jit
-def _mma(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    # UPCAST: the interpreter's tl.dot reads bf16 operands as raw bits, so under
-    # TRITON_INTERPRET bf16 tiles are widened first (exact).
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PREC)
+from ._common import (FLOAT_DTYPES, LOG2E, attention_config, attn_delta, attn_dscores, attn_query_block,
+                      attn_scores, check_head_dim, dot_flags, mma, online_softmax_update, store_attn_out,
+                      tile_range)
 
 
 @triton.jit
@@ -68,22 +59,18 @@ def _fwd_source(q, k_base, v_base, N, skn, skd, svn, svd, rd, d_ok, m_i, l_i, ac
                 PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr):
     """Online-softmax update of (m_i, l_i, acc) over the N keys of one source (base-2 scores)."""
     for n0 in range(0, N, BLOCK_N):
-        rn = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
-        n_ok = rn < N
+        rn, n_ok = tile_range(n0, BLOCK_N, N)
         # K loaded as [BLOCK_D, BLOCK_N] so q @ kt needs no explicit transpose.
         kt = tl.load(k_base + rn[None, :] * skn + rd[:, None] * skd,
                      mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        s = _mma(q, kt, tl.zeros((BLOCK_L, BLOCK_N), dtype=tl.float32), PREC, UPCAST) * qk_scale
+        s = attn_scores(q, kt, qk_scale, PREC, UPCAST, BLOCK_L, BLOCK_N)
         s = tl.where(n_ok[None, :], s, float("-inf"))
         # Every tile holds >= 1 real key, so m_new is finite and exp2(m_i - m_new) is 0 on the
         # first tile (m_i = -inf), never NaN.
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + rn[:, None] * svn + rd[None, :] * svd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = _mma(p.to(v.dtype), v, acc * alpha[:, None], PREC, UPCAST)
+        l_i, acc = online_softmax_update(s, m_i, m_new, l_i, acc,
+                                         v_base + rn[:, None] * svn + rd[None, :] * svd,
+                                         n_ok[:, None] & d_ok[None, :], PREC, UPCAST)
         m_i = m_new
     return m_i, l_i, acc
 
@@ -95,14 +82,7 @@ def _fwd_kernel(q_ptr, km_ptr, vm_ptr, kl_ptr, vl_ptr, out_ptr, lse_ptr,
                 sklb, sklh, skln, skld, svlb, svlh, svln, svld,
                 PREC: tl.constexpr, UPCAST: tl.constexpr,
                 BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_l = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    rl = (pid_l * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
-    l_ok = rl < L
-    rd = tl.arange(0, BLOCK_D)
-    d_ok = rd < D
+    bh, b, h, rl, l_ok, rd, d_ok = attn_query_block(H, L, D, BLOCK_L, BLOCK_D)
     q = tl.load(q_ptr + b * sqb + h * sqh + rl[:, None] * sql + rd[None, :] * sqd,
                 mask=l_ok[:, None] & d_ok[None, :], other=0.0)
     m_i = tl.full((BLOCK_L,), float("-inf"), dtype=tl.float32)
@@ -115,13 +95,7 @@ def _fwd_kernel(q_ptr, km_ptr, vm_ptr, kl_ptr, vl_ptr, out_ptr, lse_ptr,
                                 skln, skld, svln, svld, rd, d_ok, m_i, l_i, acc, qk_scale,
                                 PREC, UPCAST, BLOCK_L, BLOCK_N)
     # l_i == 0 only without any key (M + L2 == 0): out = 0, lse = -inf instead of 0/0.
-    has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-    o_off = (bh * L + rl) * D  # out / lse are contiguous
-    tl.store(out_ptr + o_off[:, None] + rd[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=l_ok[:, None] & d_ok[None, :])
-    tl.store(lse_ptr + bh * L + rl, lse, mask=l_ok)
+    store_attn_out(out_ptr, lse_ptr, m_i, l_i, acc, bh * L, rl, l_ok, rd, d_ok, D)
 
 
 @triton.jit
@@ -133,25 +107,23 @@ def _bwd_source(q, do, lse2, delta, k_base, v_base, dk_base, dv_base, N, D, skn,
     source (dk_base / dv_base: contiguous [N, D] fp32 rows owned by this program) and returns the
     updated dq accumulator."""
     for n0 in range(0, N, BLOCK_N):
-        rn = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
-        n_ok = rn < N
+        rn, n_ok = tile_range(n0, BLOCK_N, N)
         nd_ok = n_ok[None, :] & d_ok[:, None]
         kt = tl.load(k_base + rn[None, :] * skn + rd[:, None] * skd, mask=nd_ok, other=0.0)
         vt = tl.load(v_base + rn[None, :] * svn + rd[:, None] * svd, mask=nd_ok, other=0.0)
-        s = _mma(q, kt, tl.zeros((BLOCK_L, BLOCK_N), dtype=tl.float32), PREC, UPCAST) * qk_scale
+        s = attn_scores(q, kt, qk_scale, PREC, UPCAST, BLOCK_L, BLOCK_N)
         # Padded query rows carry lse2 = +inf and padded keys are forced to 0, so p is the
         # forward's softmax on real entries and exactly 0 elsewhere.
         p = tl.where(n_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
-        dp = _mma(do, vt, tl.zeros((BLOCK_L, BLOCK_N), dtype=tl.float32), PREC, UPCAST)
-        ds = (p * (dp - delta[:, None])).to(q.dtype)
+        ds = attn_dscores(p, do, vt, delta, PREC, UPCAST, BLOCK_L, BLOCK_N)
         zero_nd = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        dv = _mma(tl.trans(p.to(do.dtype)), do, zero_nd, PREC, UPCAST)
-        dk = _mma(tl.trans(ds), q, zero_nd, PREC, UPCAST) * scale
+        dv = mma(tl.trans(p.to(do.dtype)), do, zero_nd, PREC, UPCAST)
+        dk = mma(tl.trans(ds), q, zero_nd, PREC, UPCAST) * scale
         out_off = rn[:, None] * D + rd[None, :]
         out_ok = n_ok[:, None] & d_ok[None, :]
         tl.store(dk_base + out_off, dk, mask=out_ok)
         tl.store(dv_base + out_off, dv, mask=out_ok)
-        dq = _mma(ds, tl.trans(kt), dq, PREC, UPCAST)
+        dq = mma(ds, tl.trans(kt), dq, PREC, UPCAST)
     return dq
 
 
@@ -163,23 +135,15 @@ def _bwd_kernel(q_ptr, km_ptr, vm_ptr, kl_ptr, vl_ptr, out_ptr, lse_ptr, do_ptr,
                 sklb, sklh, skln, skld, svlb, svlh, svln, svld, sdob, sdoh, sdol, sdod,
                 PREC: tl.constexpr, UPCAST: tl.constexpr,
                 BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_l = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    rl = (pid_l * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
-    l_ok = rl < L
-    rd = tl.arange(0, BLOCK_D)
-    d_ok = rd < D
+    bh, b, h, rl, l_ok, rd, d_ok = attn_query_block(H, L, D, BLOCK_L, BLOCK_D)
     ld_ok = l_ok[:, None] & d_ok[None, :]
     q = tl.load(q_ptr + b * sqb + h * sqh + rl[:, None] * sql + rd[None, :] * sqd, mask=ld_ok, other=0.0)
     do = tl.load(do_ptr + b * sdob + h * sdoh + rl[:, None] * sdol + rd[None, :] * sdod, mask=ld_ok, other=0.0)
-    o = tl.load(out_ptr + (bh * L + rl)[:, None] * D + rd[None, :], mask=ld_ok, other=0.0)
-    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+    delta = attn_delta(do, out_ptr, bh * L, rl, rd, ld_ok, D)
     lse2 = tl.load(lse_ptr + bh * L + rl, mask=l_ok, other=float("inf")) * 1.4426950408889634
     dq = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     # This query block's own partial slot (offset 0 when one block covers L).
-    part = pid_l.to(tl.int64)
+    part = tl.program_id(0).to(tl.int64)
     dq = _bwd_source(q, do, lse2, delta, km_ptr + b * skmb + h * skmh, vm_ptr + b * svmb + h * svmh,
                      dkm_ptr + part * part_m + bh * M * D, dvm_ptr + part * part_m + bh * M * D,
                      M, D, skmn, skmd, svmn, svmd, rd, d_ok, dq, qk_scale, scale,
@@ -193,19 +157,6 @@ def _bwd_kernel(q_ptr, km_ptr, vm_ptr, kl_ptr, vl_ptr, out_ptr, lse_ptr, do_ptr,
 
 # ---- host side ----
 
-def _config(device, D, backward=False):
-    """(BLOCK_L, BLOCK_N, BLOCK_D, num_warps, num_stages)."""
-    bd = max(16, triton.next_power_of_2(D))
-    if device.type == "cpu":  # interpreter: small tiles keep the numpy work per program low
-        return 16, 16, bd, 4, 1
-    if backward:
-        # The backward's live set (q, dout, dq or dK / dV plus S / P / dP / dS) is about twice the
-        # forward's: 32-key tiles and 8 warps are the largest sm_90 config without register spills
-        # (ptxas -v at D = 64, bf16).
-        return 64, 32, bd, 8, 2
-    return 64, 64, bd, 4, 2
-
-
 def _strides(t):
     return tuple(t.stride())
 
@@ -216,18 +167,15 @@ def _prep(q, km, vm, kl, vl):
     for n, t in zip(names, ts):
         if t.dim() != 4:
             raise ValueError(f"{n} must be [B, H, N, D], got {tuple(t.shape)}")
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or any(t.dtype != q.dtype for t in ts):
+    if q.dtype not in FLOAT_DTYPES or any(t.dtype != q.dtype for t in ts):
         raise ValueError(f"q, km, vm, kl, vl must share a dtype among f32/f16/bf16, got {[t.dtype for t in ts]}")
     B, H, L, D = q.shape
     M, L2 = km.shape[2], kl.shape[2]
     if km.shape != (B, H, M, D) or vm.shape != km.shape or kl.shape != (B, H, L2, D) or vl.shape != kl.shape:
         raise ValueError("shape mismatch: q [B,H,L,D], km/vm [B,H,M,D], kl/vl [B,H,L2,D] expected, got "
                          f"{[tuple(t.shape) for t in ts]}")
-    if D > _MAX_D:
-        raise ValueError(f"head dim {D} > {_MAX_D} is not supported by these kernels")
-    upcast = q.device.type == "cpu" and q.dtype == torch.bfloat16  # see _mma
-    prec = "ieee" if q.dtype == torch.float32 or upcast else "tf32"  # tf32 is ignored for 16-bit
-    return [t.detach() for t in ts], dict(PREC=prec, UPCAST=upcast)
+    check_head_dim(D)
+    return [t.detach() for t in ts], dot_flags(q.dtype, q.device)
 
 
 def forward(q, km, vm, kl, vl, scale):
@@ -240,9 +188,9 @@ def forward(q, km, vm, kl, vl, scale):
     if out.numel() == 0:
         lse.fill_(float("-inf"))
         return out, lse
-    bl, bn, bd, warps, stages = _config(dev, D)
+    bl, bn, bd, warps, stages = attention_config(dev, D)
     _fwd_kernel[(triton.cdiv(L, bl), B * H)](
-        q, km, vm, kl, vl, out, lse, H, L, M, L2, D, float(scale) * _LOG2E,
+        q, km, vm, kl, vl, out, lse, H, L, M, L2, D, float(scale) * LOG2E,
         *_strides(q), *_strides(km), *_strides(vm), *_strides(kl), *_strides(vl), **flags,
         BLOCK_L=bl, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
     )
@@ -264,7 +212,7 @@ def backward(q, km, vm, kl, vl, out, lse, dout, scale):
     out = out.detach().contiguous()
     lse = lse.detach().to(torch.float32).contiguous()
     dout = dout.detach().to(q.dtype)
-    bl, bn, bd, warps, stages = _config(dev, D, backward=True)
+    bl, bn, bd, warps, stages = attention_config(dev, D, backward=True)
     blocks = triton.cdiv(L, bl)
     dq = torch.empty((B, H, L, D), **f32)
     # Every program writes all key rows of its (b, h) into its own slot: with one query block the
@@ -275,7 +223,7 @@ def backward(q, km, vm, kl, vl, out, lse, dout, scale):
     dvl = torch.empty((blocks, B, H, L2, D), **f32)
     _bwd_kernel[(blocks, B * H)](
         q, km, vm, kl, vl, out, lse, dout, dq, dkm, dvm, dkl, dvl,
-        H, L, M, L2, D, float(scale) * _LOG2E, float(scale), B * H * M * D, B * H * L2 * D,
+        H, L, M, L2, D, float(scale) * LOG2E, float(scale), B * H * M * D, B * H * L2 * D,
         *_strides(q), *_strides(km), *_strides(vm), *_strides(kl), *_strides(vl), *_strides(dout), **flags,
         BLOCK_L=bl, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
     )
