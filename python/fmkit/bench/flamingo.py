@@ -13,11 +13,12 @@ from fmkit.ops import media_cross_attention, perceiver_attention
 SHAPES = {
     # ("perceiver", BT, M media tokens, L latents) or ("media", B, T_txt, n_images)
     ("cpu", "quick"): [("perceiver", 16, 256, 64), ("media", 2, 512, 5)],
-    ("cpu", "full"): [("perceiver", 64, 256, 64), ("media", 4, 2048, 5), ("media", 8, 256, 6)],
+    ("cpu", "full"): [("perceiver", 64, 256, 64), ("media", 4, 2048, 5), ("media", 8, 256, 6),
+                      ("media", 24, 1, 1), ("media", 24, 1, 33), ("block", 64, 256, 64)],
     ("cuda", "quick"): [("perceiver", 512, 256, 64), ("media", 16, 2048, 5)],
     ("cuda", "full"): [("perceiver", 64, 256, 64), ("perceiver", 192, 256, 64), ("perceiver", 512, 256, 64),
                        ("perceiver", 792, 256, 64), ("media", 32, 256, 6), ("media", 24, 800, 33),
-                       ("media", 16, 2048, 5), ("media", 24, 1, 33)],
+                       ("media", 16, 2048, 5), ("media", 24, 1, 1), ("media", 24, 1, 33), ("block", 512, 256, 64)],
 }
 HEADS, DIM_HEAD, LATENTS_PER_MEDIA = 8, 64, 64
 
@@ -90,6 +91,26 @@ def _media_case(b, t, n_images, device, dtype, backward):
     return contenders, useful, f"media B={b} T={t} images={n_images}"
 
 
+def _block_case(bt, m, latents, device, dtype, backward):
+    """A whole PerceiverAttention block (2 LN, projections, core, out-projection) at d_vis 1024:
+    fmkit's module against the eager reference math and torch.compile of it."""
+    from fmkit.flamingo import PerceiverAttention
+    from fmkit.reference.perceiver_attention import perceiver_block_reference
+
+    torch.manual_seed(0)
+    block = PerceiverAttention(dim=1024).to(device, dtype)
+    x = torch.randn(bt, 1, m, 1024, device=device, dtype=dtype)
+    lat = torch.randn(bt, 1, latents, 1024, device=device, dtype=dtype).requires_grad_(backward)
+    eager = lambda: perceiver_block_reference(block, x, lat)  # noqa: E731
+    compiled_fn = torch.compile(perceiver_block_reference)
+    contenders = [("fmkit PerceiverAttention", _timed_call(lambda: block(x, lat), (lat,), backward), False),
+                  ("eager reference block", _timed_call(eager, (lat,), backward), True),
+                  ("torch.compile(reference)", _timed_call(lambda: compiled_fn(block, x, lat), (lat,), backward), True)]
+    core = 4.0 * bt * HEADS * latents * (m + latents) * DIM_HEAD
+    proj = 2.0 * bt * ((m + latents) * 1024 * 1024 + latents * 1024 * 512 * 2)
+    return contenders, (core + proj) * (3.0 if backward else 1.0), f"perceiver block BT={bt} d=1024"
+
+
 def cases(device: torch.device, quick: bool, shapes=None):
     on_cuda = device.type == "cuda"
     shapes = shapes or SHAPES[("cuda" if on_cuda else "cpu", "quick" if quick else "full")]
@@ -97,7 +118,7 @@ def cases(device: torch.device, quick: bool, shapes=None):
     out = []
     for kind, *dims in shapes:
         for backward in (False, True):
-            make = _perceiver_case if kind == "perceiver" else _media_case
+            make = {"perceiver": _perceiver_case, "media": _media_case, "block": _block_case}[kind]
             contenders, flops, label = make(*dims, device, dtype, backward)
             out.append({"shape": f"{label} {'fwd+bwd' if backward else 'fwd'} {str(dtype)[6:]}", "flops": flops,
                         "contenders": contenders, "peak_dtype": dtype, "repeats": 5})
