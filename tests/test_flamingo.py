@@ -235,3 +235,33 @@ def test_load_released_state_dict_names():
     partial = {k: v for k, v in released.items() if not k.startswith("perceiver.latents")}
     with pytest.raises(ValueError, match="missing trainable keys"):
         load_openflamingo_state_dict(copy.deepcopy(fresh), partial)
+
+
+def test_ops_gradcheck_float64():
+    from fmkit.ops import media_cross_attention, perceiver_attention
+
+    g = torch.Generator().manual_seed(4)
+    mk = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    q, km, vm, kl, vl = mk(1, 2, 3, 4), mk(1, 2, 5, 4), mk(1, 2, 5, 4), mk(1, 2, 3, 4), mk(1, 2, 3, 4)
+    assert torch.autograd.gradcheck(lambda *a: perceiver_attention(*a, backend="torch"), (q, km, vm, kl, vl))
+    k, v = mk(1, 2, 6, 4), mk(1, 2, 6, 4)
+    index = torch.tensor([[0, 1, 1, 3]])
+    q2 = mk(1, 2, 4, 4)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: media_cross_attention(q, k, v, index, latents_per_media=2, backend="torch"), (q2, k, v))
+
+
+def test_llama_family_is_wrapped_too():
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2,
+                                      max_position_embeddings=64)
+    model = create_flamingo(TinyVision(), transformers.LlamaForCausalLM(config), tokenizer,
+                            cross_attn_every_n_layers=3).eval()
+    assert model.decoder_layers_path == "model.layers"
+    assert [b is not None for b in model.lang_encoder.gated_cross_attn_layers] == [False, False, True]
+    vision_x, ids, mask = batch(tokenizer, ["<image> a photo of a cat", "<image> a dog"], images=1)
+    with torch.no_grad():
+        out = model(vision_x, ids, mask, labels=model.make_labels(ids))
+    assert torch.isfinite(out.loss)
