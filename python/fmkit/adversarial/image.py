@@ -1,0 +1,306 @@
+"""Gradient attacks on continuous inputs: PGD, APGD (AutoAttack), and Carlini et al.'s target-string
+attack on vision-language models (arXiv:2306.15447 §5), all on the fused `fmkit.ops.pgd_step_`.
+
+Every attack works on a closure `loss_fn(x) -> per-sample loss [B]` (or `(loss, success)`), so
+models with several inputs, prompts and masks need no adapter. Samples stop individually when
+they succeed (the kernel's `active` mask leaves them bit-identical); restarts run as extra rows
+of one batch, never as a Python loop over samples.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from fmkit.ops.pgd_step import pgd_step_
+
+NORMS = ("linf", "l2", "l1")
+
+
+@dataclass
+class AttackResult:
+    """x_adv [B, ...]; success [B] bool; steps [B] (steps each sample took); loss [B] (final or best)."""
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    steps: torch.Tensor
+    loss: torch.Tensor
+    distortion: torch.Tensor | None = None  # per-sample l2 distance from the starting point
+
+
+def _per_sample(v, b, device, name):
+    t = torch.as_tensor(v, dtype=torch.float32, device=device)
+    if t.dim() == 0:
+        t = t.expand(b)
+    if t.shape != (b,):
+        raise ValueError(f"{name}: expected a float or a [B] = [{b}] tensor, got shape {list(t.shape)}")
+    return t
+
+
+def _evaluate(loss_fn, x, success_fn):
+    out = loss_fn(x)
+    loss, success = (out if isinstance(out, tuple) else (out, None))
+    if loss.dim() != 1 or loss.shape[0] != x.shape[0]:
+        raise ValueError(f"loss_fn: expected a per-sample loss of shape [{x.shape[0]}], got {list(loss.shape)}")
+    if success is None and success_fn is not None:
+        with torch.no_grad():
+            success = success_fn(x.detach())
+    return loss, success
+
+
+def random_start(x0, eps, norm, clamp=(0.0, 1.0), generator=None):
+    """L-inf: uniform in the box; L2 (and L1): uniform in the ball, delta = eps u^(1/d) z/|z|.
+
+    The L2 start is uniform in the ball (torchattacks' PGDL2 draws u instead of u^(1/d), biased
+    toward the centre). eps = inf: a uniform random image in the clamp range (Carlini et al.).
+    """
+    b = x0.shape[0]
+    d = x0[0].numel()
+    eps = _per_sample(eps, b, x0.device, "eps")
+    lo, hi = clamp if clamp is not None else (0.0, 1.0)
+    if bool(torch.isinf(eps).all()):
+        return torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float32).to(x0.dtype) * (hi - lo) + lo
+    shape = (b,) + (1,) * (x0.dim() - 1)
+    if norm == "linf":
+        delta = (torch.rand(x0.shape, generator=generator, device=x0.device) * 2 - 1) * eps.view(shape)
+    else:
+        z = torch.randn(x0.shape, generator=generator, device=x0.device)
+        z = z / z.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+        u = torch.rand(b, generator=generator, device=x0.device) ** (1.0 / d)
+        delta = z * (eps * u).view(shape)
+    x = x0 + delta.to(x0.dtype)
+    return x.clamp(lo, hi) if clamp is not None else x
+
+
+def pgd(loss_fn: Callable, x: torch.Tensor, *, eps, step_size, steps: int, norm: str = "linf",
+        random_start_: bool = True, restarts: int = 1, targeted: bool = False, success_fn: Callable | None = None,
+        clamp=(0.0, 1.0), seed: int = 0, progress: bool = True, backend: str = "auto") -> AttackResult:
+    """Projected gradient ascent on `loss_fn` (descent if `targeted`), per-sample early stopping.
+
+    Args:
+        loss_fn: x_adv -> per-sample loss [B] or (loss [B], success bool [B]).
+        x: clean inputs [B, ...] in the clamp range.
+        eps, step_size: floats or [B] tensors; eps = inf is unbounded.
+        restarts: independent random starts, run together as R*B rows; per sample the first
+            successful restart wins, else the one with the highest final objective.
+        success_fn: x_adv -> bool [B], used when loss_fn returns no success flag; successful
+            samples stop and are never updated again.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps: expected a non-negative integer, got {steps!r}")
+    if not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"restarts: expected a positive integer, got {restarts!r}")
+    from tqdm import tqdm
+
+    b = x.shape[0]
+    x0 = x.detach().repeat(restarts, *([1] * (x.dim() - 1)))
+    eps_r = _per_sample(eps, b, x.device, "eps").repeat(restarts)
+    step_r = _per_sample(step_size, b, x.device, "step_size").repeat(restarts)
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    x_adv = random_start(x0, eps_r, norm, clamp, g) if random_start_ else x0.clone()
+    if bool(torch.isinf(eps_r).all()) and random_start_:
+        x0 = x_adv.clone()  # unbounded: distortion is measured from the random starting image
+    sign = -1.0 if targeted else 1.0
+    active = torch.ones(b * restarts, dtype=torch.bool, device=x.device)
+    succeeded = torch.zeros(b * restarts, dtype=torch.bool, device=x.device)
+    taken = torch.zeros(b * restarts, dtype=torch.long, device=x.device)
+    loss = torch.zeros(b * restarts, device=x.device)
+    for _ in tqdm(range(steps + 1), desc=f"pgd-{norm}", disable=not progress, leave=False):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            loss_t, success = _evaluate(loss_fn, x_adv, success_fn)
+            grad, = torch.autograd.grad((sign * loss_t).sum(), x_adv)
+        x_adv = x_adv.detach()
+        loss = torch.where(active, loss_t.detach().float(), loss)
+        if success is not None:
+            succeeded |= active & success.to(torch.bool)
+            active = active & ~succeeded
+        if _ == steps or not bool(active.any()):  # the only host sync: stop when every sample is done
+            break
+        pgd_step_(x_adv, grad, x0, eps=eps_r, step_size=step_r, norm=norm, active=active, clamp=clamp,
+                  backend=backend, check_values=False)
+        taken += active.long()
+    return _pick_restart(x_adv, succeeded, taken, sign * loss, x0, b, restarts, sign)
+
+
+def _pick_restart(x_adv, success, taken, objective, x0, b, restarts, sign):
+    """Per sample: the first successful restart, else the one with the highest objective."""
+    success = success.view(restarts, b)
+    objective = objective.view(restarts, b)
+    first_success = torch.argmax(success.long() * (restarts - torch.arange(restarts, device=x_adv.device))[:, None],
+                                 dim=0)
+    best = torch.where(success.any(0), first_success, score.argmax(0))
+    rows = best * b + torch.arange(b, device=x_adv.device)
+    dist = (x_adv[rows] - x0[rows]).flatten(1).float().norm(dim=1)
+    return AttackResult(x_adv[rows], success.any(0), taken[rows], sign * objective.flatten()[rows], dist)
+
+
+# ---- APGD (Croce & Hein 2020, AutoAttack's APGDAttack) ----
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample DLR loss (untargeted) or targeted DLR when `target` is given (needs >= 4 classes)."""
+    srt = logits.sort(dim=1, descending=True).values
+    zy = logits.gather(1, y[:, None])[:, 0]
+    if target is None:
+        other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+        return -(zy - other) / (srt[:, 0] - srt[:, 2] + 1e-12)
+    zt = logits.gather(1, target[:, None])[:, 0]
+    return -(zy - zt) / (srt[:, 0] - 0.5 * (srt[:, 2] + srt[:, 3]) + 1e-12)
+
+
+def apgd_checkpoints(n_iter: int) -> list[int]:
+    """AutoAttack's checkpoint iterations: p0 = 0, p1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(q * n_iter) for q in p[1:] if q * n_iter <= n_iter})
+
+
+def apgd(model: Callable, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", steps: int = 100,
+         loss: str = "ce", rho: float = 0.75, restarts: int = 1, seed: int = 0, clamp=(0.0, 1.0),
+         progress: bool = True, backend: str = "auto") -> AttackResult:
+    """Untargeted APGD on a classifier `model(x) -> logits`: per-sample step size (2 eps), momentum
+    0.75 after the first step, checkpoint halving (both AutoAttack conditions), best-loss and
+    latest-misclassified tracking; restarts only for points not yet fooled."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm: APGD supports 'linf' and 'l2', got {norm!r}")
+    if loss not in ("ce", "dlr"):
+        raise ValueError(f"loss: expected 'ce' or 'dlr', got {loss!r}")
+    loss_of = (lambda z, t: F.cross_entropy(z, t, reduction="none")) if loss == "ce" else dlr_loss
+    b = x.shape[0]
+    x_out = x.detach().clone()
+    fooled = torch.zeros(b, dtype=torch.bool, device=x.device)
+    best_loss = torch.full((b,), float("-inf"), device=x.device)
+    for r in range(restarts):
+        todo = (~fooled).nonzero().flatten()
+        if todo.numel() == 0:
+            break
+        res = _apgd_run(model, x[todo], y[todo], eps, norm, steps, loss_of, rho, seed + r, clamp, progress, backend)
+        better = res.success | (res.loss > best_loss[todo])
+        x_out[todo] = torch.where(_bcast(better, res.x_adv), res.x_adv, x_out[todo])
+        best_loss[todo] = torch.maximum(best_loss[todo], res.loss)
+        fooled[todo] |= res.success
+    return AttackResult(x_out, fooled, torch.full((b,), steps, device=x.device), best_loss,
+                        (x_out - x).flatten(1).float().norm(dim=1))
+
+
+def _bcast(v, like):
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _apgd_run(model, x, y, eps, norm, n_iter, loss_of, rho, seed, clamp, progress, backend):
+    from tqdm import tqdm
+
+    b = x.shape[0]
+    x0 = x.detach()
+    eps_t = _per_sample(eps, b, x.device, "eps")
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    if norm == "linf":
+        t = torch.rand(x.shape, generator=g, device=x.device) * 2 - 1
+        delta = eps_t.view(-1, *[1] * (x.dim() - 1)) * t / t.flatten(1).abs().amax(1).view(-1, *[1] * (x.dim() - 1))
+    else:
+        t = torch.randn(x.shape, generator=g, device=x.device)
+        delta = eps_t.view(-1, *[1] * (x.dim() - 1)) * t / t.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
+    x_adv = (x0 + delta).clamp(*clamp)
+    zeros = torch.zeros_like(x_adv)
+
+    def loss_grad(xa):
+        xa = xa.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(xa)
+            lv = loss_of(logits, y)
+            gr, = torch.autograd.grad(lv.sum(), xa)
+        return lv.detach(), gr.detach(), logits.detach().argmax(1) != y
+
+    def project(v):
+        v = v.clone()
+        pgd_step_(v, zeros, x0, eps=eps_t, step_size=0.0, norm=norm, clamp=clamp, backend=backend, check_values=False)
+        return v
+
+    step = 2.0 * eps_t
+    cur_loss, grad, wrong = loss_grad(x_adv)
+    best_loss, x_best, grad_best = cur_loss.clone(), x_adv.clone(), grad.clone()
+    x_fooled = torch.where(_bcast(wrong, x_adv), x_adv, x0)
+    fooled = wrong.clone()
+    x_prev = x_adv.clone()
+    checkpoints = apgd_checkpoints(n_iter)
+    last_k, increases = 0, torch.zeros(b, device=x.device)
+    reduced_last = torch.ones(b, dtype=torch.bool, device=x.device)
+    best_at_last = best_loss.clone()
+    for i in tqdm(range(n_iter), desc=f"apgd-{norm}", disable=not progress, leave=False):
+        z = x_adv.clone()
+        pgd_step_(z, grad, x0, eps=eps_t, step_size=step, norm=norm, clamp=clamp, backend=backend, check_values=False)
+        a = 1.0 if i == 0 else 0.75
+        x_new = project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev))
+        x_prev, x_adv = x_adv, x_new
+        new_loss, grad, wrong = loss_grad(x_adv)
+        x_fooled = torch.where(_bcast(wrong, x_adv), x_adv, x_fooled)
+        fooled |= wrong
+        increases += (new_loss > cur_loss).float()
+        cur_loss = new_loss
+        better = new_loss > best_loss
+        x_best = torch.where(_bcast(better, x_adv), x_adv, x_best)
+        grad_best = torch.where(_bcast(better, grad), grad, grad_best)
+        best_loss = torch.where(better, new_loss, best_loss)
+        if i + 1 in checkpoints:
+            window = i + 1 - last_k
+            cond1 = increases <= rho * window
+            cond2 = ~reduced_last & (best_at_last >= best_loss)
+            halve = cond1 | cond2
+            step = torch.where(halve, step / 2, step)
+            x_adv = torch.where(_bcast(halve, x_adv), x_best, x_adv)
+            grad = torch.where(_bcast(halve, grad), grad_best, grad)
+            reduced_last, best_at_last, increases, last_k = halve, best_loss.clone(), torch.zeros_like(increases), i + 1
+    x_final = torch.where(_bcast(fooled, x_fooled), x_fooled, x_best)
+    return AttackResult(x_final, fooled, torch.full((b,), n_iter, device=x.device), best_loss)
+
+
+# ---- Carlini et al. target-string attack on vision-language models ----
+
+def teacher_forced_target_loss(logits: torch.Tensor, prompt_len: int, target_ids: torch.Tensor):
+    """(summed CE of the target tokens [B], success [B]: argmax equals the target at every position)."""
+    m = target_ids.shape[1]
+    pred = logits[:, prompt_len - 1 : prompt_len - 1 + m].float()
+    ce = F.cross_entropy(pred.transpose(1, 2), target_ids, reduction="none").sum(dim=1)
+    return ce, (pred.argmax(-1) == target_ids).all(dim=1)
+
+
+def target_string_attack(model, images: torch.Tensor, prompt_ids: torch.Tensor, target_ids: torch.Tensor, *,
+                         eps=float("inf"), step_size: float = 0.2, steps: int = 500, attention_mask=None,
+                         random_init: bool = True, seed: int = 0, progress: bool = True,
+                         backend: str = "auto") -> AttackResult:
+    """Perturb `images` so that the model's response starts with `target_ids` (teacher-forced).
+
+    model: an `fmkit.flamingo.Flamingo` (images = vision_x [B, T_img, 1, C, H, W]) or any callable
+    `model(images, input_ids) -> logits [B, T, V]`. The loss is the summed teacher-forced CE of
+    the target tokens; the step is L2-normalised (0.2), unbounded by default (eps = inf, as in
+    the paper) with a uniformly random starting image; at most `steps` steps, each sample
+    stopping once the argmax reproduces the whole target. `distortion` is the per-sample L2
+    distance from the starting image.
+    """
+    if prompt_ids.dim() != 2 or target_ids.dim() != 2 or prompt_ids.shape[0] != target_ids.shape[0]:
+        raise ValueError("prompt_ids, target_ids: expected [B, T_prompt] and [B, m] token ids with the same B")
+    if target_ids.shape[1] < 1:
+        raise ValueError("target_ids: the target needs at least one token")
+    if images.shape[0] != prompt_ids.shape[0]:
+        raise ValueError(f"images: batch {images.shape[0]} does not match prompt_ids batch {prompt_ids.shape[0]}")
+    ids = torch.cat([prompt_ids, target_ids], dim=1)
+    mask = None if attention_mask is None else torch.cat([attention_mask, torch.ones_like(target_ids)], dim=1)
+    prompt_len = prompt_ids.shape[1]
+    from fmkit.flamingo import Flamingo
+
+    def logits_of(img):
+        if isinstance(model, Flamingo):
+            return model(img, ids, mask).logits
+        return model(img, ids)
+
+    def loss_fn(img):
+        return teacher_forced_target_loss(logits_of(img), prompt_len, target_ids)
+
+    return pgd(loss_fn, images, eps=eps, step_size=step_size, steps=steps, norm="l2", random_start_=random_init,
+               targeted=True, seed=seed, progress=progress, backend=backend)
