@@ -11,6 +11,7 @@
 #include "ops/knn.h"
 #include "ops/media_cross_attention.h"
 #include "ops/perceiver_attention.h"
+#include "ops/pgd_step.h"
 #include "tensor.h"
 
 namespace py = pybind11;
@@ -52,6 +53,12 @@ fmkit::ContrastiveKind parse_contrastive_kind(const std::string& kind) {
   if (kind == "softmax") return fmkit::ContrastiveKind::softmax;
   if (kind == "sigmoid") return fmkit::ContrastiveKind::sigmoid;
   throw std::invalid_argument("kind: expected 'softmax' or 'sigmoid', got '" + kind + "'");
+}
+
+fmkit::PgdNorm parse_pgd_norm(const std::string& norm) {
+  if (norm == "linf") return fmkit::PgdNorm::linf;
+  if (norm == "l2") return fmkit::PgdNorm::l2;
+  throw std::invalid_argument("norm: expected 'linf' or 'l2' (compiled kernels), got '" + norm + "'");
 }
 
 }  // namespace
@@ -220,6 +227,41 @@ PYBIND11_MODULE(_C, m) {
       py::arg("lse"), py::arg("dout"), py::arg("scale"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
       py::arg("num_threads"),
       "Gradients of media_cross_attention_forward_cpu as f32 dq/dk/dv (contract in csrc/ops/media_cross_attention.h).");
+
+  m.def(
+      "pgd_step_cpu",
+      [](py::capsule x, py::capsule grad, py::capsule x_orig, py::capsule eps, py::capsule alpha, py::object active,
+         const std::string& norm, float lo, float hi, int num_threads) {
+        const auto nm = parse_pgd_norm(norm);
+        auto xh = borrow(x, "x_adv"), gh = borrow(grad, "grad"), x0h = borrow(x_orig, "x_orig");
+        auto eh = borrow(eps, "eps"), ah = borrow(alpha, "step_size");
+        auto act = borrow_optional(active, "active");
+        py::gil_scoped_release release;
+        fmkit::pgd_step_cpu(xh.tensor(), gh.tensor(), x0h.tensor(), eh.tensor(), ah.tensor(), tensor_or_null(act), nm,
+                            lo, hi, num_threads);
+      },
+      py::arg("x"), py::arg("grad"), py::arg("x_orig"), py::arg("eps"), py::arg("alpha"), py::arg("active"),
+      py::arg("norm"), py::arg("lo"), py::arg("hi"), py::arg("num_threads"),
+      "In-place fused PGD step on [B, N] x (linf / l2; contract in csrc/ops/pgd_step.h).");
+
+#ifdef FMKIT_WITH_CUDA
+  m.def("pgd_step_workspace_floats_cuda", &fmkit::pgd_step_workspace_floats_cuda, py::arg("B"), py::arg("N"));
+  m.def(
+      "pgd_step_cuda",
+      [](py::capsule x, py::capsule grad, py::capsule x_orig, py::capsule eps, py::capsule alpha, py::object active,
+         const std::string& norm, float lo, float hi, py::capsule workspace, uintptr_t stream) {
+        const auto nm = parse_pgd_norm(norm);
+        auto xh = borrow(x, "x_adv"), gh = borrow(grad, "grad"), x0h = borrow(x_orig, "x_orig");
+        auto eh = borrow(eps, "eps"), ah = borrow(alpha, "step_size"), wh = borrow(workspace, "workspace");
+        auto act = borrow_optional(active, "active");
+        py::gil_scoped_release release;
+        fmkit::pgd_step_cuda(xh.tensor(), gh.tensor(), x0h.tensor(), eh.tensor(), ah.tensor(), tensor_or_null(act), nm,
+                             lo, hi, wh.tensor(), stream);
+      },
+      py::arg("x"), py::arg("grad"), py::arg("x_orig"), py::arg("eps"), py::arg("alpha"), py::arg("active"),
+      py::arg("norm"), py::arg("lo"), py::arg("hi"), py::arg("workspace"), py::arg("stream"),
+      "CUDA version of pgd_step_cpu, enqueued on `stream` (an integer cudaStream_t); no host sync.");
+#endif
 
 #ifdef FMKIT_WITH_CUDA
   m.def("knn_workspace_bytes_cuda", &fmkit::knn_workspace_bytes_cuda, py::arg("Q"), py::arg("N"), py::arg("d"),

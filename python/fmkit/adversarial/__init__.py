@@ -10,6 +10,16 @@ from fmkit.adversarial.image import (
     target_string_attack,
     teacher_forced_target_loss,
 )
+from fmkit.adversarial.text import (
+    SolvableCase,
+    TextAttackResult,
+    arca,
+    gbda,
+    gcg,
+    solvable_text_attack_set,
+    verify_solvable_case,
+)
 
-__all__ = ["AttackResult", "pgd", "apgd", "apgd_checkpoints", "dlr_loss", "random_start",
+__all__ = ["SolvableCase", "TextAttackResult", "arca", "gbda", "gcg", "solvable_text_attack_set",
+           "verify_solvable_case", "AttackResult", "pgd", "apgd", "apgd_checkpoints", "dlr_loss", "random_start",
            "target_string_attack", "teacher_forced_target_loss"]

@@ -8,7 +8,6 @@ of one batch, never as a Python loop over samples.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,15 +39,22 @@ def _per_sample(v, b, device, name):
     return t
 
 
-def _evaluate(loss_fn, x, success_fn):
-    out = loss_fn(x)
-    loss, success = (out if isinstance(out, tuple) else (out, None))
-    if loss.dim() != 1 or loss.shape[0] != x.shape[0]:
-        raise ValueError(f"loss_fn: expected a per-sample loss of shape [{x.shape[0]}], got {list(loss.shape)}")
-    if success is None and success_fn is not None:
-        with torch.no_grad():
-            success = success_fn(x.detach())
-    return loss, success
+def _evaluate(loss_fn, x, success_fn, restarts=1):
+    """(loss [R B], success [R B] or None). The closure always sees B rows: restarts are evaluated
+    one block of B at a time, since the closure owns other per-sample inputs (labels, prompts)."""
+    losses, flags = [], []
+    for xr in x.chunk(restarts):
+        out = loss_fn(xr)
+        loss, success = (out if isinstance(out, tuple) else (out, None))
+        if loss.dim() != 1 or loss.shape[0] != xr.shape[0]:
+            raise ValueError(f"loss_fn: expected a per-sample loss of shape [{xr.shape[0]}], got {list(loss.shape)}")
+        if success is None and success_fn is not None:
+            with torch.no_grad():
+                success = success_fn(xr.detach())
+        losses.append(loss)
+        flags.append(success)
+    success = None if flags[0] is None else torch.cat(flags)
+    return torch.cat(losses), success
 
 
 def random_start(x0, eps, norm, clamp=(0.0, 1.0), generator=None):
@@ -113,7 +119,7 @@ def pgd(loss_fn: Callable, x: torch.Tensor, *, eps, step_size, steps: int, norm:
     for _ in tqdm(range(steps + 1), desc=f"pgd-{norm}", disable=not progress, leave=False):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
-            loss_t, success = _evaluate(loss_fn, x_adv, success_fn)
+            loss_t, success = _evaluate(loss_fn, x_adv, success_fn, restarts)
             grad, = torch.autograd.grad((sign * loss_t).sum(), x_adv)
         x_adv = x_adv.detach()
         loss = torch.where(active, loss_t.detach().float(), loss)
@@ -134,7 +140,7 @@ def _pick_restart(x_adv, success, taken, objective, x0, b, restarts, sign):
     objective = objective.view(restarts, b)
     first_success = torch.argmax(success.long() * (restarts - torch.arange(restarts, device=x_adv.device))[:, None],
                                  dim=0)
-    best = torch.where(success.any(0), first_success, score.argmax(0))
+    best = torch.where(success.any(0), first_success, objective.argmax(0))
     rows = best * b + torch.arange(b, device=x_adv.device)
     dist = (x_adv[rows] - x0[rows]).flatten(1).float().norm(dim=1)
     return AttackResult(x_adv[rows], success.any(0), taken[rows], sign * objective.flatten()[rows], dist)
@@ -154,11 +160,16 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None 
 
 
 def apgd_checkpoints(n_iter: int) -> list[int]:
-    """AutoAttack's checkpoint iterations: p0 = 0, p1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
-    p = [0.0, 0.22]
-    while p[-1] < 1:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * n_iter) for q in p[1:] if q * n_iter <= n_iter})
+    """AutoAttack's checkpoint iterations: the first window is max(floor(0.22 N), 1) steps, each
+    later one shrinks by max(floor(0.03 N), 1) down to max(floor(0.06 N), 1)."""
+    window = max(int(0.22 * n_iter), 1)
+    shrink, minimum = max(int(0.03 * n_iter), 1), max(int(0.06 * n_iter), 1)
+    points, at = [], 0
+    while at + window <= n_iter:
+        at += window
+        points.append(at)
+        window = max(window - shrink, minimum)
+    return points
 
 
 def apgd(model: Callable, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", steps: int = 100,

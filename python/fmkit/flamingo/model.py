@@ -111,7 +111,8 @@ class Flamingo(nn.Module):
         b, t, f = vision_x.shape[:3]
         if f != 1:
             raise ValueError(f"vision_x: only single-frame media are supported (F = 1), got F = {f}")
-        with torch.no_grad():
+        # The encoder is frozen; gradients flow through it only when the pixels want them (attacks).
+        with torch.set_grad_enabled(vision_x.requires_grad and torch.is_grad_enabled()):
             tokens = self.vision_encoder(vision_x.flatten(0, 2))
         if tokens.dim() != 3:
             raise ValueError(f"vision_encoder: expected patch tokens [N, v, d_vis], got shape {list(tokens.shape)}")

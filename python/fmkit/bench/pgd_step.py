@@ -1,0 +1,69 @@
+"""PGD step benchmark: fmkit's fused in-place step (linf, l2) against the eager torchattacks formulas
+(and, on CUDA, torch.compile of those formulas). Anchors: shared/specs/adversarial.md §1.3.
+
+The op moves bytes, it does no FLOP-bound work: the "flops" field is elements * 4, so the table's
+GFLOP/s column reads as (G elements * 4)/s, i.e. GB/s of fp32 traffic at the 4-transfer minimum of
+the linf step (read x, g, x0; write x). '% peak' against the GEMM peak is meaningless for this op.
+"""
+from __future__ import annotations
+
+import torch
+
+from fmkit.ops.pgd_step import pgd_step_
+
+SHAPES = {  # (B, C, H, W, dtype, norm)
+    ("cpu", "quick"): [(16, 3, 224, 224, torch.float32, norm) for norm in ("linf", "l2")],
+    ("cpu", "full"): [(64, 3, 224, 224, torch.float32, norm) for norm in ("linf", "l2")],
+    ("cuda", "quick"): [(64, 3, 224, 224, torch.float32, norm) for norm in ("linf", "l2")],
+    ("cuda", "full"): [(256, 3, 224, 224, torch.float32, norm) for norm in ("linf", "l2")]
+    + [(256, 3, 224, 224, torch.bfloat16, norm) for norm in ("linf", "l2")],
+}
+
+
+def eager_linf(x, g, x0, eps, alpha):
+    """torchattacks PGD step (returns the new x)."""
+    adv = x + alpha * g.sign()
+    delta = torch.clamp(adv - x0, min=-eps, max=eps)
+    return torch.clamp(x0 + delta, min=0, max=1)
+
+
+def eager_l2(x, g, x0, eps, alpha):
+    """torchattacks PGDL2 step (returns the new x)."""
+    B = x.shape[0]
+    gn = torch.norm(g.view(B, -1), p=2, dim=1) + 1e-10
+    adv = x + alpha * g / gn.view(B, 1, 1, 1)
+    delta = adv - x0
+    dn = torch.norm(delta.view(B, -1), p=2, dim=1)
+    factor = torch.min(eps / dn, torch.ones_like(dn))
+    return torch.clamp(x0 + delta * factor.view(B, 1, 1, 1), min=0, max=1)
+
+
+def cases(device: torch.device, quick: bool, shapes=None):
+    on_cuda = device.type == "cuda"
+    shapes = shapes or SHAPES[("cuda" if on_cuda else "cpu", "quick" if quick else "full")]
+    return [_case(*s, device) for s in shapes]
+
+
+def _case(B, C, H, W, dtype, norm, device):
+    gen = torch.Generator().manual_seed(0)
+    eps, alpha = (8 / 255, 2 / 255) if norm == "linf" else (0.5, 0.1)
+    x0 = torch.rand(B, C, H, W, generator=gen).to(device, dtype)
+    x = (x0.float() + (torch.rand(B, C, H, W, generator=gen).to(device) * 2 - 1) * eps).clamp(0, 1).to(dtype)
+    g = torch.randn(B, C, H, W, generator=gen).to(device, dtype)
+    xf = x.clone()
+    eager = eager_linf if norm == "linf" else eager_l2
+    contenders = [(f"fmkit pgd_step_ ({norm})",
+                   lambda: pgd_step_(xf, g, x0, eps=eps, step_size=alpha, norm=norm), False)]
+    if device.type == "cuda":
+        contenders.append((f"fmkit pgd_step_ ({norm}, triton)",
+                           lambda: pgd_step_(xf, g, x0, eps=eps, step_size=alpha, norm=norm, backend="triton"), False))
+    contenders.append((f"eager torchattacks {norm}", lambda: eager(x, g, x0, eps, alpha), True))
+    if device.type == "cuda":
+        compiled = torch.compile(eager)
+        contenders.append((f"torch.compile torchattacks {norm}", lambda: compiled(x, g, x0, eps, alpha), True))
+    return {
+        "shape": f"{B}x{C}x{H}x{W} {str(dtype).replace('torch.', '')} {norm}",
+        "flops": 4.0 * x.numel(),
+        "contenders": contenders,
+        "repeats": 5,
+    }

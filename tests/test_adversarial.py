@@ -1,0 +1,136 @@
+"""fmkit.adversarial image attacks: PGD, APGD, the target-string attack on a tiny Flamingo."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fmkit.adversarial import apgd, apgd_checkpoints, dlr_loss, pgd, random_start, target_string_attack
+
+
+def trained_classifier():
+    """A small CPU classifier on 3x8x8 inputs in [0, 1], trained to high clean accuracy."""
+    torch.manual_seed(0)
+    protos = 0.5 + 0.02 * torch.randn(4, 3, 8, 8)  # close classes: 8/255 is a real budget here
+    y = torch.randint(0, 4, (512,))
+    x = (protos[y] + 0.01 * torch.randn(512, 3, 8, 8)).clamp(0, 1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 64), nn.ReLU(), nn.Linear(64, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)  # mild training: CE must not saturate to exactly 0
+    for _ in range(100):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, x[:64], y[:64]
+
+
+def test_pgd_drives_robust_accuracy_to_zero_and_respects_the_ball():
+    model, x, y = trained_classifier()
+    assert (model(x).argmax(1) == y).float().mean() > 0.95
+    eps = 8 / 255
+    res = pgd(lambda xa: F.cross_entropy(model(xa), y, reduction="none"), x, eps=eps, step_size=2 / 255, steps=20,
+              success_fn=lambda xa: model(xa).argmax(1) != y, progress=False)
+    robust = (model(res.x_adv).argmax(1) == y).float().mean().item()
+    assert robust < 0.05
+    assert (res.x_adv - x).abs().max() <= eps + 1e-7
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    assert (res.success == (model(res.x_adv).argmax(1) != y)).all()
+    assert (res.steps <= 20).all() and (res.steps[res.success] >= 0).all()
+
+
+def test_pgd_successful_samples_are_never_updated_again():
+    model, x, y = trained_classifier()
+    seen = []
+
+    def loss_fn(xa):
+        seen.append(xa.detach().clone())
+        return F.cross_entropy(model(xa), y, reduction="none"), model(xa).argmax(1) != y
+
+    res = pgd(loss_fn, x, eps=8 / 255, step_size=2 / 255, steps=10, progress=False)
+    for b in range(x.shape[0]):
+        if res.success[b]:
+            k = int(res.steps[b])  # it stopped after k steps: every later iterate is identical
+            for later in seen[k + 1 :]:
+                assert torch.equal(later[b], seen[k][b])
+
+
+def test_pgd_l2_and_batched_restarts():
+    model, x, y = trained_classifier()
+    res = pgd(lambda xa: F.cross_entropy(model(xa), y, reduction="none"), x, eps=0.5, step_size=0.1, steps=10,
+              norm="l2", restarts=3, progress=False)
+    assert res.x_adv.shape == x.shape
+    assert ((res.x_adv - x).flatten(1).norm(dim=1) <= 0.5 * (1 + 1e-5)).all()
+
+
+def test_random_starts():
+    x0 = torch.full((2000, 3), 0.5)
+    lin = random_start(x0, 0.1, "linf", generator=torch.Generator().manual_seed(0))
+    assert ((lin - x0).abs() <= 0.1 + 1e-7).all()
+    d = 3
+    l2 = random_start(x0, 0.2, "l2", generator=torch.Generator().manual_seed(1))
+    r = (l2 - x0).norm(dim=1) / 0.2
+    # Uniform in the ball: P(r <= t) = t^d. Check a few quantiles.
+    for t in (0.5, 0.8):
+        assert abs((r <= t).float().mean().item() - t**d) < 0.04
+
+
+def test_apgd_schedule_and_loss_at_least_pgd():
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    model, x, y = trained_classifier()
+    eps = 4 / 255
+    ce = lambda xa: F.cross_entropy(model(xa), y, reduction="none")  # noqa: E731
+    p = pgd(ce, x, eps=eps, step_size=eps / 4, steps=20, progress=False)
+    a = apgd(model, x, y, eps=eps, steps=20, loss="ce", progress=False)
+    assert ce(a.x_adv).mean() >= ce(p.x_adv).mean() - 1e-4
+    assert (a.x_adv - x).abs().max() <= eps + 1e-7
+    fooled_by_pgd = (model(p.x_adv).argmax(1) != y).float().mean()
+    assert a.success.float().mean() >= fooled_by_pgd
+    assert (a.success == (model(a.x_adv).argmax(1) != y)).all()
+    d = apgd(model, x, y, eps=eps, steps=20, loss="dlr", progress=False)
+    assert d.success.float().mean() > 0.3
+
+
+def test_dlr_loss_formula():
+    z = torch.tensor([[4.0, 1.0, 3.0, 0.0]])
+    assert dlr_loss(z, torch.tensor([0])).item() == pytest.approx(-(4 - 3) / (4 - 1))
+    assert dlr_loss(z, torch.tensor([0]), torch.tensor([2])).item() == pytest.approx(-(4 - 3) / (4 - 0.5 * (1 + 0)))
+
+
+def test_bad_arguments():
+    x = torch.rand(2, 3)
+    f = lambda xa: xa.sum(1)  # noqa: E731
+    with pytest.raises(ValueError, match="norm: expected one of"):
+        pgd(f, x, eps=0.1, step_size=0.01, steps=1, norm="l3", progress=False)
+    with pytest.raises(ValueError, match="eps: expected a float or a"):
+        pgd(f, x, eps=torch.ones(3), step_size=0.01, steps=1, progress=False)
+    with pytest.raises(ValueError, match="loss_fn: expected a per-sample loss"):
+        pgd(lambda xa: xa.sum(), x, eps=0.1, step_size=0.01, steps=1, progress=False)
+
+
+def test_target_string_attack_on_a_tiny_flamingo():
+    pytest.importorskip("transformers")
+    from test_flamingo import batch, tiny_flamingo
+
+    model, tok = tiny_flamingo()
+    with torch.no_grad():
+        # A random tiny model in which the image can steer the output: open gates, a stronger
+        # cross-attention output, image-dependent latents (zero initial latents) and a peaked LM head.
+        for block in model.lang_encoder.gated_cross_attn_layers:
+            block.attn_gate.fill_(1.0)
+            block.attn.to_out.weight.mul_(30.0)
+        model.perceiver.latents.zero_()
+        model.lang_encoder.lm_head.weight.mul_(8.0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    vision_x, ids, mask = batch(tok, ["<image> a photo of", "<image> two birds"], images=1)
+    target = torch.tensor([[tok.convert_tokens_to_ids("cat")], [tok.convert_tokens_to_ids("sky")]])
+    res = target_string_attack(model, vision_x.clamp(0, 1), ids, target, attention_mask=mask, steps=300,
+                               progress=False)
+    assert res.success.all(), res.loss
+    with torch.no_grad():
+        logits = model(res.x_adv, torch.cat([ids, target], 1), torch.cat([mask, torch.ones_like(target)], 1)).logits
+    assert torch.equal(logits[:, ids.shape[1] - 1].argmax(-1), target[:, 0])
+    assert (res.distortion > 0).all() and torch.isfinite(res.distortion).all()

@@ -1,0 +1,339 @@
+"""fmkit.ops.pgd_step_ against the torchattacks formulas (spec adversarial.md §2.5 items 1-5)."""
+import math
+
+import pytest
+import torch
+
+from fmkit.ops import _backend
+from fmkit.ops.pgd_step import pgd_step_
+
+HAS_CUDA = torch.cuda.is_available()
+CPU_BACKENDS = ["cpu", "torch"] + (["triton"] if _backend.triton_available() and not HAS_CUDA else [])
+
+
+# ---- the oracle: torchattacks' PGD / PGDL2 step, written out op by op (per-sample eps/alpha broadcast) ----
+
+def _bcast(v, x):
+    return v.view((-1,) + (1,) * (x.dim() - 1)) if isinstance(v, torch.Tensor) else v
+
+
+def oracle_linf(x, g, x0, eps, alpha, lo=0.0, hi=1.0):
+    e, a = _bcast(eps, x), _bcast(alpha, x)
+    adv = x + a * g.sign()
+    delta = torch.clamp(adv - x0, min=-e, max=e)
+    return torch.clamp(x0 + delta, min=lo, max=hi)
+
+
+def oracle_l2(x, g, x0, eps, alpha, lo=0.0, hi=1.0):
+    B = x.shape[0]
+    x, g, x0 = x.double(), g.double(), x0.double()
+    e, a = _bcast(eps, x), _bcast(alpha, x)
+    gn = torch.norm(g.view(B, -1), p=2, dim=1) + 1e-10
+    adv = x + a * g / gn.view((-1,) + (1,) * (x.dim() - 1))
+    delta = adv - x0
+    dn = torch.norm(delta.view(B, -1), p=2, dim=1)
+    eps_b = eps.double() if isinstance(eps, torch.Tensor) else torch.full((B,), float(eps), dtype=torch.float64)
+    factor = torch.min(eps_b / dn, torch.ones_like(dn))
+    delta = delta * factor.view((-1,) + (1,) * (x.dim() - 1))
+    return torch.clamp(x0 + delta, min=lo, max=hi)
+
+
+def oracle_l2_advertorch(x, g, x0, eps, alpha, lo=0.0, hi=1.0):
+    """advertorch order: step, clip to the box, then project (the opposite of ours)."""
+    B = x.shape[0]
+    x, g, x0 = x.double(), g.double(), x0.double()
+    gn = torch.norm(g.view(B, -1), p=2, dim=1).view(-1, *([1] * (x.dim() - 1)))
+    delta = (x - x0) + alpha * g / gn
+    delta = torch.clamp(x0 + delta, lo, hi) - x0
+    dn = torch.norm(delta.view(B, -1), p=2, dim=1).view(-1, *([1] * (x.dim() - 1)))
+    return x0 + delta * torch.clamp(eps / dn, max=1.0)
+
+
+def _inputs(shape, dtype=torch.float32, seed=0, eps=8 / 255, start="linf"):
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(shape, generator=gen)
+    x = (x0 + (torch.rand(shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
+    g = torch.randn(shape, generator=gen)
+    g[torch.rand(shape, generator=gen) < 0.05] = 0  # sign(0) = 0 must hold
+    return x.to(dtype), g.to(dtype), x0.to(dtype)
+
+
+def _run(x, g, x0, backend, **kw):
+    out = x.clone()
+    pgd_step_(out, g, x0, backend=backend, **kw)
+    return out
+
+
+SHAPES = [(4, 3, 16, 16), (1, 3, 9, 7), (3, 5, 7), (2, 2, 3, 4, 5), (5, 4100)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_linf_bitwise_fp32(backend, shape):
+    x, g, x0 = _inputs(shape)
+    out = _run(x, g, x0, backend, eps=8 / 255, step_size=2 / 255)
+    assert torch.equal(out, oracle_linf(x, g, x0, 8 / 255, 2 / 255))
+    # per-sample tensors
+    B = shape[0]
+    eps = torch.linspace(1 / 255, 16 / 255, B)
+    alpha = torch.linspace(0.5 / 255, 4 / 255, B)
+    out = _run(x, g, x0, backend, eps=eps, step_size=alpha)
+    assert torch.equal(out, oracle_linf(x, g, x0, eps, alpha))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_l2_matches_torchattacks(backend, shape):
+    x, g, x0 = _inputs(shape, eps=0.3)
+    for eps, alpha in ((0.5, 0.2), (0.05, 0.2), (math.inf, 0.2)):
+        out = _run(x, g, x0, backend, eps=eps, step_size=alpha, norm="l2")
+        ref = oracle_l2(x, g, x0, eps, alpha).float()
+        torch.testing.assert_close(out, ref, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_l2_order_differs_from_advertorch(backend):
+    # x0 near the top of the box, a large step pushing out of it: clipping before projecting
+    # (advertorch) leaves a smaller delta to project than projecting first (torchattacks / ours).
+    B, n = 2, 64
+    x0 = torch.full((B, n), 0.9)
+    x = x0.clone()
+    g = torch.ones(B, n)
+    g[:, : n // 2] = -1.0
+    g[:, n // 2:] = 3.0
+    eps, alpha = 0.5, 2.0
+    out = _run(x, g, x0, backend, eps=eps, step_size=alpha, norm="l2")
+    ours = oracle_l2(x, g, x0, eps, alpha).float()
+    theirs = oracle_l2_advertorch(x, g, x0, eps, alpha).float()
+    torch.testing.assert_close(out, ours, rtol=0, atol=2e-6)
+    assert (ours - theirs).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_per_sample_equals_alone(backend, norm):
+    x, g, x0 = _inputs((4, 3, 8, 8), eps=0.1)
+    eps = torch.tensor([0.01, 0.1, math.inf, 0.0])
+    alpha = torch.tensor([0.005, 0.5, 0.02, 0.3])
+    out = _run(x, g, x0, backend, eps=eps, step_size=alpha, norm=norm)
+    for b in range(4):
+        alone = _run(x[b:b + 1], g[b:b + 1], x0[b:b + 1], backend, eps=float(eps[b]), step_size=float(alpha[b]),
+                     norm=norm)
+        if norm == "linf":
+            assert torch.equal(out[b:b + 1], alone)
+        else:
+            torch.testing.assert_close(out[b:b + 1], alone, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_inactive_bit_identical(backend, norm, dtype):
+    x, g, x0 = _inputs((5, 3, 6, 6), dtype=dtype, eps=0.1)
+    active = torch.tensor([True, False, True, False, False])
+    out = _run(x, g, x0, backend, eps=0.05, step_size=0.02, norm=norm, active=active)
+    assert torch.equal(out[~active], x[~active])
+    assert not torch.equal(out[active], x[active])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_eps_inf_unbounded(backend, norm):
+    x, g, x0 = _inputs((3, 2, 5, 5), eps=0.0)
+    out = _run(x, g, x0, backend, eps=math.inf, step_size=5.0, norm=norm, clamp=None)
+    if norm == "linf":
+        assert torch.equal(out, x0 + ((x + 5.0 * g.sign()) - x0))
+    else:
+        step = 5.0 * g / (g.flatten(1).norm(dim=1) + 1e-10).view(-1, 1, 1, 1)
+        torch.testing.assert_close(out, x + step, rtol=0, atol=1e-5)
+        assert ((out - x0).flatten(1).norm(dim=1) > 4.9).all()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+@pytest.mark.parametrize("clamp", [(0.0, 1.0), (0.2, 0.7), (0.5, 0.5)])
+def test_invariants_over_steps(backend, norm, clamp):
+    lo, hi = clamp
+    eps = {"linf": 8 / 255, "l2": 0.5, "l1": 2.0}[norm]
+    x, g, x0 = _inputs((4, 3, 7, 7), eps=0.0)
+    x0 = x0.clamp(lo, hi)
+    x = x0.clone()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        g = torch.randn(x.shape, generator=gen)
+        pgd_step_(x, g, x0, eps=eps, step_size=eps / 2, norm=norm, clamp=clamp, backend=backend)
+        assert x.min() >= lo and x.max() <= hi
+        d = (x - x0).flatten(1)
+        if norm == "linf":
+            assert d.abs().max() <= eps
+        elif norm == "l2":
+            assert (d.norm(dim=1) <= eps * (1 + 1e-5)).all()
+        else:
+            assert (d.abs().sum(1) <= eps * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_sign_zero(backend):
+    x0 = torch.full((2, 8), 0.5)
+    x = x0.clone()
+    g = torch.zeros(2, 8)
+    g[:, 0] = 1.0
+    g[:, 1] = -1.0
+    out = _run(x, g, x0, backend, eps=0.1, step_size=0.05)
+    assert torch.equal(out[:, 2:], x[:, 2:])
+    assert torch.equal(out[:, 0], torch.full((2,), 0.55)) and torch.equal(out[:, 1], torch.full((2,), 0.45))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_noncontiguous(backend, norm):
+    x, g, x0 = _inputs((3, 4, 5, 6), eps=0.1)
+    g_nc = g.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
+    assert not g_nc.is_contiguous()
+    x_nc = x.transpose(1, 3).contiguous().transpose(1, 3)
+    assert not x_nc.is_contiguous()
+    out = x_nc.clone().transpose(1, 3).contiguous().transpose(1, 3)
+    ret = pgd_step_(out, g_nc, x0, eps=0.05, step_size=0.02, norm=norm, backend=backend)
+    assert ret is out
+    ref = _run(x, g, x0, "torch", eps=0.05, step_size=0.02, norm=norm)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_dtypes(backend, norm, dtype):
+    x, g, x0 = _inputs((3, 3, 11, 9), dtype=dtype, eps=0.1)
+    eps, alpha = (8 / 255, 2 / 255) if norm == "linf" else (0.5, 0.2)
+    out = _run(x, g, x0, backend, eps=eps, step_size=alpha, norm=norm)
+    assert out.dtype == dtype
+    oracle = oracle_linf if norm == "linf" else oracle_l2
+    ref = oracle(x.float(), g.float(), x0.float(), eps, alpha).float().to(dtype)
+    ulp = 2 ** -8 if dtype == torch.bfloat16 else 2 ** -11
+    torch.testing.assert_close(out.float(), ref.float(), rtol=0, atol=ulp)
+
+
+def test_l1_projection_exact():
+    from fmkit.reference.pgd_step import project_l1_ball
+
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randn(6, 50, generator=gen, dtype=torch.float64)
+    eps = torch.tensor([0.5, 1.0, 100.0, math.inf, 0.0, 3.0], dtype=torch.float64)
+    p = project_l1_ball(d, eps)
+    for b in range(6):
+        if d[b].abs().sum() <= eps[b]:
+            assert torch.equal(p[b], d[b])
+            continue
+        assert abs(p[b].abs().sum() - eps[b]) < 1e-9
+        # optimality (KKT): a single threshold theta with p = sign(d) max(|d| - theta, 0)
+        nz = p[b] != 0
+        theta = (d[b].abs() - p[b].abs())[nz]
+        if nz.any():
+            assert torch.allclose(theta, theta[0].expand_as(theta))
+            assert (d[b].abs()[~nz] <= theta[0] + 1e-12).all()
+
+
+def test_errors():
+    x, g, x0 = _inputs((2, 3, 4, 4))
+    cases = [
+        (dict(grad=g[:1]), "grad"),
+        (dict(x_orig=x0.double()), "x_orig"),
+        (dict(x_adv=x.double()), "x_adv"),
+        (dict(eps=-0.1), "eps"),
+        (dict(eps=float("nan")), "eps"),
+        (dict(step_size=-1.0), "step_size"),
+        (dict(eps=torch.tensor([0.1, -0.1])), "eps"),
+        (dict(step_size=torch.tensor([0.1, 0.1, 0.1])), "step_size"),
+        (dict(clamp=(1.0, 0.0)), "clamp"),
+        (dict(norm="l3"), "norm"),
+        (dict(active=torch.ones(3, dtype=torch.bool)), "active"),
+        (dict(active=torch.ones(2)), "active"),
+        (dict(backend="nope"), "backend"),
+        (dict(backend="cuda"), "backend"),
+    ]
+    for over, name in cases:
+        kw = dict(x_adv=x.clone(), grad=g, x_orig=x0, eps=0.1, step_size=0.01)
+        kw.update(over)
+        xa, ga, za = kw.pop("x_adv"), kw.pop("grad"), kw.pop("x_orig")
+        with pytest.raises(ValueError, match=name):
+            pgd_step_(xa, ga, za, **kw)
+    # tensor values are not checked with check_values=False (graph-safe path): runs
+    pgd_step_(x.clone(), g, x0, eps=torch.tensor([0.1, 0.2]), step_size=0.01, check_values=False)
+
+
+def test_compiled_cpu_kernel_thread_independent():
+    if "cpu" not in _backend.compiled_backends():
+        pytest.skip("fmkit._C not built")
+    x, g, x0 = _inputs((2, 3, 64, 64), eps=0.1)  # B < threads path and B >= threads path
+    outs = []
+    for threads in (1, 2, 3):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            outs.append(_run(x, g, x0, "cpu", eps=0.3, step_size=0.5, norm="l2"))
+        finally:
+            torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+# ---- GPU ----
+
+GPU_BACKENDS = ["cuda", "triton", "torch"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES + [(8, 3, 224, 224)])
+def test_gpu_matches_oracle(backend, shape):
+    if backend == "cuda" and "cuda" not in _backend.compiled_backends():
+        pytest.skip("fmkit built without CUDA kernels")
+    x, g, x0 = (t.cuda() for t in _inputs(shape))
+    B = shape[0]
+    eps = torch.linspace(1 / 255, 16 / 255, B, device="cuda")
+    active = torch.arange(B, device="cuda") % 3 != 1
+    out = _run(x, g, x0, backend, eps=eps, step_size=2 / 255, active=active)
+    ref = torch.where(active.view(-1, *([1] * (x.dim() - 1))), oracle_linf(x, g, x0, eps, 2 / 255), x)
+    assert torch.equal(out, ref)
+    out = _run(x, g, x0, backend, eps=0.5, step_size=0.2, norm="l2", active=active)
+    ref = torch.where(active.view(-1, *([1] * (x.dim() - 1))), oracle_l2(x, g, x0, 0.5, 0.2).float(), x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-6)
+    for dtype in (torch.float16, torch.bfloat16):
+        xh, gh, zh = x.to(dtype), g.to(dtype), x0.to(dtype)
+        for norm in ("linf", "l2"):
+            out = _run(xh, gh, zh, backend, eps=0.5, step_size=0.2, norm=norm)
+            ref = _run(xh, gh, zh, "torch", eps=0.5, step_size=0.2, norm=norm)
+            torch.testing.assert_close(out.float(), ref.float(), rtol=0, atol=2 ** -7)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_cuda_graph_capture(backend, norm):
+    if backend == "cuda" and "cuda" not in _backend.compiled_backends():
+        pytest.skip("fmkit built without CUDA kernels")
+    x, _, x0 = (t.cuda() for t in _inputs((4, 3, 32, 32)))
+    w = torch.randn_like(x)
+    eps = torch.tensor([0.01, 0.03, 0.5, math.inf], device="cuda")
+    active = torch.tensor([True, True, False, True], device="cuda")
+
+    def loop(xa, k=5):
+        for _ in range(k):
+            grad = torch.sin(xa * w)  # a deterministic "gradient" closure
+            pgd_step_(xa, grad, x0, eps=eps, step_size=0.01, norm=norm, active=active, backend=backend,
+                      check_values=False)
+
+    eager = x.clone()
+    loop(eager)
+    static = x.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        loop(static.clone())  # warm-up (Triton compilation) outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loop(static)
+    static.copy_(x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static, eager)
