@@ -19,11 +19,12 @@ import torch
 from fmkit.bench import calibration as _calibration
 from fmkit.bench import contrastive as _contrastive
 from fmkit.bench import flamingo as _flamingo
+from fmkit.bench import kmeans as _kmeans
 from fmkit.bench import knn as _knn
 from fmkit.bench import pgd_step as _pgd_step
 
-REGISTRY = {"knn": _knn, "calibration": _calibration, "contrastive": _contrastive, "flamingo": _flamingo,
-            "pgd_step": _pgd_step}
+REGISTRY = {"knn": _knn, "kmeans": _kmeans, "calibration": _calibration, "contrastive": _contrastive,
+            "flamingo": _flamingo, "pgd_step": _pgd_step}
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:

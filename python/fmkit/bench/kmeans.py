@@ -1,0 +1,76 @@
+"""k-means benchmark cases: fmkit.cluster.kmeans against faiss.Kmeans (CPU, or GPU where built).
+
+Both train `iters` Lloyd iterations from random distinct points, with no subsampling
+(faiss: max_points_per_centroid=10**7, as DataComp sets it) and metric "l2" (faiss.Kmeans's
+default and DataComp's training metric). fmkit's time also includes its final assignment of
+every point to the returned centroids (one more kNN pass); faiss.Kmeans.train does not.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from fmkit.cluster import kmeans
+from fmkit.ops import _backend
+
+# (N, d, n_clusters, iters)
+SHAPES = {
+    ("cpu", "quick"): [(100_000, 64, 256, 5)],
+    ("cpu", "full"): [(1_000_000, 64, 1024, 10)],
+    ("cuda", "quick"): [(1_000_000, 64, 1024, 5)],
+    ("cuda", "full"): [(1_000_000, 768, 100_000, 5), (10_000_000, 64, 1024, 10)],
+}
+
+
+def _faiss(x, k, iters, device):
+    import faiss
+
+    N, d = x.shape
+    if device.type == "cuda":
+        if not hasattr(faiss, "StandardGpuResources"):
+            return None
+        xn = x.cpu().numpy()  # faiss.Kmeans(gpu=True) trains from host memory
+
+        def run():
+            km = faiss.Kmeans(d, k, niter=iters, seed=0, spherical=False, max_points_per_centroid=10**7, gpu=True)
+            km.train(xn)
+            return km.centroids
+
+        return run
+    xn = x.numpy()
+
+    def run():
+        km = faiss.Kmeans(d, k, niter=iters, seed=0, spherical=False, max_points_per_centroid=10**7)
+        km.train(xn)
+        return km.centroids
+
+    return run
+
+
+def cases(device: torch.device, quick: bool, shapes: list[tuple[int, int, int, int]] | None = None):
+    """Benchmark cases; `shapes` ((N, d, n_clusters, iters), ...) overrides the embedded sizes."""
+    on_cuda = device.type == "cuda"
+    if shapes is None:
+        shapes = SHAPES[("cuda" if on_cuda else "cpu", "quick" if quick else "full")]
+    backends = [b for b in ("cuda", "triton") if _backend._available(b, True)] if on_cuda else ["cpu"]
+    return [_case(N, d, k, iters, device, backends) for N, d, k, iters in shapes]
+
+
+def _case(N, d, k, iters, device, backends):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, d, generator=g).to(device)
+    contenders = [
+        (f"fmkit[{b}]", (lambda b=b: kmeans(x, k, iters=iters, metric="l2", seed=0, backend=b)), False)
+        for b in backends
+    ]
+    if importlib.util.find_spec("faiss") is not None:
+        f = _faiss(x, k, iters, device)
+        if f is not None:
+            contenders.append(("faiss.Kmeans" + (" gpu" if device.type == "cuda" else ""), f, True))
+    return {
+        "shape": f"N={N} d={d} k={k} iters={iters} fp32 l2",
+        "flops": 2.0 * N * k * d * iters,
+        "contenders": contenders,
+        "repeats": 1 if N * k * d >= 10**11 else 3,
+    }
