@@ -26,8 +26,33 @@ def main(argv: list[str] | None = None) -> int:
                      help="proximity definition (default reference: see README, paper vs released code)")
     cal.add_argument("--backend", default="auto", help="kNN / KDE backend")
     cal.add_argument("--out", default=None, metavar="DIR", help="write metrics.json, table.txt and plots here")
+    dc = sub.add_parser("datacomp", help="DataComp: make a synthetic pool, filter, train CLIP, evaluate")
+    dcs = dc.add_subparsers(dest="datacomp_command", required=True)
+    mk = dcs.add_parser("make-pool", help="write a synthetic DataComp-format pool")
+    mk.add_argument("out")
+    mk.add_argument("--n", type=int, default=2048)
+    mk.add_argument("--seed", type=int, default=0)
+    flt = dcs.add_parser("filter", help="apply a baseline filter and write the sorted uid .npy")
+    flt.add_argument("--pool", required=True)
+    flt.add_argument("--name", required=True, help="no_filter, basic, clip_score, text_based, image_based, datacomp_1b")
+    flt.add_argument("--out", required=True, metavar="UIDS.npy")
+    flt.add_argument("--fraction", type=float, default=None, help="clip_score: keep this top fraction")
+    flt.add_argument("--threshold", type=float, default=None, help="clip_score: keep scores >= threshold")
+    flt.add_argument("--arch", default=None, help="clip_score: l14 or b32")
+    tr = dcs.add_parser("train", help="train a CLIP on the (filtered) pool")
+    tr.add_argument("--pool", required=True)
+    tr.add_argument("--uids", default=None, metavar="UIDS.npy")
+    tr.add_argument("--out", required=True, metavar="DIR")
+    tr.add_argument("--model", default="tiny")
+    tr.add_argument("--steps", type=int, default=200)
+    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--image-size", type=int, default=32)
+    ev = dcs.add_parser("evaluate", help="image-text retrieval recall@k of a trained CLIP on a pool")
+    ev.add_argument("--checkpoint", required=True, metavar="DIR")
+    ev.add_argument("--pool", required=True)
     demo = sub.add_parser("demo", help="end-to-end demonstrations on offline data")
-    demo.add_argument("what", choices=["calibration"])
+    demo.add_argument("what", choices=["calibration", "datacomp"])
     demo.add_argument("--out", default="fmkit_demo_calibration", metavar="DIR")
     demo.add_argument("--seeds", type=int, default=5, help="random splits to average (the paper uses 5)")
     demo.add_argument("--dataset", action="append", choices=["digits", "mixture"], help="default: both")
@@ -45,10 +70,19 @@ def main(argv: list[str] | None = None) -> int:
                 print("wrote", path)
         return 0
     if args.command == "demo":
+        if args.what == "datacomp":
+            from fmkit.datacomp.demo import run_demo as run_datacomp_demo
+
+            run_datacomp_demo(args.out)
+            return 0
         from fmkit.calibration.demo import run_demo
 
         run_demo(args.out, seeds=args.seeds, datasets=args.dataset or ("digits", "mixture"))
         return 0
+    if args.command == "datacomp":
+        from fmkit.datacomp.cli import run
+
+        return run(args)
     if args.command == "info":
         import fmkit
 
