@@ -30,6 +30,9 @@ METRICS = ("l2", "ip")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 GPU_BACKEND_ORDER = ("cuda", "triton")
 VALUE_LIMIT = 1e15  # |x| above this could overflow float32 squared norms
+# Extra candidates beyond k (plus k/16): more make the certificate fail less often, fewer make
+# selection and the float64 re-rank cheaper; uncertified rows are recomputed exactly.
+CANDIDATE_MARGIN = 4
 _RERANK_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 23}  # float64 elements per torch re-rank chunk
 # Score elements per tile in the tiled (triton / torch) path: 256 MB on a GPU, 16 MB on a CPU.
 _TILE_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 22}
@@ -124,7 +127,7 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
     N = database.shape[0]
     eligible = N - (1 if self_offset is not None else 0)
     name = _backend.resolve_backend(backend, queries.device, "knn", GPU_BACKEND_ORDER)
-    kprime = min(eligible, k + 16 + k // 16)
+    kprime = min(eligible, k + CANDIDATE_MARGIN + k // 16)
     if name == "cuda":
         limit = _backend._C.knn_max_kprime_cuda()
         if k > limit:
