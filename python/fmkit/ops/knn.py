@@ -11,8 +11,8 @@ How exactness is obtained at GEMM speed
 3. A rounding-error bound on the fp32 score, (2d+16) * 2^-24 * (|x-c| + max|y-c|)^2,
    turns the largest candidate score into a lower bound on the distance of every
    non-candidate. If that bound is above the k-th re-ranked distance, the row is exact;
-   otherwise (near-ties at the candidate boundary, rare) the row is recomputed by the
-   float64 reference. So results are exact, ties go to the lower index, L2 distances are
+   otherwise (near-ties at the candidate boundary, rare) the row is searched again with wider
+   candidate lists until certified or complete (float64 reference for self-excluded subsets). So results are exact, ties go to the lower index, L2 distances are
    never negative and exactly 0 for identical vectors, and nothing depends on chunking.
 
 Memory: inputs + outputs + O(Q * kprime) candidates + bounded tiles; never Q x N.
@@ -37,7 +37,7 @@ _RERANK_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 23}  # float64 elements per tor
 # Score elements per tile in the tiled (triton / torch) path: 256 MB on a GPU, 16 MB on a CPU.
 _TILE_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 22}
 
-# Rows recomputed by the float64 reference since import (exposed for tests and benchmarks).
+# Rows the first candidate pass could not certify, since import (exposed for tests and benchmarks).
 fallback_rows = 0
 
 
@@ -128,27 +128,45 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
     eligible = N - (1 if self_offset is not None else 0)
     name = _backend.resolve_backend(backend, queries.device, "knn", GPU_BACKEND_ORDER)
     kprime = min(eligible, k + CANDIDATE_MARGIN + k // 16)
+    max_width = eligible
     if name == "cuda":
-        limit = _backend._C.knn_max_kprime_cuda()
-        if k > limit:
+        max_width = min(eligible, _backend._C.knn_max_kprime_cuda())
+        if k > max_width:
             if backend == "cuda":
-                raise ValueError(f"k: the cuda backend supports k <= {limit}, got {k}; use backend='torch'")
-            name = "triton" if _backend._available("triton", True) else "torch"
+                raise ValueError(f"k: the cuda backend supports k <= {max_width}, got {k}; use backend='torch'")
+            name, max_width = ("triton" if _backend._available("triton", True) else "torch"), eligible
         else:
-            kprime = min(kprime, limit)
+            kprime = min(kprime, max_width)
     if Q == 0:
         return (queries.new_empty((0, k), dtype=torch.float64), queries.new_empty((0, k), dtype=torch.int64))
 
     cpu_kernels = name == "cpu"
     center, radius = database_center_and_radius(database, metric, cpu_kernels)
-    score, cand = CANDIDATES[name](queries, database, center, metric, kprime, self_offset)
-    dist, idx = rerank(queries, database, cand, k, metric, cpu_kernels)
-    if kprime == eligible:  # every eligible row is a candidate: nothing left to miss
+
+    def search(rows_q, width):
+        """(distances, indices, exact) for the query rows `rows_q` with `width` candidates each."""
+        score, cand = CANDIDATES[name](rows_q, database, center, metric, width, self_offset)
+        dist, idx = rerank(rows_q, database, cand, k, metric, cpu_kernels)
+        if width == eligible:  # every eligible row is a candidate: nothing left to miss
+            return dist, idx, torch.ones(dist.shape[0], dtype=torch.bool, device=dist.device)
+        return dist, idx, certify(rows_q, center, radius, score.max(dim=1).values, dist[:, k - 1], metric)
+
+    dist, idx, exact = search(queries, kprime)
+    if bool(exact.all()):
         return dist, idx
-    exact = certify(queries, center, radius, score.max(dim=1).values, dist[:, k - 1], metric)
-    if not bool(exact.all()):
-        rows = (~exact).nonzero().flatten()
-        fallback_rows += int(rows.numel())
+    # Rows the bound could not certify (near-ties at the candidate boundary): search them again
+    # with ever wider candidate lists on the same fast kernels; with every eligible row as a
+    # candidate a row is exact by construction. Self-exclusion is an offset from the query's row
+    # number, which a subset of rows does not keep, so those rows go to the float64 reference.
+    rows = (~exact).nonzero().flatten()
+    fallback_rows += int(rows.numel())
+    width = kprime
+    while rows.numel() and self_offset is None and width < max_width:
+        width = min(max_width, 4 * width + 64)
+        d2, i2, ok = search(queries[rows], width)
+        dist[rows[ok]], idx[rows[ok]] = d2[ok], i2[ok]
+        rows = rows[~ok]
+    if rows.numel():
         self_index = None if self_offset is None else rows + self_offset
         dist[rows], idx[rows] = knn_reference(queries[rows], database, k, metric, self_index)
     return dist, idx
