@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmkit.adversarial import apgd, apgd_checkpoints, dlr_loss, pgd, random_start, target_string_attack
+from fmkit.adversarial import apgd, apgd_checkpoints, dlr_loss, pgd, sample_random_start, target_string_attack
 
 
 def trained_classifier():
@@ -67,10 +67,10 @@ def test_pgd_l2_and_batched_restarts():
 
 def test_random_starts():
     x0 = torch.full((2000, 3), 0.5)
-    lin = random_start(x0, 0.1, "linf", generator=torch.Generator().manual_seed(0))
+    lin = sample_random_start(x0, 0.1, "linf", generator=torch.Generator().manual_seed(0))
     assert ((lin - x0).abs() <= 0.1 + 1e-7).all()
     d = 3
-    l2 = random_start(x0, 0.2, "l2", generator=torch.Generator().manual_seed(1))
+    l2 = sample_random_start(x0, 0.2, "l2", generator=torch.Generator().manual_seed(1))
     r = (l2 - x0).norm(dim=1) / 0.2
     # Uniform in the ball: P(r <= t) = t^d. Check a few quantiles.
     for t in (0.5, 0.8):

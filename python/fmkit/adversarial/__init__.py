@@ -6,7 +6,7 @@ from fmkit.adversarial.image import (
     apgd_checkpoints,
     dlr_loss,
     pgd,
-    random_start,
+    sample_random_start,
     target_string_attack,
     teacher_forced_target_loss,
 )
@@ -21,5 +21,5 @@ from fmkit.adversarial.text import (
 )
 
 __all__ = ["SolvableCase", "TextAttackResult", "arca", "gbda", "gcg", "solvable_text_attack_set",
-           "verify_solvable_case", "AttackResult", "pgd", "apgd", "apgd_checkpoints", "dlr_loss", "random_start",
+           "verify_solvable_case", "AttackResult", "pgd", "apgd", "apgd_checkpoints", "dlr_loss", "sample_random_start",
            "target_string_attack", "teacher_forced_target_loss"]

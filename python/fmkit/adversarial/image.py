@@ -57,7 +57,7 @@ def _evaluate(loss_fn, x, success_fn, restarts=1):
     return torch.cat(losses), success
 
 
-def random_start(x0, eps, norm, clamp=(0.0, 1.0), generator=None):
+def sample_random_start(x0, eps, norm, clamp=(0.0, 1.0), generator=None):
     """L-inf: uniform in the box; L2 (and L1): uniform in the ball, delta = eps u^(1/d) z/|z|.
 
     The L2 start is uniform in the ball (torchattacks' PGDL2 draws u instead of u^(1/d), biased
@@ -82,7 +82,7 @@ def random_start(x0, eps, norm, clamp=(0.0, 1.0), generator=None):
 
 
 def pgd(loss_fn: Callable, x: torch.Tensor, *, eps, step_size, steps: int, norm: str = "linf",
-        random_start_: bool = True, restarts: int = 1, targeted: bool = False, success_fn: Callable | None = None,
+        random_start: bool = True, restarts: int = 1, targeted: bool = False, success_fn: Callable | None = None,
         clamp=(0.0, 1.0), seed: int = 0, progress: bool = True, backend: str = "auto") -> AttackResult:
     """Projected gradient ascent on `loss_fn` (descent if `targeted`), per-sample early stopping.
 
@@ -108,8 +108,8 @@ def pgd(loss_fn: Callable, x: torch.Tensor, *, eps, step_size, steps: int, norm:
     eps_r = _per_sample(eps, b, x.device, "eps").repeat(restarts)
     step_r = _per_sample(step_size, b, x.device, "step_size").repeat(restarts)
     g = torch.Generator(device=x.device).manual_seed(seed)
-    x_adv = random_start(x0, eps_r, norm, clamp, g) if random_start_ else x0.clone()
-    if bool(torch.isinf(eps_r).all()) and random_start_:
+    x_adv = sample_random_start(x0, eps_r, norm, clamp, g) if random_start else x0.clone()
+    if bool(torch.isinf(eps_r).all()) and random_start:
         x0 = x_adv.clone()  # unbounded: distortion is measured from the random starting image
     sign = -1.0 if targeted else 1.0
     active = torch.ones(b * restarts, dtype=torch.bool, device=x.device)
@@ -313,5 +313,5 @@ def target_string_attack(model, images: torch.Tensor, prompt_ids: torch.Tensor, 
     def loss_fn(img):
         return teacher_forced_target_loss(logits_of(img), prompt_len, target_ids)
 
-    return pgd(loss_fn, images, eps=eps, step_size=step_size, steps=steps, norm="l2", random_start_=random_init,
+    return pgd(loss_fn, images, eps=eps, step_size=step_size, steps=steps, norm="l2", random_start=random_init,
                targeted=True, seed=seed, progress=progress, backend=backend)
