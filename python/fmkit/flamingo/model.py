@@ -139,7 +139,8 @@ class Flamingo(nn.Module):
         if input_ids is None or self._layers[0].media is None:
             return None
         counts = torch.cumsum(input_ids == self.image_token_id, dim=1)
-        cache = kwargs.get("past_key_values")
+        # transformers >= 5 passes the KV cache as `cache`, earlier versions as `past_key_values`.
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
         decoding = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
         if decoding and self._media_count is not None:
             counts = counts + self._media_count[:, None]  # new tokens continue after the prompt's images
