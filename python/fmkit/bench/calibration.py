@@ -11,6 +11,7 @@ import importlib.util
 import numpy as np
 import torch
 
+from fmkit.bench._shapes import embedded_shapes
 from fmkit.calibration.procal import DensityRatioCalibrator
 from fmkit.calibration.proximity import proximity
 
@@ -65,7 +66,7 @@ def _released_pipeline(cal, test, k=10):
 
 def cases(device: torch.device, quick: bool, shapes=None):
     on_cuda = device.type == "cuda"
-    shapes = shapes or SHAPES[("cuda" if on_cuda else "cpu", "quick" if quick else "full")]
+    shapes = embedded_shapes(SHAPES, device, quick, shapes)
     out = []
     for n_cal, n_test, d, classes in shapes:
         cal = synthetic_split(n_cal, d, classes, device, seed=0)

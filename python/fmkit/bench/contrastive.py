@@ -12,6 +12,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from fmkit.bench._shapes import embedded_shapes
 from fmkit.ops import clip_loss
 from fmkit.reference.clip_loss import naive_clip_loss
 
@@ -41,8 +42,7 @@ def _inf_cl(x, y, s):
 
 
 def cases(device: torch.device, quick: bool, shapes=None):
-    on_cuda = device.type == "cuda"
-    shapes = shapes or SHAPES[("cuda" if on_cuda else "cpu", "quick" if quick else "full")]
+    shapes = embedded_shapes(SHAPES, device, quick, shapes)
     return [_case(n, d, dtype, kind, device) for n, d, dtype, kind in shapes]
 
 

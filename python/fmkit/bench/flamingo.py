@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fmkit.bench._shapes import embedded_shapes
 from fmkit.ops import media_cross_attention, perceiver_attention
 
 SHAPES = {
@@ -113,7 +114,7 @@ def _block_case(bt, m, latents, device, dtype, backward):
 
 def cases(device: torch.device, quick: bool, shapes=None):
     on_cuda = device.type == "cuda"
-    shapes = shapes or SHAPES[("cuda" if on_cuda else "cpu", "quick" if quick else "full")]
+    shapes = embedded_shapes(SHAPES, device, quick, shapes)
     dtype = torch.bfloat16 if on_cuda else torch.float32
     out = []
     for kind, *dims in shapes:

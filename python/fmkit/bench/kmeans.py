@@ -11,8 +11,8 @@ import importlib.util
 
 import torch
 
+from fmkit.bench._shapes import embedded_shapes, knn_backends
 from fmkit.cluster import kmeans
-from fmkit.ops import _backend
 
 # (N, d, n_clusters, iters)
 SHAPES = {
@@ -50,10 +50,8 @@ def _faiss(x, k, iters, device):
 
 def cases(device: torch.device, quick: bool, shapes: list[tuple[int, int, int, int]] | None = None):
     """Benchmark cases; `shapes` ((N, d, n_clusters, iters), ...) overrides the embedded sizes."""
-    on_cuda = device.type == "cuda"
-    if shapes is None:
-        shapes = SHAPES[("cuda" if on_cuda else "cpu", "quick" if quick else "full")]
-    backends = [b for b in ("cuda", "triton") if _backend._available(b, True)] if on_cuda else ["cpu"]
+    shapes = embedded_shapes(SHAPES, device, quick, shapes)
+    backends = knn_backends(device)
     return [_case(N, d, k, iters, device, backends) for N, d, k, iters in shapes]
 
 

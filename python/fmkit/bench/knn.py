@@ -9,7 +9,8 @@ import importlib.util
 
 import torch
 
-from fmkit.ops import _backend, knn
+from fmkit.bench._shapes import embedded_shapes, knn_backends
+from fmkit.ops import knn
 
 
 def _torch_mm_topk(q, db, k, chunk=4096):
@@ -58,10 +59,8 @@ SHAPES = {
 
 def cases(device: torch.device, quick: bool, shapes: list[tuple[int, int, int, int]] | None = None):
     """Benchmark cases; `shapes` ((Q, N, d, k), ...) overrides the embedded sizes."""
-    on_cuda = device.type == "cuda"
-    if shapes is None:
-        shapes = SHAPES[("cuda" if on_cuda else "cpu", "quick" if quick else "full")]
-    backends = [b for b in ("cuda", "triton") if _backend._available(b, True)] if on_cuda else ["cpu"]
+    shapes = embedded_shapes(SHAPES, device, quick, shapes)
+    backends = knn_backends(device)
     return [_case(Q, N, d, k, device, backends) for Q, N, d, k in shapes]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from fmkit.bench._shapes import embedded_shapes
 from fmkit.ops.pgd_step import pgd_step_
 
 SHAPES = {  # (B, C, H, W, dtype, norm)
@@ -39,8 +40,7 @@ def eager_l2(x, g, x0, eps, alpha):
 
 
 def cases(device: torch.device, quick: bool, shapes=None):
-    on_cuda = device.type == "cuda"
-    shapes = shapes or SHAPES[("cuda" if on_cuda else "cpu", "quick" if quick else "full")]
+    shapes = embedded_shapes(SHAPES, device, quick, shapes)
     return [_case(*s, device) for s in shapes]
 
 
