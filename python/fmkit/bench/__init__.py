@@ -11,6 +11,7 @@ import datetime
 import json
 import platform
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -96,37 +97,45 @@ def run(ops: list[str], quick: bool, device: torch.device, json_path: str | None
                 peaks[dtype] = measured_peak(device, dtype)
             results = {}
             for name, fn, is_anchor in case["contenders"]:
+                error = None
                 try:
                     ms = timed(fn, device, case.get("repeats", 3))
                     mib = peak_extra_mib(fn, device)
                 except torch.OutOfMemoryError:  # the naive losses cannot run the largest batches
-                    ms, mib = float("nan"), float("nan")
+                    ms, mib, error = float("nan"), float("nan"), "out of memory"
                     torch.cuda.empty_cache()
-                results[name] = (ms, is_anchor, mib)
-            anchors = [ms for ms, is_anchor, _ in results.values() if is_anchor and ms == ms]
+                except Exception as exc:  # one broken contender must not hide the others' numbers
+                    ms, mib, error = float("nan"), float("nan"), f"{type(exc).__name__}: {exc}"[:300]
+                    print(f"\n{op} {case['shape']} {name} failed: {error}", file=sys.stderr)
+                results[name] = (ms, is_anchor, mib, error)
+            anchors = [ms for ms, is_anchor, _, _ in results.values() if is_anchor and ms == ms]
             best_anchor = min(anchors) if anchors else float("nan")
-            for name, (ms, is_anchor, mib) in results.items():
+            for name, (ms, is_anchor, mib, error) in results.items():
                 gflops = case["flops"] / (ms * 1e-3) / 1e9
                 rows.append({
                     "op": op, "shape": case["shape"], "contender": name, "anchor": is_anchor,
                     "median_ms": ms, "speedup_vs_best_anchor": best_anchor / ms,
                     "gflops": gflops, "pct_peak": 100 * gflops / peaks[dtype], "peak_dtype": str(dtype),
                     "peak_extra_mib": mib,
-                    "exact": case.get("exact", {}).get(name),
+                    "exact": case.get("exact", {}).get(name), "error": error,
                 })
+            if json_path:  # after every case, so a run cut short still leaves its numbers
+                write_json(json_path, rows, device, peaks, quick)
     print_table(rows, device, peak)
     if plot_path:
         plot(rows, device, plot_path)
-    if json_path:
-        meta = {
-            "date": datetime.date.today().isoformat(), "device": device_name(device),
-            "torch": torch.__version__, "triton": _triton_version(),
-            "gemm_peak_gflops": {str(k): v for k, v in peaks.items()},
-            "quick": quick,
-        }
-        with open(json_path, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
     return rows
+
+
+def write_json(path, rows, device, peaks, quick):
+    meta = {
+        "date": datetime.date.today().isoformat(), "device": device_name(device),
+        "torch": torch.__version__, "triton": _triton_version(),
+        "gemm_peak_gflops": {str(k): v for k, v in peaks.items()},
+        "quick": quick,
+    }
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 
 def print_table(rows, device, peak):
@@ -137,6 +146,8 @@ def print_table(rows, device, peak):
     print("-" * len(header))
     for r in rows:
         exact = "" if r["exact"] is None else ("yes" if r["exact"] else "no")
+        if r.get("error"):
+            exact = "ERROR"
         mib = "" if r["peak_extra_mib"] is None else f"{r['peak_extra_mib']:.0f}"
         print(f"{r['op']:<12} {r['shape']:<34} {r['contender']:<22} {r['median_ms']:>10.2f} "
               f"{r['speedup_vs_best_anchor']:>14.2f}x {r['gflops']:>9.1f} {r['pct_peak']:>9.1f} {mib:>9} {exact:>6}")
