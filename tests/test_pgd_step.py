@@ -32,7 +32,7 @@ def oracle_l2(x, g, x0, eps, alpha, lo=0.0, hi=1.0):
     adv = x + a * g / gn.view((-1,) + (1,) * (x.dim() - 1))
     delta = adv - x0
     dn = torch.norm(delta.view(B, -1), p=2, dim=1)
-    eps_b = eps.double() if isinstance(eps, torch.Tensor) else torch.full((B,), float(eps), dtype=torch.float64)
+    eps_b = eps.double() if isinstance(eps, torch.Tensor) else torch.full((B,), float(eps), dtype=torch.float64, device=x.device)
     factor = torch.min(eps_b / dn, torch.ones_like(dn))
     delta = delta * factor.view((-1,) + (1,) * (x.dim() - 1))
     return torch.clamp(x0 + delta, min=lo, max=hi)
