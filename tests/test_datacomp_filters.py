@@ -518,3 +518,24 @@ def test_pool_errors(tmp_path):
 def test_fasttext_model_path_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         language_detector(tmp_path / "lid.176.bin")
+
+
+def test_fasttext_model_is_used_when_given(tmp_path):
+    """The fastText path end to end, with a small language-id model trained here on the pool's own
+    captions (lid.176 itself is a download): basic_filter must keep exactly the English rows."""
+    fasttext = pytest.importorskip("fasttext")
+    info = make_synthetic_pool(tmp_path / "pool", n=200, seed=1, write_images=False)
+    train = tmp_path / "lid_train.txt"
+    train.write_text("\n".join(f"__label__{'en' if e else 'de'} {c}" for c, e in zip(info.captions, info.english)))
+    model = fasttext.train_supervised(str(train), epoch=25, lr=0.5, dim=16, minn=2, maxn=4, bucket=20_000,
+                                      thread=1, seed=0, verbose=0)
+    path = tmp_path / "lid_tiny.bin"
+    model.save_model(str(path))
+    detect = language_detector(path)
+    labels = detect(info.captions)
+    assert set(labels) <= {"en", "de"} and np.mean(np.array(labels) == "en") > 0.3
+    english = np.array(labels) == "en"
+    assert (english == info.english).mean() > 0.95  # the model learned its training captions
+    got = basic_filter(tmp_path / "pool", fasttext_model=path, progress=False)
+    assert np.array_equal(got, info.uid_array(english & info.size_ok))
+    assert language_detector(path)(["first line\nsecond line"]) in (["en"], ["de"])  # newline handled
