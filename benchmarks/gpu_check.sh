@@ -28,6 +28,12 @@ card=$(python3 -c "import torch; print(torch.cuda.get_device_name().replace(' ',
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } | tee "$summary"
 
+# Python packages the card's image lacks travel as wheels in .whl/ (see the device notes).
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
 start=$(date +%s)
 FMKIT_CUDA=ON FMKIT_CUDA_ARCHS="$arch" python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
 build_rc=$?
@@ -39,11 +45,19 @@ timeout "$(budget 60)" python3 benchmarks/gpu_ceilings.py 2>&1 | tee -a "$summar
 # Tests: one process per file, all at once (Triton compiles are CPU-bound; 16 cores).
 timeout_flag=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout=150")
 test_budget=$(budget 200)
-for spec in "test_clip_loss_triton.py:" "test_flamingo_triton.py:" "test_knn.py:gpu" "test_pgd_step.py:gpu" \
-            "test_gaussian_kde.py:gpu" "test_cluster.py:gpu" "test_calibration_metrics.py:gpu"; do
-  file=${spec%%:*}; mark=${spec##*:}
+# GPU_TESTS: "file:marker" words (an empty marker runs the whole file; a marker may also be a -k
+# expression written as k=EXPR).
+for spec in ${GPU_TESTS:-test_clip_loss_triton.py: test_flamingo_triton.py: test_knn.py:gpu test_pgd_step.py:gpu \
+             test_gaussian_kde.py:gpu test_cluster.py:gpu test_calibration_metrics.py:gpu test_clip.py:k=open_clip}; do
+  file=${spec%%:*}; mark=${spec#*:}
+  select=()
+  case "$mark" in
+    "") ;;
+    k=*) select=(-k "${mark#k=}") ;;
+    *) select=(-m "$mark") ;;
+  esac
   (
-    timeout "$test_budget" python3 -m pytest -q -p no:cacheprovider $timeout_flag ${mark:+-m $mark} \
+    timeout "$test_budget" python3 -m pytest -q -p no:cacheprovider $timeout_flag "${select[@]}" \
       "tests/$file" >"$LOGS/${file%.py}.log" 2>&1
     echo "$file rc=$?" >"$LOGS/${file%.py}.rc"
   ) &
@@ -57,9 +71,17 @@ for rc in "$LOGS"/test_*.rc; do
   echo "$(cat "$rc") | $(grep -E '(passed|failed|error|skipped)' "$LOGS/$name.log" | tail -1)"
 done | tee -a "$summary"
 
+# GPU_EXTRA: one more command (e.g. a kernel's profiling script), logged to extra.log.
+if [ -n "${GPU_EXTRA:-}" ]; then
+  timeout "$(budget 120)" bash -c "$GPU_EXTRA" >"$OUT/extra.log" 2>&1
+  echo "extra rc=$? ($GPU_EXTRA)" | tee -a "$summary"
+  tail -40 "$OUT/extra.log"
+fi
+
 # Benchmarks: one op per process, most important first, each capped so the rest still run.
-for spec in "knn:full:110" "contrastive:full:100" "flamingo:full:80" "pgd_step:full:35" \
-            "calibration:full:60" "kmeans:quick:45"; do
+# GPU_BENCH: "op:quick|full:seconds" words.
+for spec in ${GPU_BENCH:-knn:full:110 contrastive:full:100 flamingo:full:80 pgd_step:full:35 \
+            calibration:full:60 kmeans:quick:45}; do
   IFS=: read -r op mode cap <<<"$spec"
   t=$(budget "$cap")
   if (( t < 15 )); then echo "bench $op skipped: out of time" | tee -a "$summary"; continue; fi

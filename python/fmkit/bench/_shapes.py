@@ -14,7 +14,7 @@ def embedded_shapes(table: dict, device: torch.device, quick: bool, shapes=None)
 
 
 def knn_backends(device: torch.device) -> list[str]:
-    """The fmkit kNN backends worth timing on `device` (GPU: every built one; CPU: the C++ kernel)."""
+    """The fmkit kNN backends worth timing on `device` (GPU: every built one, and the float64 torch tiles, which use the FP64 tensor cores; CPU: the C++ kernel)."""
     if device.type == "cuda":
-        return [b for b in ("cuda", "triton") if _backend._available(b, True)]
+        return [b for b in ("cuda", "triton", "torch") if _backend._available(b, True)]
     return ["cpu"]
