@@ -337,3 +337,96 @@ def test_cuda_graph_capture(backend, norm):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(static, eager)
+
+
+def _gpu_backend_or_skip(backend):
+    if backend == "cuda" and "cuda" not in _backend.compiled_backends():
+        pytest.skip("fmkit built without CUDA kernels")
+    if backend == "triton" and not _backend.triton_available():
+        pytest.skip("triton not available")
+
+
+def _offset_copy(t, offset):
+    """t's values in a contiguous tensor whose data pointer is `offset` elements past an aligned one."""
+    buf = torch.empty(t.numel() + offset, dtype=t.dtype, device=t.device)
+    out = buf[offset:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+# [B, N] shapes for the vectorised kernels: N below / not a multiple of the 16-byte vector width
+# (vectors straddling samples, scalar head / tail), one element per sample, several reduction
+# chunks with a ragged last one, and B = 1 with N large enough to grow the reduction chunk.
+GPU_EDGE_SHAPES = [(1, 1), (7, 1), (5, 3), (9, 7), (3, 13), (4, 1000), (3, 4100), (2, 8193), (2, 3 * 64 * 64 + 5),
+                   (1, 150528), (1, 9_000_003)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("shape", GPU_EDGE_SHAPES)
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_gpu_edge_shapes_fp32(backend, shape, offset):
+    _gpu_backend_or_skip(backend)
+    if offset and shape[0] * shape[1] > 10 ** 6:
+        pytest.skip("the large shape is covered aligned")
+    B = shape[0]
+    x, g, x0 = (t.cuda() for t in _inputs(shape, eps=0.1))
+    # offset 1: every pointer misaligned (scalar path); offset 3: only grad is misaligned
+    if offset == 1:
+        x, g, x0 = (_offset_copy(t, 1) for t in (x, g, x0))
+    elif offset == 3:
+        g = _offset_copy(g, 3)
+    eps = torch.linspace(0.05, 0.3, B, device="cuda")
+    if B > 2:
+        eps[-1] = math.inf
+    if B > 3:
+        eps[0] = 0.0
+    alpha = torch.linspace(0.01, 0.2, B, device="cuda")
+    for act in (None, torch.arange(B, device="cuda") % 3 != 1):
+        mask = (act if act is not None else torch.ones(B, dtype=torch.bool, device="cuda")).view(-1, 1)
+        out = x.clone()
+        pgd_step_(out, g, x0, eps=eps, step_size=alpha, active=act, backend=backend, check_values=False)
+        assert torch.equal(out, torch.where(mask, oracle_linf(x, g, x0, eps, alpha), x))
+        out = x.clone()
+        pgd_step_(out, g, x0, eps=eps, step_size=alpha, norm="l2", active=act, backend=backend, check_values=False)
+        ref = torch.where(mask, oracle_l2(x, g, x0, eps, alpha).float(), x)
+        torch.testing.assert_close(out, ref, rtol=0, atol=2e-6)
+        assert torch.equal(out[~mask.view(-1)], x[~mask.view(-1)])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (9, 7), (3, 13), (2, 8193), (4, 3 * 32 * 32), (1, 9_000_003)])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_gpu_edge_shapes_half(backend, dtype, shape, offset):
+    _gpu_backend_or_skip(backend)
+    if offset and shape[0] * shape[1] > 10 ** 6:
+        pytest.skip("the large shape is covered aligned")
+    B = shape[0]
+    x, g, x0 = (t.cuda().to(dtype) for t in _inputs(shape, eps=0.1))
+    if offset:
+        x, g, x0 = (_offset_copy(t, offset) for t in (x, g, x0))
+    act = torch.arange(B, device="cuda") % 2 == 0
+    for norm, eps, alpha in (("linf", 8 / 255, 2 / 255), ("l2", 0.5, 0.2), ("l2", math.inf, 0.2)):
+        out = x.clone()
+        pgd_step_(out, g, x0, eps=eps, step_size=alpha, norm=norm, active=act, backend=backend)
+        ref = x.clone()
+        pgd_step_(ref, g, x0, eps=eps, step_size=alpha, norm=norm, active=act, backend="torch")
+        torch.testing.assert_close(out.float(), ref.float(), rtol=0, atol=2 ** -7)
+        assert torch.equal(out[~act], x[~act])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_l2_deterministic_and_noncontiguous(backend):
+    _gpu_backend_or_skip(backend)
+    x, g, x0 = (t.cuda() for t in _inputs((6, 3, 33, 35), eps=0.1))
+    outs = [_run(x, g, x0, backend, eps=0.3, step_size=0.5, norm="l2") for _ in range(3)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    x_nc = x.transpose(2, 3).contiguous().transpose(2, 3)
+    g_nc = g.transpose(1, 3).contiguous().transpose(1, 3)
+    for norm in ("linf", "l2"):
+        out = x_nc.clone()
+        pgd_step_(out, g_nc, x0, eps=0.3, step_size=0.5, norm=norm, backend=backend)
+        torch.testing.assert_close(out, _run(x, g, x0, backend, eps=0.3, step_size=0.5, norm=norm), rtol=0, atol=0)

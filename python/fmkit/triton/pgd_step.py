@@ -1,12 +1,23 @@
 """Triton kernels of the fused PGD step (contract in csrc/ops/pgd_step.h).
 
 x, g, x0: [B, N] contiguous (fp32 / fp16 / bf16), x updated in place; eps, alpha: fp32 [B];
-active: bool [B] or None. Grid (B, chunks); program (b, c) owns CHUNK = BLOCK * ITERS elements.
-  linf: one kernel (x' = x + a sign(g); d = clamp(x' - x0, -eps, eps); x = clamp(x0 + d, lo, hi)),
-        op by op in fp32, so fp32 results equal the torchattacks formula bitwise.
-  l2:   three kernels, no atomics: per-program partial |g|^2; partial |(x + s g) - x0|^2 with
-        s = a / (|g| + 1e-10) (every program re-sums its sample's partials); the write pass
-        with factor min(1, eps / |d|). Partials: fp32 [B, chunks] scratch allocated here (no host sync).
+active: bool [B] or None. Programs form a 1-D grid over (sample, chunk) pairs, so neither B nor
+the chunk count meets the 65535 limit of grid axes 1 and 2.
+
+  linf: one kernel, one BLOCK per program and no loop, so all loads of a program are issued
+        together (the shape of torch.compile's own pointwise kernels). x' = x + a sign(g);
+        d = clamp(x' - x0, -eps, eps); x = clamp(x0 + d, lo, hi), op by op in fp32, so fp32
+        results equal the torchattacks formula bitwise.
+  l2:   two kernels, 7 transfers instead of 8 (see kernels/pgd_step.cu for the floor):
+        1. reduce: per (sample, chunk) partial |g|^2, |u|^2 and <u, g> with u = x - x0;
+        2. update: every program re-sums its sample's partials (in float64, fixed order: no
+           atomics, deterministic), s = a / (|g| + 1e-10), |d|^2 = |u|^2 + 2 s <u,g> + s^2 |g|^2,
+           f = min(1, eps / |d|), and writes clamp(x0 + ((x + s g) - x0) f). Programs run in
+           reverse order so the data the reduction read last is still in L2 when the update starts.
+        Partials: fp32 [B, chunks, 3] scratch from torch's allocator (graph-safe, no host sync).
+
+Predicted H100 times for 256x3x224x224 are in kernels/pgd_step.cu; this backend should land
+within a few percent of them (the same bytes move, in the same number of passes).
 """
 from __future__ import annotations
 
@@ -16,10 +27,11 @@ import triton.language as tl
 
 
 @triton.jit
-def _linf_kernel(x_ptr, g_ptr, z_ptr, eps_ptr, alpha_ptr, act_ptr, lo, hi, N,
+def _linf_kernel(x_ptr, g_ptr, z_ptr, eps_ptr, alpha_ptr, act_ptr, lo, hi, N, NCH,
                  HAS_ACTIVE: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64)
+    pid = tl.program_id(0)
+    b = (pid // NCH).to(tl.int64)
+    c = (pid % NCH).to(tl.int64)
     run = True
     if HAS_ACTIVE:
         run = tl.load(act_ptr + b).to(tl.int1)
@@ -45,85 +57,89 @@ def _linf_kernel(x_ptr, g_ptr, z_ptr, eps_ptr, alpha_ptr, act_ptr, lo, hi, N,
 
 
 @triton.jit
-def _sum_partials(p_ptr, b, NCH, NCH_P2: tl.constexpr):
-    k = tl.arange(0, NCH_P2)
-    return tl.sum(tl.load(p_ptr + b * NCH + k, mask=k < NCH, other=0.0), axis=0)
-
-
-@triton.jit
-def _l2_gsq_kernel(g_ptr, act_ptr, gpart_ptr, N, HAS_ACTIVE: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64)
+def _l2_reduce_kernel(x_ptr, g_ptr, z_ptr, act_ptr, part_ptr, N, NCH,
+                      HAS_ACTIVE: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+    pid = tl.program_id(0)
+    b = (pid // NCH).to(tl.int64)
+    c = (pid % NCH).to(tl.int64)
     run = True
     if HAS_ACTIVE:
         run = tl.load(act_ptr + b).to(tl.int1)
     if run:
-        acc = tl.zeros((BLOCK,), dtype=tl.float32)
-        for it in range(ITERS):
-            idx = (c * ITERS + it) * BLOCK + tl.arange(0, BLOCK)
-            gv = tl.load(g_ptr + b * N + idx, mask=idx < N, other=0.0).to(tl.float32)
-            acc += gv * gv
-        tl.store(gpart_ptr + b * tl.num_programs(1) + c, tl.sum(acc, axis=0))
-
-
-@triton.jit
-def _l2_dsq_kernel(x_ptr, g_ptr, z_ptr, alpha_ptr, act_ptr, gpart_ptr, dpart_ptr, N,
-                   HAS_ACTIVE: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr, NCH_P2: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64)
-    nch = tl.num_programs(1)
-    run = True
-    if HAS_ACTIVE:
-        run = tl.load(act_ptr + b).to(tl.int1)
-    if run:
-        s = tl.load(alpha_ptr + b) / (tl.sqrt(_sum_partials(gpart_ptr, b, nch, NCH_P2)) + 1e-10)
-        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        acc_gg = tl.zeros((BLOCK,), dtype=tl.float32)
+        acc_uu = tl.zeros((BLOCK,), dtype=tl.float32)
+        acc_ug = tl.zeros((BLOCK,), dtype=tl.float32)
+        base = b * N
         for it in range(ITERS):
             idx = (c * ITERS + it) * BLOCK + tl.arange(0, BLOCK)
             m = idx < N
-            xv = tl.load(x_ptr + b * N + idx, mask=m, other=0.0).to(tl.float32)
-            gv = tl.load(g_ptr + b * N + idx, mask=m, other=0.0).to(tl.float32)
-            zv = tl.load(z_ptr + b * N + idx, mask=m, other=0.0).to(tl.float32)
-            d = (xv + s * gv) - zv
-            acc += d * d
-        tl.store(dpart_ptr + b * nch + c, tl.sum(acc, axis=0))
+            xv = tl.load(x_ptr + base + idx, mask=m, other=0.0).to(tl.float32)
+            gv = tl.load(g_ptr + base + idx, mask=m, other=0.0).to(tl.float32)
+            zv = tl.load(z_ptr + base + idx, mask=m, other=0.0).to(tl.float32)
+            u = xv - zv
+            acc_gg += gv * gv
+            acc_uu += u * u
+            acc_ug += u * gv
+        out = part_ptr + (b * NCH + c) * 3
+        tl.store(out, tl.sum(acc_gg, axis=0))
+        tl.store(out + 1, tl.sum(acc_uu, axis=0))
+        tl.store(out + 2, tl.sum(acc_ug, axis=0))
 
 
 @triton.jit
-def _l2_write_kernel(x_ptr, g_ptr, z_ptr, eps_ptr, alpha_ptr, act_ptr, gpart_ptr, dpart_ptr, lo, hi, N,
-                     HAS_ACTIVE: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr, NCH_P2: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64)
-    nch = tl.num_programs(1)
+def _l2_update_kernel(x_ptr, g_ptr, z_ptr, eps_ptr, alpha_ptr, act_ptr, part_ptr, lo, hi, N, NCH, RNCH,
+                      HAS_ACTIVE: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+                      RNCH_P2: tl.constexpr):
+    pid = tl.num_programs(0) - 1 - tl.program_id(0)
+    b = (pid // NCH).to(tl.int64)
+    c = (pid % NCH).to(tl.int64)
     run = True
     if HAS_ACTIVE:
         run = tl.load(act_ptr + b).to(tl.int1)
     if run:
-        s = tl.load(alpha_ptr + b) / (tl.sqrt(_sum_partials(gpart_ptr, b, nch, NCH_P2)) + 1e-10)
-        q = tl.load(eps_ptr + b) / tl.sqrt(_sum_partials(dpart_ptr, b, nch, NCH_P2))  # inf: no projection
-        f = tl.minimum(q, 1.0)
+        k = tl.arange(0, RNCH_P2)
+        pk = part_ptr + (b * RNCH + k) * 3
+        km = k < RNCH
+        gg = tl.sum(tl.load(pk, mask=km, other=0.0).to(tl.float64), axis=0)
+        uu = tl.sum(tl.load(pk + 1, mask=km, other=0.0).to(tl.float64), axis=0)
+        ug = tl.sum(tl.load(pk + 2, mask=km, other=0.0).to(tl.float64), axis=0)
+        s = tl.load(alpha_ptr + b) / (tl.sqrt(gg).to(tl.float32) + 1e-10)
+        s64 = s.to(tl.float64)
+        dd = uu + 2.0 * s64 * ug + s64 * s64 * gg  # |(x + s g) - x0|^2 with the s actually applied
+        dd = tl.where(dd < 0.0, 0.0, dd)  # rounding; keeps NaN
+        q = tl.load(eps_ptr + b).to(tl.float64) / tl.sqrt(dd)  # inf for eps = inf or |d| = 0
+        f = tl.where(q < 1.0, q, 1.0).to(tl.float32)  # NaN (0 / 0) -> 1, like the CUDA kernel
+        base = b * N
         for it in range(ITERS):
             idx = (c * ITERS + it) * BLOCK + tl.arange(0, BLOCK)
             m = idx < N
-            xv = tl.load(x_ptr + b * N + idx, mask=m, other=0.0).to(tl.float32)
-            gv = tl.load(g_ptr + b * N + idx, mask=m, other=0.0).to(tl.float32)
-            zv = tl.load(z_ptr + b * N + idx, mask=m, other=0.0).to(tl.float32)
+            xv = tl.load(x_ptr + base + idx, mask=m, other=0.0).to(tl.float32)
+            gv = tl.load(g_ptr + base + idx, mask=m, other=0.0).to(tl.float32)
+            zv = tl.load(z_ptr + base + idx, mask=m, other=0.0).to(tl.float32)
             v = zv + ((xv + s * gv) - zv) * f
             v = tl.where(v < lo, lo, v)
             v = tl.where(v > hi, hi, v)
-            tl.store(x_ptr + b * N + idx, v.to(x_ptr.dtype.element_ty), mask=m)
+            tl.store(x_ptr + base + idx, v.to(x_ptr.dtype.element_ty), mask=m)
 
 
-def _config(device, N):
-    if device.type == "cpu":  # interpreter: few, wide programs
-        block, iters = 1024, 4
-    else:
-        block, iters = 1024, 4
-    chunk = block * iters
-    while triton.cdiv(N, chunk) > 1024:
+_MAX_PROGRAMS = 1 << 30
+_MAX_REDUCE_CHUNKS = 1024  # bounds each update program's partial re-sum
+
+
+def _pointwise_config(N, elem_size):
+    """BLOCK, ITERS, chunks per sample, num_warps of the linf / l2-update kernels."""
+    # 2 x 16-byte vectors per thread and tensor at 4 warps (torch.compile's usual pointwise shape);
+    # short rows get a narrower BLOCK instead of mostly masked lanes.
+    block = min(2048 if elem_size == 2 else 1024, max(128, triton.next_power_of_2(N)))
+    return block, 1, triton.cdiv(N, block), 4
+
+
+def _reduce_config(N, elem_size):
+    block = min(2048 if elem_size == 2 else 1024, max(128, triton.next_power_of_2(N)))
+    iters = 8
+    while triton.cdiv(N, block * iters) > _MAX_REDUCE_CHUNKS:
         iters *= 2
-        chunk = block * iters
-    return block, iters, triton.cdiv(N, chunk)
+    return block, iters, triton.cdiv(N, block * iters), 4
 
 
 def pgd_step_(x, g, x0, eps, alpha, active, norm, lo, hi):
@@ -131,20 +147,24 @@ def pgd_step_(x, g, x0, eps, alpha, active, norm, lo, hi):
     B, N = x.shape
     if B == 0 or N == 0:
         return x
-    block, iters, nch = _config(x.device, N)
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm: the triton kernels support 'linf' and 'l2', got {norm!r}")
     has_active = active is not None
     act = active if has_active else eps  # unused pointer when HAS_ACTIVE is False
-    grid = (B, nch)
+    es = x.element_size()
+    block, iters, nch, warps = _pointwise_config(N, es)
+    while B * nch > _MAX_PROGRAMS:  # only for absurdly large tensors
+        iters *= 2
+        nch = triton.cdiv(N, block * iters)
     if norm == "linf":
-        _linf_kernel[grid](x, g, x0, eps, alpha, act, lo, hi, N, HAS_ACTIVE=has_active, BLOCK=block, ITERS=iters)
+        _linf_kernel[(B * nch,)](x, g, x0, eps, alpha, act, lo, hi, N, nch, HAS_ACTIVE=has_active, BLOCK=block,
+                                 ITERS=iters, num_warps=warps)
         return x
-    if norm != "l2":
-        raise ValueError(f"norm: the triton kernels support 'linf' and 'l2', got {norm!r}")
-    part = torch.empty(2, B, nch, dtype=torch.float32, device=x.device)
-    nch_p2 = max(2, triton.next_power_of_2(nch))
-    _l2_gsq_kernel[grid](g, act, part[0], N, HAS_ACTIVE=has_active, BLOCK=block, ITERS=iters)
-    _l2_dsq_kernel[grid](x, g, x0, alpha, act, part[0], part[1], N, HAS_ACTIVE=has_active, BLOCK=block,
-                         ITERS=iters, NCH_P2=nch_p2)
-    _l2_write_kernel[grid](x, g, x0, eps, alpha, act, part[0], part[1], lo, hi, N, HAS_ACTIVE=has_active,
-                           BLOCK=block, ITERS=iters, NCH_P2=nch_p2)
+    rblock, riters, rnch, rwarps = _reduce_config(N, es)
+    part = torch.empty(B, rnch, 3, dtype=torch.float32, device=x.device)
+    _l2_reduce_kernel[(B * rnch,)](x, g, x0, act, part, N, rnch, HAS_ACTIVE=has_active, BLOCK=rblock, ITERS=riters,
+                                   num_warps=rwarps)
+    _l2_update_kernel[(B * nch,)](x, g, x0, eps, alpha, act, part, lo, hi, N, nch, rnch, HAS_ACTIVE=has_active,
+                                  BLOCK=block, ITERS=iters, RNCH_P2=max(2, triton.next_power_of_2(rnch)),
+                                  num_warps=warps)
     return x
