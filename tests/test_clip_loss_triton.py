@@ -66,7 +66,7 @@ def tols(dtype):
 
 
 def check(m, n, d, dtype, kind, scale, bias, *, unit=False, need_col=True, with_wcol=True, noncontig=False,
-          seed=0):
+          seed=0, wscale=1.0):
     x, y = make(m, n, d, dtype, unit=unit, seed=seed, noncontig=noncontig)
     s = torch.tensor(scale, dtype=torch.float32, device=DEV)
     b = torch.tensor(bias, dtype=torch.float32, device=DEV)
@@ -82,8 +82,8 @@ def check(m, n, d, dtype, kind, scale, bias, *, unit=False, need_col=True, with_
         assert col is None
 
     g = torch.Generator().manual_seed(seed + 1)
-    w_row = (torch.rand(m, generator=g) + 0.5).to(DEV)
-    w_col = (torch.rand(n, generator=g) + 0.5).to(DEV) if (kind == "softmax" and with_wcol) else None
+    w_row = ((torch.rand(m, generator=g) + 0.5) * wscale).to(DEV)
+    w_col = ((torch.rand(n, generator=g) + 0.5) * wscale).to(DEV) if (kind == "softmax" and with_wcol) else None
     # Statistics from the oracle (rounded to fp32) so the backward is checked on its own.
     r32 = ref_row.float()
     c32 = ref_col.float() if (ref_col is not None and w_col is not None) else None
@@ -92,9 +92,9 @@ def check(m, n, d, dtype, kind, scale, bias, *, unit=False, need_col=True, with_
     assert dx.dtype == torch.float32 and dx.shape == (m, d)
     assert dy.dtype == torch.float32 and dy.shape == (n, d)
     assert stats.dtype == torch.float64 and stats.shape == (2,)
-    close(dx, rdx, rel_b)
-    close(dy, rdy, rel_b)
-    close(stats, rstats, max(rel_b, 1e-5))
+    close(dx, rdx, rel_b, atol=1e-6 * wscale)
+    close(dy, rdy, rel_b, atol=1e-6 * wscale)
+    close(stats, rstats, max(rel_b, 1e-5), atol=1e-6 * wscale)
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
@@ -137,10 +137,88 @@ def test_no_col():
     check(20, 50, 9, torch.float32, "softmax", 4.0, 0.0, need_col=True, with_wcol=False)
 
 
-def test_scratch_row_chunks(monkeypatch):
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_scratch_row_chunks(monkeypatch, kind):
     # Force several forward launches so the cross-chunk column log-add-exp is exercised.
     monkeypatch.setattr(tcl, "_SCRATCH_ELEMS", 40)
-    check(100, 40, 5, torch.float32, "softmax", 6.0, 0.3)
+    check(100, 40, 5, torch.float32, kind, 6.0, 0.3)
+
+
+@pytest.mark.parametrize("gemm", ["triton", "cublas"])
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m,n,noncontig", [(97, 41, False), (70, 33, True), (1, 1, False), (65, 1, False)])
+def test_backward_row_chunks(monkeypatch, gemm, kind, dtype, m, n, noncontig):
+    # A G scratch of one row block: several chunks, dy accumulated across them, the last chunk
+    # partial; both gradient-product paths (on CPU "cublas" is its fp32 stand-in; fp32 inputs
+    # always take the Triton GEMM).
+    monkeypatch.setattr(tcl, "_G_SCRATCH_ELEMS", 1)
+    monkeypatch.setattr(tcl, "_GEMM", gemm)
+    check(m, n, 19, dtype, kind, 8.0, -1.0 if kind == "sigmoid" else 0.0, unit=True, noncontig=noncontig)
+
+
+def test_backward_chunk_boundaries_match_single_launch(monkeypatch):
+    # Chunking only changes where the rows are cut: results match the one-launch backward.
+    x, y = make(90, 50, 24, torch.float32, unit=True, seed=5)
+    s, b = torch.tensor(9.0, device=DEV), torch.tensor(0.0, device=DEV)
+    row, col = tcl.forward(x, y, s, b, "softmax", True)
+    w = torch.full((90,), 1 / 180, device=DEV)
+    wc = torch.full((50,), 1 / 180, device=DEV)
+    one = tcl.backward(x, y, s, b, "softmax", row, col, w, wc)
+    monkeypatch.setattr(tcl, "_G_SCRATCH_ELEMS", 64 * 64)
+    many = tcl.backward(x, y, s, b, "softmax", row, col, w, wc)
+    for a, c in zip(one, many):
+        close(c, a, 1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("gemm", ["triton", "cublas"])
+def test_fp16_tiny_weights(monkeypatch, gemm):
+    # w ~ 1e-6 (a large-N batch): unscaled, scale * G ~ 1e-8 would round to 0 in fp16; the
+    # power-of-two pre-multiplier keeps it representable.
+    monkeypatch.setattr(tcl, "_GEMM", gemm)
+    for kind in ("softmax", "sigmoid"):
+        check(37, 70, 33, torch.float16, kind, 1.0, 0.0, unit=True, wscale=1e-6)
+
+
+def _fake_out_dtype_gemms(monkeypatch, addmm=True):
+    """torch.mm / addmm taking out_dtype=float32 as on CUDA (CPU torch lacks them): widen, fp32 GEMM."""
+    mm, addmm_ = torch.mm, torch.addmm
+
+    def fake_mm(a, b, out_dtype=None):
+        return mm(a.float(), b.float()) if out_dtype is not None else mm(a, b)
+
+    def fake_addmm(acc, a, b, out_dtype=None):
+        if out_dtype is None:
+            return addmm_(acc, a, b)
+        if not addmm:
+            raise RuntimeError("addmm: out_dtype not supported")
+        return addmm_(acc, a.float(), b.float())
+
+    monkeypatch.setattr(torch, "mm", fake_mm)
+    monkeypatch.setattr(torch, "addmm", fake_addmm)
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="fakes torch's CUDA-only out_dtype GEMMs on CPU")
+def test_cublas_probe_and_modes(monkeypatch):
+    probe = tcl._cublas_fp32_out.__wrapped__  # uncached
+    cpu = torch.device("cpu")
+    assert probe(cpu) is None  # CPU torch: no out_dtype GEMMs
+    for addmm, mode in ((True, "addmm"), (False, "mm")):
+        with monkeypatch.context() as mp:
+            _fake_out_dtype_gemms(mp, addmm)
+            assert probe(cpu) == mode
+            mp.setattr(tcl, "_cublas_mode", lambda x, mode=mode: mode)
+            mp.setattr(tcl, "_G_SCRATCH_ELEMS", 1)
+            check(70, 45, 19, torch.bfloat16, "softmax", 8.0, 0.0, unit=True)
+            check(70, 45, 19, torch.float16, "sigmoid", 8.0, -1.0, unit=True)
+
+
+def test_g_multiplier():
+    s = torch.tensor(14.0, device=DEV)
+    w = torch.full((4,), 1e-6, device=DEV)
+    mult = tcl._g_multiplier(s, w, w).item()
+    assert 1.0 <= 14.0 * 2e-6 * mult < 2.0 and mult == 2.0 ** round(torch.log2(torch.tensor(mult)).item())
+    assert tcl._g_multiplier(s, torch.zeros(3, device=DEV), None).item() == 2.0 ** 100  # G = 0: harmless
 
 
 def test_consistent_with_own_forward():
@@ -189,7 +267,27 @@ def test_gpu_large_bf16(kind):
     close(dx, rdx, 1.5e-2)
     close(dy, rdy, 1.5e-2)
     close(stats, rstats, 1e-4)
-    # Split path: few local rows against many columns.
+    # The Triton GEMM agrees with cuBLAS on the same G.
+    tcl_gemm = tcl._GEMM
+    try:
+        tcl._GEMM = "triton"
+        tdx, tdy, tstats = tcl.backward(x, y, s, b, kind, r32, c32, w_row, w_col)
+    finally:
+        tcl._GEMM = tcl_gemm
+    close(tdx, dx, 1e-4)
+    close(tdy, dy, 1e-4)
+    close(tstats, stats, 1e-12)
+    # Row chunks of 3 row blocks (the last one shorter) give the same gradients.
+    budget = tcl._G_SCRATCH_ELEMS
+    try:
+        tcl._G_SCRATCH_ELEMS = 3 * tcl._GRAD_CONFIG[0] * n
+        cdx, cdy, cstats = tcl.backward(x, y, s, b, kind, r32, c32, w_row, w_col)
+    finally:
+        tcl._G_SCRATCH_ELEMS = budget
+    close(cdx, dx, 1e-4)
+    close(cdy, dy, 1e-4)
+    close(cstats, stats, 1e-12)
+    # Few local rows against many columns.
     xs = x[:300]
     row, col = tcl.forward(xs, y, s, b, kind, True)
     ref_row, ref_col = oracle_forward(xs, y, scale, bias, kind)

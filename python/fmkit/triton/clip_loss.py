@@ -11,30 +11,48 @@ and `backward`, given those statistics and per-row / per-column weights, forms
 and returns dx = scale G Y [M, d] f32, dy = scale G^T X [N, d] f32 and
 stats = (sum G_ij <x_i, y_j>, sum G_ij) f64 (the d/dscale and d/dbias pieces).
 
-Kernels (all tile the logits on the fly; memory is O((M + N) d) plus small scratch):
-* `_fwd_kernel`, grid (row blocks, column splits): BLOCK_M rows, a contiguous range of BLOCK_N
-  column tiles; <x, y> by `tl.dot` over BLOCK_D chunks of d. Row LSE with an online max/sum
-  (the exp argument is always <= 0). Column LSE: each row block writes its per-column partial
-  LSE (max + log sum exp, one fp32) into a [row blocks, N] scratch merged by torch.logsumexp;
-  rows are processed in chunks so that scratch stays under `_SCRATCH_ELEMS` floats.
-  Column splits (partial row LSEs merged the same way) keep the GPU busy when M is small
-  (local rows against gathered columns).
-* `_bwd_dx_kernel` (row owned) and `_bwd_dy_kernel` (column owned) each recompute the tile and
-  G, then add scale*G @ Y (resp. scale*G^T @ X) chunk by chunk of d into the program's own
-  fp32 rows of the output: the [rows, d] accumulator lives in global memory (L2) rather than
-  registers, so any d (768 included) works with one recompute per tile and no atomics
-  (deterministic). Splits along the loop axis write separate [splits, ., d] buffers summed
-  by torch. stats: per-program fp32 partials, summed in float64 by torch.
-  Cost: forward 1 + backward 4 N^2 d-matmuls (2 recomputes, 2 gradient products).
+Design (memory O((M + N) d) plus bounded scratch; nothing M x N is ever allocated):
+* `_fwd_kernel`: one program per BLOCK_M x BLOCK_N logit tile (grouped launch order so that
+  neighbouring programs share X / Y tiles in L2), <x, y> by `tl.dot` over BLOCK_D chunks of d,
+  i.e. a plain GEMM main loop that Triton pipelines well (wgmma on Hopper). Each tile writes its
+  per-row partial (max + log sum exp over its columns, or the softplus sum) into a
+  [column blocks, rows] scratch and its per-column partial into [row blocks, N]; torch.logsumexp
+  / sum merge them. Rows go in launches that keep both scratches under `_SCRATCH_ELEMS` floats.
+  A 2-D tile grid fills the GPU for any M, N (no split heuristics).
+* backward, per chunk of rows (chunk * N <= `_G_SCRATCH_ELEMS`): `_grad_kernel` recomputes the
+  chunk's logit tiles exactly as the forward did (same tiles, same d order), forms G, reduces
+  the stats partials per tile, and writes scale * G (rounded to the input dtype, as an autocast
+  backward would) into a [chunk, N] scratch. Then two plain GEMMs with fp32 accumulation:
+      dx[chunk] = G_c @ Y,    dy += G_c^T @ X[chunk]      (dy stays fp32 across chunks).
+  For 16-bit inputs these are cuBLAS GEMMs with fp32 output (torch.mm / addmm out_dtype);
+  fp32 inputs (exact IEEE products wanted, independent of torch's global TF32 switch), torch
+  builds without out_dtype, and `_GEMM = "triton"` use `_mm_kernel`, a Triton GEMM.
+  Cost: 1 (forward) + 3 (recompute, two products) N^2 d matmuls, all at GEMM efficiency,
+  plus writing and twice reading G (6 bytes per logit in 16-bit). Deterministic: no atomics.
+  G is pre-multiplied by a power of two that brings its bound |scale| (max|w_row| + max|w_col|)
+  into [1, 2) and divided out after the fp32 products: exact, and in fp16 the entries then use
+  the format's range from its top; unscaled, |scale| w p with w = 1/(2N) underflows to 0 for
+  most p at large N.
 
-Precision: 16-bit inputs go to the tensor cores in their own dtype with fp32 accumulation;
-G is rounded to the input dtype before the gradient products (as an autocast backward
-would). fp32 inputs use input_precision="ieee" (exact fp32 products, slower than TF32,
-chosen for correctness). Padded rows / columns / d lanes load as 0 and are masked out of
-every reduction (-inf in LSEs, 0 in G).
-Tile sizes: CUDA forward 128x128 (BLOCK_D 64), backward 128x64 / 64x128; CPU (interpreter,
-TRITON_INTERPRET=1, tests) 32x32 with BLOCK_D 16. scale and bias are 0-d fp32 tensors read
-inside the kernels (no host sync; CUDA-graph friendly given fixed shapes).
+Predicted H100 (SXM, ~780 TFLOP/s bf16 dense measured, 3 TB/s) times, N = 32768, d = 768, bf16:
+  forward    2 N^2 d = 1.65 TFLOP at ~550 TFLOP/s (Triton wgmma, 128x128 tiles, exp epilogue
+             overlapped by a second resident program)                            ~3-3.5 ms
+  G kernel   the same GEMM + 2 GB of G stores (0.7 ms of bandwidth, overlapped)  ~3.5-4.5 ms
+  products   2 x 1.65 TFLOP in cuBLAS at ~650 TFLOP/s                            ~5 ms
+  merges, scaling, the diagonal terms in fmkit.ops                               <0.5 ms
+  => ~12-14 ms forward + backward, about 0.25x the naive bf16-logits loss (55 ms). N = 256k
+  scales as N^2 (~0.8-0.9 s; there 256 chunks of 1024 rows and the dy read-modify-write in
+  the cuBLAS epilogue is about as costly as its math). fp32 inputs are bound by the non-TF32
+  FMA rate (~50 TFLOP/s), ~10x slower.
+
+Precision: 16-bit inputs go to the tensor cores in their own dtype with fp32 accumulation.
+fp32 inputs use input_precision="ieee" (exact fp32 products, slower than TF32, chosen for
+correctness). Padded rows / columns / d lanes load as 0 and are masked out of every reduction
+(-inf in LSEs, 0 in G). scale and bias are 0-d fp32 tensors read inside the kernels (no host
+sync; CUDA-graph friendly given fixed shapes).
+Tile configs (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) are module constants so that
+benchmarks/profile_contrastive_gpu.py can compare them; CPU (interpreter, TRITON_INTERPRET=1,
+tests) uses 32x32 tiles with BLOCK_K 16.
 """
 from __future__ import annotations
 
@@ -46,25 +64,59 @@ import triton.language as tl
 
 from ._common import FLOAT_DTYPES, dot_flags, mma, tile_range
 
-# Column-LSE scratch budget (fp32 elements) for one forward launch; tests lower it to exercise
+# Forward row / column partials budget (fp32 elements) per launch; tests lower it to exercise
 # the row chunking.
 _SCRATCH_ELEMS = 1 << 26
+# Backward G chunk budget (elements of the input dtype): 512 MiB in bf16, N = 256k -> 1024 rows.
+_G_SCRATCH_ELEMS = 1 << 28
+# Gradient products: "auto" (cuBLAS for 16-bit inputs where torch has fp32-output GEMMs, else
+# the Triton GEMM), "cublas" (16-bit only) or "triton".
+_GEMM = "auto"
+# CUDA tile configs: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). 128x128x64 bf16 with
+# 3 stages is 96 KiB of shared memory and 64 fp32 accumulator registers per thread at 8 warps,
+# so two programs fit an SM and one's exp epilogue overlaps the other's main loop.
+_FWD_CONFIG = (128, 128, 64, 8, 3)
+_GRAD_CONFIG = (128, 128, 64, 8, 3)
+_MM_CONFIG = (128, 128, 64, 8, 3)
+# Interpreter: small tiles keep the numpy work per program low.
+_CPU_CONFIG = (32, 32, 16, 4, 1)
+# Row blocks that sweep the column tiles together (L2 reuse of the Y tiles).
+_GROUP_M = 8
 
 
 @triton.jit
-def _dot_tile(x_ptr, y_ptr, rm, rn, M, N, D, sxm, sxd, syn, syd,
-              PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_D: tl.constexpr):
-    """S[BLOCK_M, BLOCK_N] = <x_rm, y_rn> in fp32; padded rows/cols/d lanes load as 0."""
+def _tile_coords(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row block, column block) of program pid in grouped order: GROUP_M row blocks walk the
+    column blocks together, so a Y tile is read from DRAM once per group instead of once per row block."""
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    size_m = tl.minimum(grid_m - first_m, GROUP_M)
+    return first_m + (pid % width) % size_m, (pid % width) // size_m
+
+
+@triton.jit
+def _dot_strided(a_ptr, b_ptr, rm, m_ok, rn, n_ok, K, sam, sak, sbk, sbn,
+                 PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """A[rm, :] @ B[:, rn] in fp32 for A [., K] (strides sam, sak) and B [K, .] (strides sbk, sbn);
+    padded rows / cols / k lanes load as 0. Pointers advance by increments (no per-step index
+    math); EVEN_K (K % BLOCK_K == 0) drops the k mask."""
+    rk = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + rm[:, None] * sam + rk[None, :] * sak
+    b_ptrs = b_ptr + rk[:, None] * sbk + rn[None, :] * sbn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        rd = d0 + tl.arange(0, BLOCK_D)
-        x = tl.load(x_ptr + rm[:, None] * sxm + rd[None, :] * sxd,
-                    mask=(rm[:, None] < M) & (rd[None, :] < D), other=0.0)
-        # Y loaded as [BLOCK_D, BLOCK_N] so the dot needs no explicit transpose.
-        yt = tl.load(y_ptr + rn[None, :] * syn + rd[:, None] * syd,
-                     mask=(rn[None, :] < N) & (rd[:, None] < D), other=0.0)
-        acc = mma(x, yt, acc, PREC, UPCAST)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
+            b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+        else:
+            a = tl.load(a_ptrs, mask=m_ok[:, None] & (rk[None, :] < K - k0), other=0.0)
+            b = tl.load(b_ptrs, mask=(rk[:, None] < K - k0) & n_ok[None, :], other=0.0)
+        acc = mma(a, b, acc, PREC, UPCAST)
+        a_ptrs += BLOCK_K * sak
+        b_ptrs += BLOCK_K * sbk
     return acc
 
 
@@ -85,64 +137,9 @@ def _sigmoid(z):
 
 
 @triton.jit
-def _split_range(pid_s, tiles_per_split, BLOCK: tl.constexpr, n):
-    """[start, end) of the loop axis covered by split pid_s (tiles_per_split tiles of BLOCK)."""
-    start = pid_s * tiles_per_split * BLOCK
-    return start, tl.minimum(n, start + tiles_per_split * BLOCK)
-
-
-@triton.jit
 def _load_stats(stat_ptr, w_ptr, idx, ok):
     """(LSE statistic, weight) of rows / columns idx; padding loads stat = +inf and weight 0."""
     return tl.load(stat_ptr + idx, mask=ok, other=float("inf")), tl.load(w_ptr + idx, mask=ok, other=0.0)
-
-
-@triton.jit
-def _load_col_stats(col_ptr, wc_ptr, rn, col_ok, HAS_COL: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(c, wc) of columns rn; zeros (unused by _grad_tile) without a column term."""
-    c = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    wc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    if HAS_COL:
-        c, wc = _load_stats(col_ptr, wc_ptr, rn, col_ok)
-    return c, wc
-
-
-@triton.jit
-def _fwd_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, row_part_ptr, col_part_ptr,
-                M, N, D, sxm, sxd, syn, syd, tiles_per_split,
-                IS_SOFTMAX: tl.constexpr, NEED_COL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    scale = tl.load(scale_ptr)
-    bias = tl.load(bias_ptr)
-    rm, row_ok = tile_range(pid_m * BLOCK_M, BLOCK_M, M)
-    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    n_start, n_end = _split_range(pid_s, tiles_per_split, BLOCK_N, N)
-    # Every split starts on a tile with >= 1 real column, so m_i is finite after one step.
-    for n0 in range(n_start, n_end, BLOCK_N):
-        rn, col_ok = tile_range(n0, BLOCK_N, N)
-        z = _dot_tile(x_ptr, y_ptr, rm, rn, M, N, D, sxm, sxd, syn, syd,
-                      PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D) * scale + bias
-        if IS_SOFTMAX:
-            zr = tl.where(col_ok[None, :], z, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(zr, axis=1))
-            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(zr - m_new[:, None]), axis=1)
-            m_i = m_new
-            if NEED_COL:
-                # Padded rows are -inf; a row block always holds >= 1 real row, so cm is finite.
-                zc = tl.where(row_ok[:, None], z, float("-inf"))
-                cm = tl.max(zc, axis=0)
-                cl = tl.sum(tl.exp(zc - cm[None, :]), axis=0)
-                tl.store(col_part_ptr + pid_m.to(tl.int64) * N + rn, cm + tl.log(cl), mask=col_ok)
-        else:
-            l_i += tl.sum(tl.where(col_ok[None, :], _softplus(z), 0.0), axis=1)
-    if IS_SOFTMAX:
-        out = m_i + tl.log(l_i)
-    else:
-        out = l_i
-    tl.store(row_part_ptr + pid_s.to(tl.int64) * M + rm, out, mask=row_ok)
 
 
 @triton.jit
@@ -158,105 +155,86 @@ def _grad_tile(z, r, wr, c, wc, row_ok, col_ok, IS_SOFTMAX: tl.constexpr, HAS_CO
 
 
 @triton.jit
-def _add_product_rows(out_base, out_rows, out_ok, g, src_ptr, src_rows, src_ok, s_row, s_d, D,
-                      PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[out_rows] += g @ src[src_rows], one chunk of d at a time.
-
-    The output rows belong to the calling program alone, so a read-modify-write in fp32 is
-    race-free; a [rows, d] register accumulator would not fit at d = 768.
-    """
-    for d0 in range(0, D, BLOCK_D):
-        rd = d0 + tl.arange(0, BLOCK_D)
-        src = tl.load(src_ptr + src_rows[:, None] * s_row + rd[None, :] * s_d,
-                      mask=src_ok[:, None] & (rd[None, :] < D), other=0.0)
-        ptrs = out_base + out_rows[:, None] * D + rd[None, :]
-        msk = out_ok[:, None] & (rd[None, :] < D)
-        acc = tl.load(ptrs, mask=msk, other=0.0)
-        tl.store(ptrs, mma(g, src, acc, PREC, UPCAST), mask=msk)
-
-
-@triton.jit
-def _bwd_dx_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, row_ptr, col_ptr, wr_ptr, wc_ptr,
-                   dx_ptr, stats_ptr, M, N, D, sxm, sxd, syn, syd, tiles_per_split,
-                   IS_SOFTMAX: tl.constexpr, HAS_COL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    scale = tl.load(scale_ptr)
-    bias = tl.load(bias_ptr)
+def _fwd_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, row_part_ptr, col_part_ptr,
+                M, N, D, sxm, sxd, syn, syd,
+                IS_SOFTMAX: tl.constexpr, NEED_COL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_K: tl.constexpr,
+                GROUP_M: tl.constexpr):
+    pid_m, pid_n = _tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm, row_ok = tile_range(pid_m * BLOCK_M, BLOCK_M, M)
-    r, wr = _load_stats(row_ptr, wr_ptr, rm, row_ok)
-    gs_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    g_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    dx_base = dx_ptr + pid_s.to(tl.int64) * M * D  # this split's own [M, D] fp32 buffer
-    n_start, n_end = _split_range(pid_s, tiles_per_split, BLOCK_N, N)
-    for n0 in range(n_start, n_end, BLOCK_N):
-        rn, col_ok = tile_range(n0, BLOCK_N, N)
-        s = _dot_tile(x_ptr, y_ptr, rm, rn, M, N, D, sxm, sxd, syn, syd, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D)
-        z = s * scale + bias
-        c, wc = _load_col_stats(col_ptr, wc_ptr, rn, col_ok, HAS_COL, BLOCK_N)
-        g = _grad_tile(z, r, wr, c, wc, row_ok, col_ok, IS_SOFTMAX, HAS_COL)
-        gs_acc += tl.sum(g * s, axis=1)
-        g_acc += tl.sum(g, axis=1)
-        gq = (g * scale).to(y_ptr.dtype.element_ty)
-        _add_product_rows(dx_base, rm, row_ok, gq, y_ptr, rn, col_ok, syn, syd, D, PREC, UPCAST, BLOCK_D)
-    pid = pid_m * tl.num_programs(1) + pid_s
-    tl.store(stats_ptr + 2 * pid, tl.sum(gs_acc, axis=0))
-    tl.store(stats_ptr + 2 * pid + 1, tl.sum(g_acc, axis=0))
+    rn, col_ok = tile_range(pid_n * BLOCK_N, BLOCK_N, N)
+    # Y read as [d, N] through its strides: the dot needs no explicit transpose.
+    z = _dot_strided(x_ptr, y_ptr, rm, row_ok, rn, col_ok, D, sxm, sxd, syd, syn,
+                     PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D, EVEN_K) * tl.load(scale_ptr) + tl.load(bias_ptr)
+    if IS_SOFTMAX:
+        # A tile holds >= 1 real column and >= 1 real row, so both maxima are finite.
+        zr = tl.where(col_ok[None, :], z, float("-inf"))
+        rmax = tl.max(zr, axis=1)
+        part = rmax + tl.log(tl.sum(tl.exp(zr - rmax[:, None]), axis=1))
+        if NEED_COL:
+            zc = tl.where(row_ok[:, None], z, float("-inf"))
+            cmax = tl.max(zc, axis=0)
+            cpart = cmax + tl.log(tl.sum(tl.exp(zc - cmax[None, :]), axis=0))
+            tl.store(col_part_ptr + pid_m.to(tl.int64) * N + rn, cpart, mask=col_ok)
+    else:
+        part = tl.sum(tl.where(col_ok[None, :], _softplus(z), 0.0), axis=1)
+    tl.store(row_part_ptr + pid_n.to(tl.int64) * M + rm, part, mask=row_ok)
 
 
 @triton.jit
-def _bwd_dy_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, row_ptr, col_ptr, wr_ptr, wc_ptr,
-                   dy_ptr, M, N, D, sxm, sxd, syn, syd, tiles_per_split,
-                   IS_SOFTMAX: tl.constexpr, HAS_COL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_s = tl.program_id(1)
+def _grad_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, gmul_ptr, row_ptr, col_ptr, wr_ptr, wc_ptr,
+                 g_ptr, stats_ptr, M, N, D, sxm, sxd, syn, syd,
+                 IS_SOFTMAX: tl.constexpr, HAS_COL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_K: tl.constexpr,
+                 GROUP_M: tl.constexpr):
+    """G tiles of rows [0, M) of x (a chunk) into g [M, N] (input dtype, scale * gmul * G) and
+    per-tile (sum G S, sum G) into stats[program]."""
+    pid = tl.program_id(0)
+    pid_m, pid_n = _tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     scale = tl.load(scale_ptr)
-    bias = tl.load(bias_ptr)
+    rm, row_ok = tile_range(pid_m * BLOCK_M, BLOCK_M, M)
     rn, col_ok = tile_range(pid_n * BLOCK_N, BLOCK_N, N)
-    c, wc = _load_col_stats(col_ptr, wc_ptr, rn, col_ok, HAS_COL, BLOCK_N)
-    dy_base = dy_ptr + pid_s.to(tl.int64) * N * D
-    m_start, m_end = _split_range(pid_s, tiles_per_split, BLOCK_M, M)
-    for m0 in range(m_start, m_end, BLOCK_M):
-        rm, row_ok = tile_range(m0, BLOCK_M, M)
-        r, wr = _load_stats(row_ptr, wr_ptr, rm, row_ok)
-        # Same tile orientation and d-chunk order as the forward / dx pass, so G agrees with them
-        # to fp32 rounding (exp(L - row) stays <= ~1).
-        s = _dot_tile(x_ptr, y_ptr, rm, rn, M, N, D, sxm, sxd, syn, syd, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D)
-        g = _grad_tile(s * scale + bias, r, wr, c, wc, row_ok, col_ok, IS_SOFTMAX, HAS_COL)
-        gq = tl.trans((g * scale).to(x_ptr.dtype.element_ty))
-        _add_product_rows(dy_base, rn, col_ok, gq, x_ptr, rm, row_ok, sxm, sxd, D, PREC, UPCAST, BLOCK_D)
+    # Same tiles and d order as _fwd_kernel, so G agrees with the forward's statistics to fp32
+    # rounding (exp(L - row) stays <= ~1).
+    s = _dot_strided(x_ptr, y_ptr, rm, row_ok, rn, col_ok, D, sxm, sxd, syd, syn,
+                     PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D, EVEN_K)
+    r, wr = _load_stats(row_ptr, wr_ptr, rm, row_ok)
+    c = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    wc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if HAS_COL:
+        c, wc = _load_stats(col_ptr, wc_ptr, rn, col_ok)
+    g = _grad_tile(s * scale + tl.load(bias_ptr), r, wr, c, wc, row_ok, col_ok, IS_SOFTMAX, HAS_COL)
+    tl.store(stats_ptr + 2 * pid, tl.sum(tl.sum(g * s, axis=1), axis=0))
+    tl.store(stats_ptr + 2 * pid + 1, tl.sum(tl.sum(g, axis=1), axis=0))
+    gq = (g * (scale * tl.load(gmul_ptr))).to(g_ptr.dtype.element_ty)
+    tl.store(g_ptr + rm[:, None] * N + rn[None, :], gq, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _mm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, sam, sak, sbk, sbn, scm,
+               ACCUMULATE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+               GROUP_M: tl.constexpr):
+    """C (+)= A @ B with fp32 accumulation; C is fp32 with unit column stride. Each program owns
+    its C tile, so the read-modify-write of ACCUMULATE is race-free."""
+    pid_m, pid_n = _tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm, m_ok = tile_range(pid_m * BLOCK_M, BLOCK_M, M)
+    rn, n_ok = tile_range(pid_n * BLOCK_N, BLOCK_N, N)
+    acc = _dot_strided(a_ptr, b_ptr, rm, m_ok, rn, n_ok, K, sam, sak, sbk, sbn,
+                       PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+    ptrs = c_ptr + rm[:, None] * scm + rn[None, :]
+    mask = m_ok[:, None] & n_ok[None, :]
+    if ACCUMULATE:
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+    tl.store(ptrs, acc, mask=mask)
 
 
 # ---- host side ----
 
-def _configs(device):
-    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) for fwd, dx, dy."""
-    if device.type == "cpu":  # interpreter: small tiles keep numpy work per program low
-        c = (32, 32, 16, 4, 1)
-        return c, c, c
-    return (128, 128, 64, 8, 3), (128, 64, 64, 8, 2), (64, 128, 64, 8, 2)
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index):
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _splits(blocks, tiles, device):
-    """Split the loop axis (tiles) so that blocks * splits fills the device; returns
-    (splits, tiles_per_split) with no empty split."""
-    if tiles == 0:
-        return 1, 0
+def _config(kind, device):
     if device.type == "cpu":
-        target = 8  # small, so that the interpreter tests exercise the split paths
-    else:
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        target = 4 * _sm_count(index)
-    want = min(tiles, max(1, triton.cdiv(target, max(blocks, 1))))
-    per = triton.cdiv(tiles, want)
-    return triton.cdiv(tiles, per), per
+        return _CPU_CONFIG
+    return {"fwd": _FWD_CONFIG, "grad": _GRAD_CONFIG, "mm": _MM_CONFIG}[kind]
 
 
 def _scalar(v, device):
@@ -274,6 +252,11 @@ def _prep(x, y, scale, bias, kind):
     return x.detach(), y.detach(), _scalar(scale, x.device), _scalar(bias, x.device), flags
 
 
+def _row_chunk(row_blocks, bm, total):
+    """Rows per launch: row_blocks (the budget's worth, at least 1) blocks of bm rows."""
+    return min(total, max(1, row_blocks) * bm)
+
+
 def forward(x, y, scale, bias, kind, need_col):
     x, y, scale, bias, flags = _prep(x, y, scale, bias, kind)
     softmax = kind == "softmax"
@@ -286,32 +269,100 @@ def forward(x, y, scale, bias, kind, need_col):
     col = torch.full((N,), float("-inf"), dtype=torch.float32, device=dev) if need_col else None
     if M == 0 or N == 0:
         return row, col
-    bm, bn, bd, warps, stages = _configs(dev)[0]
-    # Row chunks bound the [row blocks, N] column scratch (e.g. N = 256k: 32768 rows a launch).
-    chunk = max(1, _SCRATCH_ELEMS // N) * bm if need_col else M
+    bm, bn, bd, warps, stages = _config("fwd", dev)
+    n_blocks = triton.cdiv(N, bn)
+    # Both scratches ([n_blocks, chunk] rows, [chunk / bm, N] columns) stay ~ under _SCRATCH_ELEMS
+    # (e.g. N = 256k: 32768 rows a launch, 2 x 256 MiB).
+    chunk = _row_chunk(_SCRATCH_ELEMS // (n_blocks * max(bm, bn)), bm, M)
     for r0 in range(0, M, chunk):
         xc = x[r0:r0 + chunk]
         mc = xc.shape[0]
-        blocks = triton.cdiv(mc, bm)
-        splits, per = _splits(blocks, triton.cdiv(N, bn), dev)
-        row_part = torch.empty((splits, mc), dtype=torch.float32, device=dev)
-        col_part = torch.empty((blocks, N), dtype=torch.float32, device=dev) if need_col else row_part
-        _fwd_kernel[(blocks, splits)](
+        m_blocks = triton.cdiv(mc, bm)
+        row_part = torch.empty((n_blocks, mc), dtype=torch.float32, device=dev)
+        col_part = torch.empty((m_blocks, N), dtype=torch.float32, device=dev) if need_col else row_part
+        _fwd_kernel[(m_blocks * n_blocks,)](
             xc, y, scale, bias, row_part, col_part, mc, N, D,
-            xc.stride(0), xc.stride(1), y.stride(0), y.stride(1), per,
+            xc.stride(0), xc.stride(1), y.stride(0), y.stride(1),
             IS_SOFTMAX=softmax, NEED_COL=need_col, **flags,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, EVEN_K=D % bd == 0, GROUP_M=_GROUP_M,
+            num_warps=warps, num_stages=stages,
         )
-        if splits == 1:
+        if n_blocks == 1:
             row[r0:r0 + mc] = row_part[0]
         elif softmax:
             row[r0:r0 + mc] = torch.logsumexp(row_part, 0)
         else:
             row[r0:r0 + mc] = row_part.sum(0)
         if need_col:
-            part = torch.logsumexp(col_part, 0)
-            col = part if r0 == 0 else torch.logaddexp(col, part)
+            part = col_part[0] if m_blocks == 1 else torch.logsumexp(col_part, 0)
+            col = part.clone() if r0 == 0 else torch.logaddexp(col, part)
     return row, col
+
+
+@functools.cache
+def _cublas_fp32_out(device):
+    """How torch's cuBLAS GEMMs return fp32 from 16-bit operands on this device: "addmm" (mm and
+    addmm take out_dtype, torch >= 2.8 on CUDA), "mm" (mm only) or None. Checked once on a tiny
+    product that is exact in fp32."""
+    a = torch.arange(-6, 6, device=device, dtype=torch.float32).reshape(3, 4) / 4
+    b = a.T.contiguous()
+    ref = a @ b
+
+    def works(f, want):
+        try:
+            got = f()
+            return got.dtype == torch.float32 and torch.equal(got, want)
+        except (TypeError, RuntimeError, NotImplementedError):
+            return False
+
+    if not works(lambda: torch.mm(a.bfloat16(), b.bfloat16(), out_dtype=torch.float32), ref):
+        return None
+    acc = torch.ones(3, 3, device=device)
+    return "addmm" if works(lambda: torch.addmm(acc, a.half(), b.half(), out_dtype=torch.float32), ref + 1) else "mm"
+
+
+def _cublas_mode(x):
+    """How `_cublas_product` runs for these inputs, or None for the Triton GEMM."""
+    if _GEMM == "triton" or x.dtype == torch.float32:
+        return None  # fp32: exact products whatever torch's TF32 setting
+    if x.device.type == "cpu":
+        return "cpu"  # tests: the chunk / accumulation logic the GPU runs, with a CPU GEMM
+    mode = _cublas_fp32_out(x.device)
+    if _GEMM == "cublas" and mode is None:
+        raise RuntimeError("_GEMM='cublas' needs torch.mm(..., out_dtype=torch.float32) (torch >= 2.8, CUDA)")
+    return mode
+
+
+def _cublas_product(a, b, acc, mode):
+    """acc + a @ b (acc None: a @ b) in fp32 from 16-bit operands; may reuse acc's storage."""
+    if mode == "cpu":  # interpreter tests: exact widening + an fp32 GEMM stand in for cuBLAS
+        out = a.float() @ b.float()
+    elif acc is not None and mode == "addmm":  # the accumulation rides in cuBLAS's epilogue
+        return torch.addmm(acc, a, b, out_dtype=torch.float32)
+    else:
+        out = torch.mm(a, b, out_dtype=torch.float32)
+    return out if acc is None else acc.add_(out)
+
+
+def _triton_product(a, b, out, accumulate, flags):
+    """out (+)= a @ b with the Triton GEMM; out is fp32 [M, N] with unit column stride."""
+    M, K = a.shape
+    N = b.shape[1]
+    bm, bn, bk, warps, stages = _config("mm", a.device)
+    _mm_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
+        a, b, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
+        ACCUMULATE=accumulate, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
+        GROUP_M=_GROUP_M, num_warps=warps, num_stages=stages,
+    )
+    return out
+
+
+def _g_multiplier(scale, w_row, w_col):
+    """2^-e with 2^e <= |scale| (max|w_row| + max|w_col|) < 2^(e+1): the bound of |scale G|
+    maps into [1, 2). Device-side (no sync); e clamped so that fp32 never overflows."""
+    bound = scale.abs() * (w_row.abs().amax() + (w_col.abs().amax() if w_col is not None else 0.0))
+    e = torch.clamp(torch.floor(torch.log2(bound)), -100.0, 100.0)
+    return torch.where(torch.isnan(e), torch.zeros_like(e), e).neg().exp2().reshape(())
 
 
 def backward(x, y, scale, bias, kind, row, col, w_row, w_col):
@@ -331,29 +382,35 @@ def backward(x, y, scale, bias, kind, row, col, w_row, w_col):
     if M == 0 or N == 0:
         return (torch.zeros((M, D), **f32), torch.zeros((N, D), **f32),
                 torch.zeros(2, dtype=torch.float64, device=dev))
-    cfg_dx, cfg_dy = _configs(dev)[1:]
-    common = dict(IS_SOFTMAX=softmax, HAS_COL=has_col, **flags)
-
-    bm, bn, bd, warps, stages = cfg_dx
-    blocks = triton.cdiv(M, bm)
-    splits, per = _splits(blocks, triton.cdiv(N, bn), dev)
-    dx = torch.zeros((splits, M, D), **f32)
-    stats = torch.empty((blocks * splits, 2), **f32)
-    _bwd_dx_kernel[(blocks, splits)](
-        x, y, scale, bias, row, col, w_row, w_col, dx, stats, M, N, D,
-        x.stride(0), x.stride(1), y.stride(0), y.stride(1), per, **common,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
-    )
-
-    bm, bn, bd, warps, stages = cfg_dy
-    blocks = triton.cdiv(N, bn)
-    splits_y, per = _splits(blocks, triton.cdiv(M, bm), dev)
-    dy = torch.zeros((splits_y, N, D), **f32)
-    _bwd_dy_kernel[(blocks, splits_y)](
-        x, y, scale, bias, row, col, w_row, w_col, dy, M, N, D,
-        x.stride(0), x.stride(1), y.stride(0), y.stride(1), per, **common,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
-    )
-    dx = dx[0] if splits == 1 else dx.sum(0)
-    dy = dy[0] if splits_y == 1 else dy.sum(0)
-    return dx, dy, stats.to(torch.float64).sum(0)
+    gmul = _g_multiplier(scale, w_row, w_col if has_col else None)
+    bm, bn, bd, warps, stages = _config("grad", dev)
+    n_blocks = triton.cdiv(N, bn)
+    chunk = _row_chunk(_G_SCRATCH_ELEMS // (n_blocks * bn * bm), bm, M)
+    g_buf = torch.empty((chunk, N), dtype=x.dtype, device=dev)
+    # Chunks start on row-block boundaries, so chunk r0 owns programs from (r0 / bm) * n_blocks on.
+    stats = torch.empty((triton.cdiv(M, bm) * n_blocks, 2), **f32)
+    cublas = _cublas_mode(x)
+    # cuBLAS wants one unit stride; copy doubly strided operands once rather than per chunk.
+    x_mm = x if 1 in x.stride() else x.contiguous()
+    y_mm = y if 1 in y.stride() else y.contiguous()
+    dx = torch.empty((M, D), **f32)
+    dy = None if cublas else torch.empty((N, D), **f32)
+    for r0 in range(0, M, chunk):
+        xc = x[r0:r0 + chunk]
+        mc = xc.shape[0]
+        g = g_buf[:mc]
+        _grad_kernel[(triton.cdiv(mc, bm) * n_blocks,)](
+            xc, y, scale, bias, gmul, row[r0:], col, w_row[r0:], w_col, g, stats[(r0 // bm) * n_blocks:],
+            mc, N, D, xc.stride(0), xc.stride(1), y.stride(0), y.stride(1),
+            IS_SOFTMAX=softmax, HAS_COL=has_col, **flags,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, EVEN_K=D % bd == 0, GROUP_M=_GROUP_M,
+            num_warps=warps, num_stages=stages,
+        )
+        if cublas:
+            dx[r0:r0 + mc] = _cublas_product(g, y_mm, None, cublas)
+            dy = _cublas_product(g.T, x_mm[r0:r0 + mc], dy, cublas)
+        else:
+            _triton_product(g, y, dx[r0:r0 + mc], False, flags)
+            _triton_product(g.T, xc, dy, r0 > 0, flags)
+    inv = 1.0 / gmul
+    return dx.mul_(inv), dy.mul_(inv), stats.to(torch.float64).sum(0)
