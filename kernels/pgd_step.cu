@@ -10,7 +10,8 @@
 //         combined in double to keep the cancellation at fp32-partial accuracy.
 //
 // Kernels:
-//   map (linf; l2 update): persistent grid (SM count x resident blocks), grid-stride over
+//   linf: per-sample (B, chunks) grid of scalar coalesced accesses (see pgd_linf_kernel for why).
+//   map (l2 update): persistent grid (SM count x resident blocks), grid-stride over
 //     16-byte vectors of the flattened [B*N] tensors, kUnroll vectors of each tensor in flight per
 //     thread. The flat layout keeps every SM busy to the last vector whatever B and N are
 //     (256 samples of 150528 elements would leave ragged per-sample tails with a (B, chunk) grid).
@@ -26,10 +27,11 @@
 // "vectors". Everything is enqueued on the caller's stream; nothing synchronises the host, and
 // the only allocation is the caller's workspace, so the call can be captured in a CUDA graph.
 //
-// Predicted H100 80GB HBM3 times, 256x3x224x224 (about 2.8 TB/s achieved for the streaming
-// passes, a little more for the read-only reduction), versus the measured torch.compile:
-//   fp32 linf ~0.22 ms (compile 0.258)   fp32 l2 ~0.38 ms (compile 0.461)
-//   bf16 linf ~0.12 ms (compile 0.151)   bf16 l2 ~0.20 ms (compile 0.272)
+// Measured on an H100 80GB HBM3, 256x3x224x224, 2026-11-26 (torch.compile of the torchattacks
+// step in brackets): linf fp32 0.316 ms (0.258), bf16 0.224 ms (0.151) with pgd_linf_kernel;
+// l2 fp32 0.474 ms (0.461), bf16 0.282 ms (0.274) with the reduce + finalize + map design.
+// The byte floors at 3.0 TB/s are 0.205 / 0.103 ms (linf) and 0.36 / 0.18 ms (l2): linf is
+// 1.5-2x off its floor and the next thing to look at.
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -50,6 +52,8 @@ constexpr int kUnroll = 2;                 // map kernels: 3 * 2 16-byte loads i
 constexpr int kRedUnroll = 4;              // reduce kernel: 3 * 4 (no stores to wait for)
 constexpr int64_t kRedChunk = 8192;        // multiple of kThreads * 8 (the widest vector)
 constexpr int64_t kMaxChunks = 1024;       // bounds the finalize kernel's work per sample
+constexpr int kLinfUnroll = 4;             // linf kernel: 4 scalar elements of each tensor per trip
+constexpr int64_t kLinfMinChunk = kThreads * kLinfUnroll * 4;  // 4096 elements
 
 template <typename T> struct Cvt;
 template <> struct Cvt<float> {
@@ -196,6 +200,41 @@ __global__ void __launch_bounds__(kThreads) pgd_map_kernel(T* __restrict__ x, co
   if (t < I(V) && e < total) map_scalar<T, I, Op>(x, g, x0, active, op, N, e);
 }
 
+// linf: grid (B, chunks), block (b, c) owns elements [c * chunk, (c + 1) * chunk) of sample b and
+// each thread handles kLinfUnroll coalesced scalar elements per trip. This is the design that
+// measured 0.316 ms (fp32) / 0.224 ms (bf16) on an H100 at 256x3x224x224; the flat persistent
+// map kernel below measured 0.503 / 0.198 ms for linf in the same setting (2026-11-26; the fp32
+// slowdown is not understood yet), so linf keeps this kernel and only the l2 update uses the map.
+// Scalar accesses also make it indifferent to alignment.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) pgd_linf_kernel(T* __restrict__ x, const T* __restrict__ g,
+                                                            const T* __restrict__ x0, LinfOp op,
+                                                            const bool* __restrict__ active, int64_t N,
+                                                            int64_t chunk) {
+  const int64_t b = blockIdx.x, begin = int64_t(blockIdx.y) * chunk;
+  const int64_t end = begin + chunk < N ? begin + chunk : N;
+  if (active != nullptr && !active[b]) return;
+  const LinfOp::P p = op.params(b);
+  const int64_t off = b * N;
+  for (int64_t i0 = begin + threadIdx.x; i0 < end; i0 += kThreads * kLinfUnroll) {
+    float xv[kLinfUnroll], gv[kLinfUnroll], zv[kLinfUnroll];
+#pragma unroll
+    for (int u = 0; u < kLinfUnroll; ++u) {
+      const int64_t i = i0 + u * kThreads;
+      if (i < end) {
+        xv[u] = Cvt<T>::in(x[off + i]);
+        gv[u] = Cvt<T>::in(__ldg(g + off + i));
+        zv[u] = Cvt<T>::in(__ldg(x0 + off + i));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kLinfUnroll; ++u) {
+      const int64_t i = i0 + u * kThreads;
+      if (i < end) x[off + i] = Cvt<T>::out(op.apply(p, xv[u], gv[u], zv[u]));
+    }
+  }
+}
+
 // Split of the flat element range [e0, e1) into a scalar head [e0, head_end), 16-byte vectors
 // [vb, ve) (vector indices) and a scalar tail [tail_begin, e1). Host-callable for the emulation test.
 struct TileSplit {
@@ -305,6 +344,12 @@ __global__ void __launch_bounds__(kThreads) pgd_l2_finalize_kernel(const float* 
   }
 }
 
+int64_t linf_chunk_size(int64_t N) {
+  int64_t chunk = kLinfMinChunk;
+  while ((N + chunk - 1) / chunk > kMaxChunks) chunk *= 2;
+  return chunk;
+}
+
 int64_t chunk_size(int64_t N) {
   int64_t chunk = kRedChunk;
   while ((N + chunk - 1) / chunk > kMaxChunks) chunk *= 2;
@@ -355,11 +400,6 @@ template <typename T, int V>
 void launch_v(T* x, const T* g, const T* x0, const float* eps, const float* alpha, const bool* act, PgdNorm norm,
               float lo, float hi, float* ws, int64_t B, int64_t N, cudaStream_t stream) {
   const int64_t total = B * N;
-  if (norm == PgdNorm::linf) {
-    launch_map<T, V, false>(x, g, x0, act, LinfOp{eps, alpha, lo, hi}, N, total, stream);
-    check_launch("pgd_step linf kernel");
-    return;
-  }
   const int64_t chunk = chunk_size(N), nch = (N + chunk - 1) / chunk;
   float* part = ws;             // [B, nch, 3]
   float* sf = ws + 3 * B * nch;  // [2, B]
@@ -379,6 +419,14 @@ void launch(const Tensor& x, const Tensor& g, const Tensor& x0, const Tensor& ep
   T* xp = x.ptr<T>();
   const T* gp = g.ptr<T>();
   const T* zp = x0.ptr<T>();
+  if (norm == PgdNorm::linf) {
+    const int64_t chunk = linf_chunk_size(N);
+    const dim3 grid(static_cast<unsigned>(B), static_cast<unsigned>((N + chunk - 1) / chunk));
+    pgd_linf_kernel<T><<<grid, kThreads, 0, stream>>>(xp, gp, zp, LinfOp{eps.ptr<float>(), alpha.ptr<float>(), lo, hi},
+                                                      act, N, chunk);
+    check_launch("pgd_step linf kernel");
+    return;
+  }
   const uintptr_t addr = reinterpret_cast<uintptr_t>(xp) | reinterpret_cast<uintptr_t>(gp) |
                          reinterpret_cast<uintptr_t>(zp);
   if (addr % 16 == 0)
