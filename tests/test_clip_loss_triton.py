@@ -267,26 +267,18 @@ def test_gpu_large_bf16(kind):
     close(dx, rdx, 1.5e-2)
     close(dy, rdy, 1.5e-2)
     close(stats, rstats, 1e-4)
-    # The Triton GEMM agrees with cuBLAS on the same G.
-    tcl_gemm = tcl._GEMM
-    try:
-        tcl._GEMM = "triton"
-        tdx, tdy, tstats = tcl.backward(x, y, s, b, kind, r32, c32, w_row, w_col)
-    finally:
-        tcl._GEMM = tcl_gemm
-    close(tdx, dx, 1e-4)
-    close(tdy, dy, 1e-4)
-    close(tstats, stats, 1e-12)
-    # Row chunks of 3 row blocks (the last one shorter) give the same gradients.
-    budget = tcl._G_SCRATCH_ELEMS
-    try:
-        tcl._G_SCRATCH_ELEMS = 3 * tcl._GRAD_CONFIG[0] * n
-        cdx, cdy, cstats = tcl.backward(x, y, s, b, kind, r32, c32, w_row, w_col)
-    finally:
-        tcl._G_SCRATCH_ELEMS = budget
-    close(cdx, dx, 1e-4)
-    close(cdy, dy, 1e-4)
-    close(cstats, stats, 1e-12)
+    # The Triton GEMM agrees with cuBLAS on the same G, and row chunks of 3 row blocks (the
+    # last one shorter) give the same gradients.
+    for setting, value in (("_GEMM", "triton"), ("_G_SCRATCH_ELEMS", 3 * tcl._GRAD_CONFIG[0] * n)):
+        saved = getattr(tcl, setting)
+        try:
+            setattr(tcl, setting, value)
+            vdx, vdy, vstats = tcl.backward(x, y, s, b, kind, r32, c32, w_row, w_col)
+        finally:
+            setattr(tcl, setting, saved)
+        close(vdx, dx, 1e-4)
+        close(vdy, dy, 1e-4)
+        close(vstats, stats, 1e-12)
     # Few local rows against many columns.
     xs = x[:300]
     row, col = tcl.forward(xs, y, s, b, kind, True)
