@@ -6,8 +6,9 @@ unless asked for, faiss's rule for re-seeding empty clusters.
 
 * Assignment: `fmkit.ops.knn(x, centroids, 1, metric=...)`: exact nearest centroid, ties to
   the lower centroid index, so the partition does not depend on chunking or the backend.
-* Update: per-cluster sums accumulated in float64 (`index_add_` on the CPU; a sort and a
-  segmented sum on CUDA, which is deterministic, unlike atomics), centroid = sum / count,
+* Update: per-cluster sums accumulated in float64, each cluster's points in index order (a C++
+  pass on the CPU; a sort and a segmented sum on CUDA, which is deterministic, unlike
+  atomics), centroid = sum / count,
   then rounded to x's dtype (the centroids the next assignment and the caller see).
 * Empty clusters (faiss's rule): after each update, empty clusters are visited in index
   order; each picks a cluster j at random with probability proportional to (size_j - 1)
@@ -164,12 +165,17 @@ def _cluster_sums(x, assign, k, segmented=None):
     `segmented` (default: on CUDA) picks the sort + segmented-sum path over index_add_.
     """
     d = x.shape[1]
-    counts = torch.bincount(assign, minlength=k)
     if not (x.device.type != "cpu" if segmented is None else segmented):
-        sums = torch.zeros((k, d), dtype=torch.float64)
-        for n0 in range(0, x.shape[0], _SUM_CHUNK):
-            sums.index_add_(0, assign[n0 : n0 + _SUM_CHUNK], x[n0 : n0 + _SUM_CHUNK].to(torch.float64))
+        # One C++ pass: each cluster's rows are added in row order, as index_add_ would, but
+        # without a float64 copy of x or a separate bincount.
+        sums = torch.empty((k, d), dtype=torch.float64)
+        counts = torch.empty(k, dtype=torch.int64)
+        dl = _backend.dlpack
+        _backend._C.kmeans_cluster_sums_cpu(
+            dl(x), dl(assign.contiguous()), dl(sums), dl(counts), _backend.cpu_threads()
+        )
         return sums, counts
+    counts = torch.bincount(assign, minlength=k)
     # GPU: index_add_ uses float atomics (order varies run to run); a stable sort by cluster
     # followed by a segmented sum adds each cluster's points in index order.
     order = torch.argsort(assign, stable=True)
