@@ -59,6 +59,23 @@ inline bool any_below(vfloat a, vfloat b, float t) {
 #endif
 }
 
+// Bit c set where lane c of (a, b) (NR = 2 * VW lanes) is below t.
+inline uint64_t below_mask(vfloat a, vfloat b, float t) {
+#if defined(__AVX512F__)
+  const __m512 vt = _mm512_set1_ps(t);
+  return static_cast<uint64_t>(_mm512_cmp_ps_mask(reinterpret_cast<__m512&>(a), vt, _CMP_LT_OQ)) |
+         static_cast<uint64_t>(_mm512_cmp_ps_mask(reinterpret_cast<__m512&>(b), vt, _CMP_LT_OQ)) << VW;
+#elif defined(__AVX__)
+  const __m256 vt = _mm256_set1_ps(t);
+  return static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(reinterpret_cast<__m256&>(a), vt, _CMP_LT_OQ))) |
+         static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(reinterpret_cast<__m256&>(b), vt, _CMP_LT_OQ))) << VW;
+#else
+  uint64_t m = 0;
+  for (int c = 0; c < VW; ++c) m |= static_cast<uint64_t>(a[c] < t) << c | static_cast<uint64_t>(b[c] < t) << (c + VW);
+  return m;
+#endif
+}
+
 struct Candidate {
   float score;
   int64_t index;
@@ -153,6 +170,44 @@ inline void dot_tile(const float* qrows, int64_t d, const float* panel, vfloat (
       const float a = qrows[r * d + k];
       acc[r][0] += a * b0;
       acc[r][1] += a * b1;
+    }
+  }
+}
+
+// Same products, with the query rows packed as [d][ROWS] (pack_row_groups): every
+// broadcast is at a fixed offset from one pointer, so the loop needs no per-row addresses
+// (d-strided rows need ROWS of them, more than there are free registers).
+template <int ROWS>
+inline void dot_tile_grouped(const float* qgroup, int64_t d, const float* panel, vfloat (&acc)[ROWS][2]) {
+  for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = vfloat{} ;
+  for (int64_t k = 0; k < d; ++k) {
+    vfloat b0, b1;
+    __builtin_memcpy(&b0, panel + k * NR, sizeof(vfloat));
+    __builtin_memcpy(&b1, panel + k * NR + VW, sizeof(vfloat));
+    for (int r = 0; r < ROWS; ++r) {
+      const float a = qgroup[k * ROWS + r];
+      acc[r][0] += a * b0;
+      acc[r][1] += a * b1;
+    }
+  }
+}
+
+// Packs rows [row0, row0 + rows) into groups of MR rows laid out [group][d][MR], centred;
+// the last group is zero padded.
+template <typename T>
+void pack_row_groups(const T* base, int64_t s0, int64_t s1, int64_t row0, int64_t rows, int64_t d,
+                     const float* center, float* out) {
+  const int64_t groups = (rows + MR - 1) / MR;
+  for (int64_t g = 0; g < groups; ++g) {
+    float* dst = out + g * d * MR;
+    for (int r = 0; r < MR; ++r) {
+      const int64_t row = g * MR + r;
+      if (row < rows) {
+        const T* src = base + (row0 + row) * s0;
+        for (int64_t k = 0; k < d; ++k) dst[k * MR + r] = load_as_float(src + k * s1) - (center ? center[k] : 0.f);
+      } else {
+        for (int64_t k = 0; k < d; ++k) dst[k * MR + r] = 0.f;
+      }
     }
   }
 }
@@ -286,26 +341,59 @@ inline void merge_best2(Best2& a, const Best2& b) {  // b covers higher indices 
 
 // Columns arrive in increasing index order: a score equal to the best goes to s2 (gap 0, so
 // the row is left to the exact fallback) and the best keeps the lower index.
-__attribute__((noinline)) void best2_update(Best2& b, const float* scores, int64_t col0) {
-  for (int c = 0; c < NR; ++c) {
+// `lanes` has a bit for every column that was below b.s2 when tested. After a row's first
+// tiles that is usually a single column; the first tile of a row passes every column, and
+// a branch per column there mispredicts often, so several columns are reduced without
+// branches to the tile's own best two and merged.
+__attribute__((noinline)) void best2_update(Best2& b, const float* scores, uint64_t lanes, int64_t col0) {
+  if ((lanes & (lanes - 1)) == 0) {
+    const int c = __builtin_ctzll(lanes);
     const float s = scores[c];
-    if (s < b.s2) {
-      if (s < b.s1) {
-        b.s2 = b.s1;
-        b.s1 = s;
-        b.i1 = col0 + c;
-      } else {
-        b.s2 = s;
-      }
+    if (s < b.s1) {
+      b.s2 = b.s1;
+      b.s1 = s;
+      b.i1 = col0 + c;
+    } else if (s < b.s2) {
+      b.s2 = s;
     }
+    return;
   }
+  const float inf = std::numeric_limits<float>::infinity();
+#if defined(__AVX512F__)
+  // Columns outside `lanes` (>= b.s2, or NaN padding) become +inf: they cannot change the
+  // merged result. At least two lanes are set, so both minima are finite.
+  const __m512 vinf = _mm512_set1_ps(inf);
+  __m512 lo = _mm512_mask_loadu_ps(vinf, static_cast<__mmask16>(lanes), scores);
+  __m512 hi = _mm512_mask_loadu_ps(vinf, static_cast<__mmask16>(lanes >> VW), scores + VW);
+  const float m1 = _mm512_reduce_min_ps(_mm512_min_ps(lo, hi));
+  const __m512 vm1 = _mm512_set1_ps(m1);
+  const uint64_t at = static_cast<uint64_t>(_mm512_cmp_ps_mask(lo, vm1, _CMP_EQ_OQ)) |
+                      static_cast<uint64_t>(_mm512_cmp_ps_mask(hi, vm1, _CMP_EQ_OQ)) << VW;
+  const int c1 = __builtin_ctzll(at);  // the lowest column at the minimum
+  const uint64_t drop = uint64_t{1} << c1;
+  lo = _mm512_mask_mov_ps(lo, static_cast<__mmask16>(drop), vinf);
+  hi = _mm512_mask_mov_ps(hi, static_cast<__mmask16>(drop >> VW), vinf);
+  const float m2 = _mm512_reduce_min_ps(_mm512_min_ps(lo, hi));
+  merge_best2(b, Best2{m1, m2, col0 + c1});
+#else
+  float m1 = inf, m2 = inf;
+  int c1 = -1;
+  for (int c = 0; c < NR; ++c) {
+    const float s = scores[c];  // NaN (padding with IP) fails every comparison
+    const bool lt = s < m1;
+    m2 = lt ? m1 : (s < m2 ? s : m2);
+    c1 = lt ? c : c1;
+    m1 = lt ? s : m1;
+  }
+  if (c1 >= 0) merge_best2(b, Best2{m1, m2, col0 + c1});
+#endif
 }
 
 template <int ROWS>
-inline void best2_tile(const float* qrows, int64_t d, const float* panel, const float* norms, int64_t col0,
+inline void best2_tile(const float* qgroup, int64_t d, const float* panel, const float* norms, int64_t col0,
                        const Problem& pb, Best2* best) {
   vfloat acc[ROWS][2];
-  dot_tile<ROWS>(qrows, d, panel, acc);
+  dot_tile_grouped<ROWS>(qgroup, d, panel, acc);
   vfloat n0, n1;
   __builtin_memcpy(&n0, norms, sizeof(vfloat));
   __builtin_memcpy(&n1, norms + VW, sizeof(vfloat));
@@ -315,42 +403,42 @@ inline void best2_tile(const float* qrows, int64_t d, const float* panel, const 
   for (int r = 0; r < ROWS; ++r) {
     const vfloat s0 = pb.norm_weight * n0 + pb.dot_weight * acc[r][0];
     const vfloat s1 = pb.norm_weight * n1 + pb.dot_weight * acc[r][1];
-    if (__builtin_expect(any_below(s0, s1, best[r].s2), 0)) {
+    const uint64_t lanes = below_mask(s0, s1, best[r].s2);
+    if (__builtin_expect(lanes != 0, 0)) {
       float scores[NR];
       __builtin_memcpy(scores, &s0, sizeof(vfloat));
       __builtin_memcpy(scores + VW, &s1, sizeof(vfloat));
-      best2_update(best[r], scores, col0);
+      best2_update(best[r], scores, lanes, col0);
     }
   }
 }
 
+// `scratch` holds one Best2 per row of the zero-padded last group.
 template <typename T>
 void nearest_item(const Problem& pb, int64_t q0, int64_t q_rows, int64_t db0, int64_t db_rows, Best2* best,
                   std::vector<float>& qbuf, std::vector<float>& panels, std::vector<float>& norms,
-                  int64_t tile_rows) {
+                  std::vector<Best2>& scratch, int64_t tile_rows) {
   const int64_t d = pb.d;
-  pack_rows(static_cast<const T*>(pb.queries), pb.q_stride0, pb.q_stride1, q0, q_rows, d, pb.center, qbuf.data());
+  const int64_t groups = (q_rows + MR - 1) / MR;
+  pack_row_groups(static_cast<const T*>(pb.queries), pb.q_stride0, pb.q_stride1, q0, q_rows, d, pb.center,
+                  qbuf.data());
   const float inf = std::numeric_limits<float>::infinity();
-  for (int64_t r = 0; r < q_rows; ++r) best[r] = {inf, inf, -1};
+  for (int64_t r = 0; r < groups * MR; ++r) scratch[r] = {inf, inf, -1};
   for (int64_t t0 = 0; t0 < db_rows; t0 += tile_rows) {
     const int64_t rows = std::min(tile_rows, db_rows - t0);
     pack_panels(static_cast<const T*>(pb.database), pb.db_stride0, pb.db_stride1, db0 + t0, rows, d,
                 pb.center, panels.data(), norms.data());
     const int64_t n_panels = (rows + NR - 1) / NR;
-    for (int64_t r0 = 0; r0 < q_rows; r0 += MR) {
-      const float* qrows = qbuf.data() + r0 * d;
-      for (int64_t p = 0; p < n_panels; ++p) {
-        const float* panel = panels.data() + p * d * NR;
-        const float* pn = norms.data() + p * NR;
-        const int64_t col0 = db0 + t0 + p * NR;
-        if (q_rows - r0 >= MR) {
-          best2_tile<MR>(qrows, d, panel, pn, col0, pb, best + r0);
-        } else {
-          for (int64_t r = r0; r < q_rows; ++r) best2_tile<1>(qbuf.data() + r * d, d, panel, pn, col0, pb, best + r);
-        }
-      }
+    // Panel-major: one panel (d * NR floats) stays in L1 while the query groups stream past it.
+    for (int64_t p = 0; p < n_panels; ++p) {
+      const float* panel = panels.data() + p * d * NR;
+      const float* pn = norms.data() + p * NR;
+      const int64_t col0 = db0 + t0 + p * NR;
+      for (int64_t g = 0; g < groups; ++g)
+        best2_tile<MR>(qbuf.data() + g * d * MR, d, panel, pn, col0, pb, scratch.data() + g * MR);
     }
   }
+  std::copy(scratch.begin(), scratch.begin() + q_rows, best);
 }
 
 // Fills out_index, out_second (the threshold), out_dist (float64 distance or inner product
@@ -374,7 +462,9 @@ void run_nearest(const Problem& pb, int64_t* out_index, float* out_second, doubl
 
 #pragma omp parallel num_threads(num_threads)
   {
-    std::vector<float> qbuf(QB * pb.d), panels((tile_rows + NR) * pb.d), norms(tile_rows + NR);
+    const int64_t padded = (QB + MR - 1) / MR * MR;
+    std::vector<float> qbuf(padded * pb.d), panels((tile_rows + NR) * pb.d), norms(tile_rows + NR);
+    std::vector<Best2> scratch(padded);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < n_items; ++item) {
       const int64_t qb = item / splits, s = item % splits;
@@ -386,36 +476,48 @@ void run_nearest(const Problem& pb, int64_t* out_index, float* out_second, doubl
         for (int64_t r = 0; r < q_rows; ++r) out[r] = {inf, inf, -1};
         continue;
       }
-      nearest_item<T>(pb, q0, q_rows, db0, db_rows, out, qbuf, panels, norms, tile_rows);
+      nearest_item<T>(pb, q0, q_rows, db0, db_rows, out, qbuf, panels, norms, scratch, tile_rows);
     }
+    // Each row's float64 sums run in index order (as in rerank), a serial chain of d adds;
+    // kRows rows side by side keep the FP units busy meanwhile.
+    constexpr int kRows = 8;
 #pragma omp for schedule(static)
-    for (int64_t q = 0; q < pb.Q; ++q) {
-      Best2 b = best[q];
-      for (int64_t s = 1; s < splits; ++s) merge_best2(b, best[s * pb.Q + q]);
-      if (b.i1 < 0) {  // no comparable score (NaN input): leave the row to the exact fallback
-        b.i1 = 0;
-        b.s2 = -std::numeric_limits<float>::infinity();
-      }
-      const T* x = qbase + q * pb.q_stride0;
-      const T* y = dbase + b.i1 * pb.db_stride0;
-      double acc = 0.0, norm = 0.0;
-      for (int64_t j = 0; j < pb.d; ++j) {
-        const float xf = load_as_float(x + j * pb.q_stride1);
-        const double xv = xf;
-        const double yv = load_as_float(y + j * pb.db_stride1);
-        if (ip) {
-          acc += xv * yv;
-        } else {
-          const double diff = xv - yv;
-          acc += diff * diff;
+    for (int64_t g0 = 0; g0 < pb.Q; g0 += kRows) {
+      const T* x[kRows];
+      const T* y[kRows];
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t q = std::min(g0 + r, pb.Q - 1);  // rows past the end repeat the last one
+        Best2 b = best[q];
+        for (int64_t s = 1; s < splits; ++s) merge_best2(b, best[s * pb.Q + q]);
+        if (b.i1 < 0) {  // no comparable score (NaN input): leave the row to the exact fallback
+          b.i1 = 0;
+          b.s2 = -std::numeric_limits<float>::infinity();
         }
-        const double xc = ip ? xv : static_cast<double>(xf - pb.center[j]);
-        norm += xc * xc;
+        out_index[q] = b.i1;
+        out_second[q] = b.s2;
+        x[r] = qbase + q * pb.q_stride0;
+        y[r] = dbase + b.i1 * pb.db_stride0;
       }
-      out_index[q] = b.i1;
-      out_second[q] = b.s2;
-      out_dist[q] = acc;
-      out_qnorm[q] = std::sqrt(norm);
+      double acc[kRows] = {}, norm[kRows] = {};
+      for (int64_t j = 0; j < pb.d; ++j) {
+        for (int r = 0; r < kRows; ++r) {
+          const float xf = load_as_float(x[r] + j * pb.q_stride1);
+          const double xv = xf;
+          const double yv = load_as_float(y[r] + j * pb.db_stride1);
+          if (ip) {
+            acc[r] += xv * yv;
+          } else {
+            const double diff = xv - yv;
+            acc[r] += diff * diff;
+          }
+          const double xc = ip ? xv : static_cast<double>(xf - pb.center[j]);
+          norm[r] += xc * xc;
+        }
+      }
+      for (int r = 0; r < kRows && g0 + r < pb.Q; ++r) {
+        out_dist[g0 + r] = acc[r];
+        out_qnorm[g0 + r] = std::sqrt(norm[r]);
+      }
     }
   }
 }
