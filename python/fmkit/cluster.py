@@ -42,7 +42,7 @@ VALUE_LIMIT = _knn_module.VALUE_LIMIT
 METRICS = ("l2", "ip")
 SPLIT_EPS = 1.0 / 1024.0  # relative perturbation when an empty cluster takes over half of another
 _ASSIGN_CHUNK = 1 << 18  # rows per knn call (bounds the kNN candidate buffers)
-_SUM_CHUNK = 1 << 16  # rows converted to float64 at a time in the update
+_SUM_CHUNK = 1 << 16  # rows converted to float64 at a time in the CUDA update
 
 
 def kmeans(

@@ -14,6 +14,10 @@ How exactness is obtained at GEMM speed
    otherwise (near-ties at the candidate boundary, rare) the row is searched again with wider
    candidate lists until certified or complete (float64 reference for self-excluded subsets). So results are exact, ties go to the lower index, L2 distances are
    never negative and exactly 0 for identical vectors, and nothing depends on chunking.
+4. For k = 1 on the CPU (k-means' assignment step) one pass keeps only the best and the
+   second-best score per query: the best row is the single candidate, the second-best score
+   the threshold, and step 3 certifies it as is. Rows it cannot certify (near-ties) take
+   steps 1-3 with ordinary candidate lists.
 
 Memory: inputs + outputs + O(Q * kprime) candidates + bounded tiles; never Q x N.
 """
