@@ -162,7 +162,7 @@ def _assign(x, centroids, metric, backend):
 def _cluster_sums(x, assign, k, segmented=None):
     """float64 per-cluster sums [k, d] and int64 counts [k], in a fixed summation order.
 
-    `segmented` (default: on CUDA) picks the sort + segmented-sum path over index_add_.
+    `segmented` (default: on CUDA) picks the sort + segmented-sum path over the CPU kernel.
     """
     d = x.shape[1]
     if not (x.device.type != "cpu" if segmented is None else segmented):
