@@ -122,6 +122,33 @@ PYBIND11_MODULE(_C, m) {
       py::arg("out_index"), py::arg("num_threads"), "Float64 re-rank of kNN candidates, sorted by (distance, index).");
 
   m.def(
+      "knn_nearest_cpu",
+      [](py::capsule queries, py::capsule database, py::capsule center, const std::string& metric,
+         py::capsule out_index, py::capsule out_second, py::capsule out_dist, py::capsule out_qnorm, int num_threads) {
+        auto q = borrow(queries, "queries"), db = borrow(database, "database"), c = borrow(center, "center");
+        auto i = borrow(out_index, "out_index"), s = borrow(out_second, "out_second");
+        auto d = borrow(out_dist, "out_dist"), n = borrow(out_qnorm, "out_qnorm");
+        const auto m = parse_metric(metric);
+        py::gil_scoped_release release;
+        fmkit::knn_nearest_cpu(q.tensor(), db.tensor(), c.tensor(), m, i.tensor(), s.tensor(), d.tensor(), n.tensor(),
+                               num_threads);
+      },
+      py::arg("queries"), py::arg("database"), py::arg("center"), py::arg("metric"), py::arg("out_index"),
+      py::arg("out_second"), py::arg("out_dist"), py::arg("out_qnorm"), py::arg("num_threads"),
+      "k = 1: best row, second-best score, float64 distance and query norm per query (see csrc/ops/knn.h).");
+
+  m.def(
+      "kmeans_cluster_sums_cpu",
+      [](py::capsule x, py::capsule assign, py::capsule out_sums, py::capsule out_counts, int num_threads) {
+        auto xs = borrow(x, "x"), a = borrow(assign, "assign");
+        auto s = borrow(out_sums, "out_sums"), c = borrow(out_counts, "out_counts");
+        py::gil_scoped_release release;
+        fmkit::kmeans_cluster_sums_cpu(xs.tensor(), a.tensor(), s.tensor(), c.tensor(), num_threads);
+      },
+      py::arg("x"), py::arg("assign"), py::arg("out_sums"), py::arg("out_counts"), py::arg("num_threads"),
+      "float64 per-cluster sums (row order within each cluster) and counts for the k-means update.");
+
+  m.def(
       "gaussian_kernel_sum_cpu",
       [](py::capsule queries, py::capsule points_t, py::capsule out, int num_threads) {
         auto q = borrow(queries, "queries"), p = borrow(points_t, "points_t"), o = borrow(out, "out");

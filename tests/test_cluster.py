@@ -1,4 +1,6 @@
 """fmkit.cluster.kmeans: against a float64 Lloyd reference, determinism, re-seeding, errors."""
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ import fmkit.cluster as cluster
 from fmkit.cluster import kmeans
 from fmkit.ops import knn
 
+knn_module = importlib.import_module("fmkit.ops.knn")
 HAS_CUDA = torch.cuda.is_available()
 
 
@@ -124,6 +127,48 @@ def test_segmented_sums_match_index_add():
     assert torch.equal(n1, n2) and n1[3] == 0
     torch.testing.assert_close(s1, s2, atol=1e-10, rtol=0)
     torch.testing.assert_close(s1, torch.zeros(50, 7, dtype=torch.float64).index_add_(0, a, x.double()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cpu_sums_equal_sequential_index_add(dtype):
+    """The C++ update adds each cluster's rows in row order: bitwise index_add_ in float64,
+    whatever the thread count or the layout of x."""
+    g = torch.Generator().manual_seed(3)
+    x = (100 * torch.randn(20000, 9, generator=g)).to(dtype)
+    a = torch.randint(0, 37, (20000,), generator=g)
+    a[a == 5] = 6  # an empty cluster
+    ref = torch.zeros(37, 9, dtype=torch.float64).index_add_(0, a, x.double())
+    threads = torch.get_num_threads()
+    for layout in (x, x.T.contiguous().T):
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            try:
+                s, c = cluster._cluster_sums(layout, a, 37)
+            finally:
+                torch.set_num_threads(threads)
+            assert torch.equal(s, ref) and torch.equal(c, torch.bincount(a, minlength=37))
+    with pytest.raises(ValueError, match="assign"):
+        cluster._cluster_sums(x, torch.full((20000,), 37), 37)
+
+
+def test_assignments_exact_at_near_ties():
+    """Points (almost) equidistant from two centroids: the assignment is the float64 argmin
+    with ties to the lower index, as in the reference, not whatever fp32 scores suggest."""
+    g = torch.Generator().manual_seed(4)
+    d = 16
+    c = torch.randn(8, d, generator=g)
+    c[5] = c[2]  # identical centroids: every point of theirs goes to 2
+    mid = 0.5 * (c[0] + c[1])
+    x = torch.cat([mid + 1e-6 * torch.randn(50, d, generator=g), c[2] + 0.1 * torch.randn(50, d, generator=g),
+                   torch.randn(400, d, generator=g)])
+    before = knn_module.nearest_fallback_rows
+    _, a = kmeans(x, 8, iters=0, metric="l2", init=c)
+    x64, c64 = x.double().numpy(), c.double().numpy()
+    np.testing.assert_array_equal(a.numpy(), _ref_assign(x64, c64, "l2"))
+    assert not (a == 5).any()
+    assert knn_module.nearest_fallback_rows >= before + 50  # the near-ties took the exact fallback
+    _, a_ip = kmeans(x, 8, iters=0, metric="ip", init=c)
+    np.testing.assert_array_equal(a_ip.numpy(), _ref_assign(x64, c64, "ip"))
 
 
 @pytest.mark.parametrize("kind", ["outlier", "duplicate"])

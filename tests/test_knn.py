@@ -180,6 +180,80 @@ def test_certificate_falls_back_on_near_ties():
     assert knn_module.fallback_rows > before
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 7), (40, 700, 9), (3000, 130, 16), (2, 5000, 4)])
+def test_k1_pass_matches_oracle(metric, dtype, shape):
+    """k = 1 on the CPU takes the best/second-best pass: query blocks, tail rows, database splits."""
+    Q, N, d = shape
+    g = torch.Generator().manual_seed(Q * 7 + N)
+    db = torch.randn(N, d, generator=g).to(dtype)
+    q = torch.randn(Q, d, generator=g).to(dtype)
+    assert_matches_oracle(q, db, 1, metric, False, "cpu")
+    strided = torch.zeros(N, 2 * d, dtype=dtype)
+    strided[:, ::2] = db
+    assert_matches_oracle(q.T.contiguous().T, strided[:, ::2], 1, metric, False, "cpu")
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_k1_pass_sends_near_ties_to_the_candidate_search(metric):
+    """Exact duplicates (gap 0) and near-duplicates (gap below the fp32 bound) among the rows:
+    the k = 1 pass must not certify those queries, and the fallback must keep the lower index."""
+    g = torch.Generator().manual_seed(7)
+    d = 24
+    db = torch.randn(500, d, generator=g)
+    db[300] = db[41]  # exact tie: the answer is 41 for queries nearest to it
+    db[42] = db[17] * (1 + 1e-7)  # near tie, below the certificate's resolution
+    q = torch.cat([db[[41, 17, 300, 42]] + 1e-4 * torch.randn(4, d, generator=g), torch.randn(200, d, generator=g)])
+    before, before_wide = knn_module.nearest_fallback_rows, knn_module.fallback_rows
+    assert_matches_oracle(q, db, 1, metric, False, "cpu")
+    assert knn_module.nearest_fallback_rows >= before + 2
+    # Those rows are settled by the ordinary candidate lists, not the wider re-search.
+    assert knn_module.fallback_rows == before_wide
+    _, idx = knn(db[41:42], db, 1, metric="l2")
+    assert idx.item() == 41
+
+
+def test_k1_pass_outputs():
+    """knn_nearest_cpu: the chosen row is the fp32-score argmin, `second` is the best score of
+    every other row, the distance is float64, and the norm is |x - c|."""
+    g = torch.Generator().manual_seed(8)
+    q, db = torch.randn(50, 12, generator=g), torch.randn(90, 12, generator=g)
+    for metric in ("l2", "ip"):
+        center, radius = knn_module.database_center_and_radius(db, metric, True)
+        Q = q.shape[0]
+        idx, second = torch.empty(Q, dtype=torch.int64), torch.empty(Q)
+        dist, qnorm = torch.empty(Q, dtype=torch.float64), torch.empty(Q, dtype=torch.float64)
+        dl = _backend.dlpack
+        _backend._C.knn_nearest_cpu(dl(q), dl(db), dl(center), metric, dl(idx), dl(second), dl(dist), dl(qnorm), 2)
+        score = knn_module.torch_score_tile(q, db, center, metric, None).double()
+        rows = torch.arange(Q)
+        assert (score[rows, idx] <= score.min(1).values + 1e-4).all()
+        others = score.clone()
+        others[rows, idx] = float("inf")
+        torch.testing.assert_close(second.double(), others.min(1).values, atol=1e-4, rtol=0)
+        q64, y64 = q.double(), db.double()[idx]
+        ref = ((q64 - y64) ** 2).sum(1) if metric == "l2" else (q64 * y64).sum(1)
+        torch.testing.assert_close(dist, ref, atol=1e-12, rtol=1e-12)
+        centred = q - center if metric == "l2" else q
+        torch.testing.assert_close(qnorm, centred.double().norm(dim=1), atol=0, rtol=1e-12)
+    with pytest.raises(ValueError, match="out_second"):
+        _backend._C.knn_nearest_cpu(dl(q), dl(db), dl(center), "l2", dl(idx), dl(torch.empty(3)), dl(dist), dl(qnorm), 1)
+
+
+def test_k1_pass_threads_do_not_change_results():
+    g = torch.Generator().manual_seed(9)
+    q, db = torch.randn(2000, 16, generator=g), torch.randn(300, 16, generator=g)
+    threads = torch.get_num_threads()
+    d1, i1 = knn(q, db, 1)
+    try:
+        torch.set_num_threads(1)
+        d2, i2 = knn(q, db, 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(i1, i2) and torch.equal(d1, d2)
+
+
 def test_numpy_in_numpy_out():
     g = np.random.default_rng(7)
     db = g.standard_normal((50, 6)).astype(np.float32)

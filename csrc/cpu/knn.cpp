@@ -59,6 +59,23 @@ inline bool any_below(vfloat a, vfloat b, float t) {
 #endif
 }
 
+// Bit c set where lane c of (a, b) (NR = 2 * VW lanes) is below t.
+inline uint64_t below_mask(vfloat a, vfloat b, float t) {
+#if defined(__AVX512F__)
+  const __m512 vt = _mm512_set1_ps(t);
+  return static_cast<uint64_t>(_mm512_cmp_ps_mask(reinterpret_cast<__m512&>(a), vt, _CMP_LT_OQ)) |
+         static_cast<uint64_t>(_mm512_cmp_ps_mask(reinterpret_cast<__m512&>(b), vt, _CMP_LT_OQ)) << VW;
+#elif defined(__AVX__)
+  const __m256 vt = _mm256_set1_ps(t);
+  return static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(reinterpret_cast<__m256&>(a), vt, _CMP_LT_OQ))) |
+         static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(reinterpret_cast<__m256&>(b), vt, _CMP_LT_OQ))) << VW;
+#else
+  uint64_t m = 0;
+  for (int c = 0; c < VW; ++c) m |= static_cast<uint64_t>(a[c] < t) << c | static_cast<uint64_t>(b[c] < t) << (c + VW);
+  return m;
+#endif
+}
+
 struct Candidate {
   float score;
   int64_t index;
@@ -141,11 +158,9 @@ void pack_panels(const T* base, int64_t s0, int64_t s1, int64_t row0, int64_t ro
   }
 }
 
-// One MR x NR micro-tile of dot products, then the filter against each row's heap.
+// Dot products of ROWS query rows with one NR-wide panel, in vector registers.
 template <int ROWS>
-inline void micro_tile(const float* qrows, int64_t d, const float* panel, const float* norms,
-                       int64_t col0, int64_t query0, const Problem& pb, BoundedHeap* heaps) {
-  vfloat acc[ROWS][2];
+inline void dot_tile(const float* qrows, int64_t d, const float* panel, vfloat (&acc)[ROWS][2]) {
   for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = vfloat{} ;
   for (int64_t k = 0; k < d; ++k) {
     vfloat b0, b1;
@@ -157,6 +172,52 @@ inline void micro_tile(const float* qrows, int64_t d, const float* panel, const 
       acc[r][1] += a * b1;
     }
   }
+}
+
+// Same products, with the query rows packed as [d][ROWS] (pack_row_groups): every
+// broadcast is at a fixed offset from one pointer, so the loop needs no per-row addresses
+// (d-strided rows need ROWS of them, more than there are free registers).
+template <int ROWS>
+inline void dot_tile_grouped(const float* qgroup, int64_t d, const float* panel, vfloat (&acc)[ROWS][2]) {
+  for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = vfloat{} ;
+  for (int64_t k = 0; k < d; ++k) {
+    vfloat b0, b1;
+    __builtin_memcpy(&b0, panel + k * NR, sizeof(vfloat));
+    __builtin_memcpy(&b1, panel + k * NR + VW, sizeof(vfloat));
+    for (int r = 0; r < ROWS; ++r) {
+      const float a = qgroup[k * ROWS + r];
+      acc[r][0] += a * b0;
+      acc[r][1] += a * b1;
+    }
+  }
+}
+
+// Packs rows [row0, row0 + rows) into groups of MR rows laid out [group][d][MR], centred;
+// the last group is zero padded.
+template <typename T>
+void pack_row_groups(const T* base, int64_t s0, int64_t s1, int64_t row0, int64_t rows, int64_t d,
+                     const float* center, float* out) {
+  const int64_t groups = (rows + MR - 1) / MR;
+  for (int64_t g = 0; g < groups; ++g) {
+    float* dst = out + g * d * MR;
+    for (int r = 0; r < MR; ++r) {
+      const int64_t row = g * MR + r;
+      if (row < rows) {
+        const T* src = base + (row0 + row) * s0;
+        for (int64_t k = 0; k < d; ++k) dst[k * MR + r] = load_as_float(src + k * s1) - (center ? center[k] : 0.f);
+      } else {
+        for (int64_t k = 0; k < d; ++k) dst[k * MR + r] = 0.f;
+      }
+    }
+  }
+}
+
+// One MR x NR micro-tile of dot products, then the filter against each row's heap.
+template <int ROWS>
+inline void micro_tile(const float* qrows, int64_t d, const float* panel, const float* norms,
+                       int64_t col0, int64_t query0, const Problem& pb, BoundedHeap* heaps) {
+  vfloat acc[ROWS][2];
+  dot_tile<ROWS>(qrows, d, panel, acc);
   vfloat n0, n1;
   __builtin_memcpy(&n0, norms, sizeof(vfloat));
   __builtin_memcpy(&n1, norms + VW, sizeof(vfloat));
@@ -252,6 +313,210 @@ void run(const Problem& pb, Candidate* result, int num_threads) {
         }
         std::partial_sort(merged.begin(), merged.begin() + pb.kprime, merged.end(), before);
         std::copy(merged.begin(), merged.begin() + pb.kprime, result + q * pb.kprime);
+      }
+    }
+  }
+}
+
+// ---- k = 1: the best and the second-best score per row instead of a heap ----
+//
+// For one neighbour the candidate contract holds with a single candidate, the best-scoring
+// row, and the second-best score as the threshold every other row reaches; that gap is what
+// Python's certificate needs. Keeping two floats per row makes the filter one compare against
+// a register-resident threshold and removes the heap, the sort and the kprime-wide re-rank.
+struct Best2 {
+  float s1, s2;  // best score (ties: lower index) and the best score of every other row
+  int64_t i1;    // -1 until a finite score is seen
+};
+
+inline void merge_best2(Best2& a, const Best2& b) {  // b covers higher indices than a
+  if (b.s1 < a.s1) {
+    a.s2 = std::min(a.s1, b.s2);
+    a.s1 = b.s1;
+    a.i1 = b.i1;
+  } else {
+    a.s2 = std::min(a.s2, b.s1);
+  }
+}
+
+// Columns arrive in increasing index order: a score equal to the best goes to s2 (gap 0, so
+// the row is left to the exact fallback) and the best keeps the lower index.
+// `lanes` has a bit for every column that was below b.s2 when tested. After a row's first
+// tiles that is usually a single column; the first tile of a row passes every column, and
+// a branch per column there mispredicts often, so several columns are reduced without
+// branches to the tile's own best two and merged.
+__attribute__((noinline)) void best2_update(Best2& b, const float* scores, uint64_t lanes, int64_t col0) {
+  if ((lanes & (lanes - 1)) == 0) {
+    const int c = __builtin_ctzll(lanes);
+    const float s = scores[c];
+    if (s < b.s1) {
+      b.s2 = b.s1;
+      b.s1 = s;
+      b.i1 = col0 + c;
+    } else if (s < b.s2) {
+      b.s2 = s;
+    }
+    return;
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+#if defined(__AVX512F__)
+  // Columns outside `lanes` (>= b.s2, or NaN padding) become +inf: they cannot change the
+  // merged result. At least two lanes are set, so both minima are finite.
+  const __m512 vinf = _mm512_set1_ps(inf);
+  __m512 lo = _mm512_mask_loadu_ps(vinf, static_cast<__mmask16>(lanes), scores);
+  __m512 hi = _mm512_mask_loadu_ps(vinf, static_cast<__mmask16>(lanes >> VW), scores + VW);
+  const float m1 = _mm512_reduce_min_ps(_mm512_min_ps(lo, hi));
+  const __m512 vm1 = _mm512_set1_ps(m1);
+  const uint64_t at = static_cast<uint64_t>(_mm512_cmp_ps_mask(lo, vm1, _CMP_EQ_OQ)) |
+                      static_cast<uint64_t>(_mm512_cmp_ps_mask(hi, vm1, _CMP_EQ_OQ)) << VW;
+  const int c1 = __builtin_ctzll(at);  // the lowest column at the minimum
+  const uint64_t drop = uint64_t{1} << c1;
+  lo = _mm512_mask_mov_ps(lo, static_cast<__mmask16>(drop), vinf);
+  hi = _mm512_mask_mov_ps(hi, static_cast<__mmask16>(drop >> VW), vinf);
+  const float m2 = _mm512_reduce_min_ps(_mm512_min_ps(lo, hi));
+  merge_best2(b, Best2{m1, m2, col0 + c1});
+#else
+  float m1 = inf, m2 = inf;
+  int c1 = -1;
+  for (int c = 0; c < NR; ++c) {
+    const float s = scores[c];  // NaN (padding with IP) fails every comparison
+    const bool lt = s < m1;
+    m2 = lt ? m1 : (s < m2 ? s : m2);
+    c1 = lt ? c : c1;
+    m1 = lt ? s : m1;
+  }
+  if (c1 >= 0) merge_best2(b, Best2{m1, m2, col0 + c1});
+#endif
+}
+
+template <int ROWS>
+inline void best2_tile(const float* qgroup, int64_t d, const float* panel, const float* norms, int64_t col0,
+                       const Problem& pb, Best2* best) {
+  vfloat acc[ROWS][2];
+  dot_tile_grouped<ROWS>(qgroup, d, panel, acc);
+  vfloat n0, n1;
+  __builtin_memcpy(&n0, norms, sizeof(vfloat));
+  __builtin_memcpy(&n1, norms + VW, sizeof(vfloat));
+  // Almost every tile improves no row: the test runs on the accumulators in registers and
+  // only a hit stores its row's scores (indexing acc in a loop would spill it every tile).
+#pragma GCC unroll 16
+  for (int r = 0; r < ROWS; ++r) {
+    const vfloat s0 = pb.norm_weight * n0 + pb.dot_weight * acc[r][0];
+    const vfloat s1 = pb.norm_weight * n1 + pb.dot_weight * acc[r][1];
+    const uint64_t lanes = below_mask(s0, s1, best[r].s2);
+    if (__builtin_expect(lanes != 0, 0)) {
+      float scores[NR];
+      __builtin_memcpy(scores, &s0, sizeof(vfloat));
+      __builtin_memcpy(scores + VW, &s1, sizeof(vfloat));
+      best2_update(best[r], scores, lanes, col0);
+    }
+  }
+}
+
+// `scratch` holds one Best2 per row of the zero-padded last group.
+template <typename T>
+void nearest_item(const Problem& pb, int64_t q0, int64_t q_rows, int64_t db0, int64_t db_rows, Best2* best,
+                  std::vector<float>& qbuf, std::vector<float>& panels, std::vector<float>& norms,
+                  std::vector<Best2>& scratch, int64_t tile_rows) {
+  const int64_t d = pb.d;
+  const int64_t groups = (q_rows + MR - 1) / MR;
+  pack_row_groups(static_cast<const T*>(pb.queries), pb.q_stride0, pb.q_stride1, q0, q_rows, d, pb.center,
+                  qbuf.data());
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < groups * MR; ++r) scratch[r] = {inf, inf, -1};
+  for (int64_t t0 = 0; t0 < db_rows; t0 += tile_rows) {
+    const int64_t rows = std::min(tile_rows, db_rows - t0);
+    pack_panels(static_cast<const T*>(pb.database), pb.db_stride0, pb.db_stride1, db0 + t0, rows, d,
+                pb.center, panels.data(), norms.data());
+    const int64_t n_panels = (rows + NR - 1) / NR;
+    // Panel-major: one panel (d * NR floats) stays in L1 while the query groups stream past it.
+    for (int64_t p = 0; p < n_panels; ++p) {
+      const float* panel = panels.data() + p * d * NR;
+      const float* pn = norms.data() + p * NR;
+      const int64_t col0 = db0 + t0 + p * NR;
+      for (int64_t g = 0; g < groups; ++g)
+        best2_tile<MR>(qbuf.data() + g * d * MR, d, panel, pn, col0, pb, scratch.data() + g * MR);
+    }
+  }
+  std::copy(scratch.begin(), scratch.begin() + q_rows, best);
+}
+
+// Fills out_index, out_second (the threshold), out_dist (float64 distance or inner product
+// of the chosen row, computed like rerank) and out_qnorm (float64 |x - c| of the fp32-centred
+// query, as the certificate uses it).
+template <typename T>
+void run_nearest(const Problem& pb, int64_t* out_index, float* out_second, double* out_dist, double* out_qnorm,
+                 int num_threads) {
+  const int64_t per_thread = (pb.Q + 2 * num_threads - 1) / (2 * num_threads);
+  const int64_t QB = std::max<int64_t>(MR, std::min<int64_t>(kMaxQueryBlock, (per_thread + MR - 1) / MR * MR));
+  const int64_t n_qblocks = (pb.Q + QB - 1) / QB;
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(
+      num_threads > n_qblocks ? (num_threads + n_qblocks - 1) / n_qblocks : 1, pb.N / NR));
+  const int64_t tile_rows = std::max<int64_t>(NR, std::min<int64_t>(512, (32768 / std::max<int64_t>(pb.d, 1)) / NR * NR));
+  std::vector<Best2> best(static_cast<size_t>(splits * pb.Q));
+  const int64_t split_rows = (pb.N + splits - 1) / splits;
+  const int64_t n_items = n_qblocks * splits;
+  const T* qbase = static_cast<const T*>(pb.queries);
+  const T* dbase = static_cast<const T*>(pb.database);
+  const bool ip = pb.center == nullptr;
+
+#pragma omp parallel num_threads(num_threads)
+  {
+    const int64_t padded = (QB + MR - 1) / MR * MR;
+    std::vector<float> qbuf(padded * pb.d), panels((tile_rows + NR) * pb.d), norms(tile_rows + NR);
+    std::vector<Best2> scratch(padded);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < n_items; ++item) {
+      const int64_t qb = item / splits, s = item % splits;
+      const int64_t q0 = qb * QB, q_rows = std::min<int64_t>(QB, pb.Q - q0);
+      const int64_t db0 = s * split_rows, db_rows = std::min(split_rows, pb.N - db0);
+      Best2* out = best.data() + s * pb.Q + q0;
+      if (db_rows <= 0) {
+        const float inf = std::numeric_limits<float>::infinity();
+        for (int64_t r = 0; r < q_rows; ++r) out[r] = {inf, inf, -1};
+        continue;
+      }
+      nearest_item<T>(pb, q0, q_rows, db0, db_rows, out, qbuf, panels, norms, scratch, tile_rows);
+    }
+    // Each row's float64 sums run in index order (as in rerank), a serial chain of d adds;
+    // kRows rows side by side keep the FP units busy meanwhile.
+    constexpr int kRows = 8;
+#pragma omp for schedule(static)
+    for (int64_t g0 = 0; g0 < pb.Q; g0 += kRows) {
+      const T* x[kRows];
+      const T* y[kRows];
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t q = std::min(g0 + r, pb.Q - 1);  // rows past the end repeat the last one
+        Best2 b = best[q];
+        for (int64_t s = 1; s < splits; ++s) merge_best2(b, best[s * pb.Q + q]);
+        if (b.i1 < 0) {  // no comparable score (NaN input): leave the row to the exact fallback
+          b.i1 = 0;
+          b.s2 = -std::numeric_limits<float>::infinity();
+        }
+        out_index[q] = b.i1;
+        out_second[q] = b.s2;
+        x[r] = qbase + q * pb.q_stride0;
+        y[r] = dbase + b.i1 * pb.db_stride0;
+      }
+      double acc[kRows] = {}, norm[kRows] = {};
+      for (int64_t j = 0; j < pb.d; ++j) {
+        for (int r = 0; r < kRows; ++r) {
+          const float xf = load_as_float(x[r] + j * pb.q_stride1);
+          const double xv = xf;
+          const double yv = load_as_float(y[r] + j * pb.db_stride1);
+          if (ip) {
+            acc[r] += xv * yv;
+          } else {
+            const double diff = xv - yv;
+            acc[r] += diff * diff;
+          }
+          const double xc = ip ? xv : static_cast<double>(xf - pb.center[j]);
+          norm[r] += xc * xc;
+        }
+      }
+      for (int r = 0; r < kRows && g0 + r < pb.Q; ++r) {
+        out_dist[g0 + r] = acc[r];
+        out_qnorm[g0 + r] = std::sqrt(norm[r]);
       }
     }
   }
@@ -405,6 +670,36 @@ void knn_candidates_cpu(const Tensor& queries, const Tensor& database, const Ten
   for (int64_t i = 0; i < Q * kprime; ++i) {
     scores[i] = result[i].score;
     indices[i] = result[i].index;
+  }
+}
+
+void knn_nearest_cpu(const Tensor& queries, const Tensor& database, const Tensor& center, KnnMetric metric,
+                     const Tensor& out_index, const Tensor& out_second, const Tensor& out_dist,
+                     const Tensor& out_qnorm, int num_threads) {
+  check_float_matrix(queries);
+  check_float_matrix(database);
+  if (database.dtype != queries.dtype) fail(database.name, "must have the same dtype as " + queries.name);
+  const int64_t Q = queries.size(0), N = database.size(0), d = queries.size(1);
+  if (database.size(1) != d) fail(database.name, "feature dimension " + std::to_string(database.size(1)) + " does not match " + queries.name + " (" + std::to_string(d) + ")");
+  if (N < 1) fail(database.name, "must have at least one row");
+  center.check_device(DeviceKind::cpu).check_dtype({DType::f32}).check_shape({d}).check_contiguous();
+  out_index.check_device(DeviceKind::cpu).check_dtype({DType::i64}).check_shape({Q}).check_contiguous();
+  out_second.check_device(DeviceKind::cpu).check_dtype({DType::f32}).check_shape({Q}).check_contiguous();
+  out_dist.check_device(DeviceKind::cpu).check_dtype({DType::f64}).check_shape({Q}).check_contiguous();
+  out_qnorm.check_device(DeviceKind::cpu).check_dtype({DType::f64}).check_shape({Q}).check_contiguous();
+  if (Q == 0) return;
+  Problem pb{queries.data, queries.stride(0), queries.stride(1), database.data, database.stride(0), database.stride(1),
+             metric == KnnMetric::l2 ? center.ptr<float>() : nullptr, Q, N, d, 1, -1,
+             metric == KnnMetric::l2 ? 1.f : 0.f, metric == KnnMetric::l2 ? -2.f : -1.f};
+  const int threads = std::max(1, num_threads);
+  int64_t* idx = out_index.ptr<int64_t>();
+  float* second = out_second.ptr<float>();
+  double* dist = out_dist.ptr<double>();
+  double* qnorm = out_qnorm.ptr<double>();
+  switch (queries.dtype) {
+    case DType::f32: run_nearest<float>(pb, idx, second, dist, qnorm, threads); break;
+    case DType::f16: run_nearest<simd::f16>(pb, idx, second, dist, qnorm, threads); break;
+    default: run_nearest<simd::bf16>(pb, idx, second, dist, qnorm, threads); break;
   }
 }
 

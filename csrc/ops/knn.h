@@ -38,6 +38,22 @@ void knn_center_radius_cpu(const Tensor& database, KnnMetric metric, const Tenso
 void knn_rerank_cpu(const Tensor& queries, const Tensor& database, const Tensor& candidates, KnnMetric metric,
                     const Tensor& out_dist, const Tensor& out_index, int num_threads);
 
+// k = 1 in one pass, for the certificate with the single best row as the candidate list:
+// per query the best-scoring database row (score as in the contract above, ties to the lower
+// index) -> out_index i64 [Q]; the smallest score of every OTHER row -> out_second f32 [Q]
+// (+inf if N = 1, -inf if no score compared, which no certificate accepts); the float64
+// distance (L2: sum (x - y)^2; IP: <x, y>) to the chosen row -> out_dist f64 [Q]; and the
+// float64 norm of the fp32-centred query |x - c| (IP: |x|) -> out_qnorm f64 [Q].
+void knn_nearest_cpu(const Tensor& queries, const Tensor& database, const Tensor& center, KnnMetric metric,
+                     const Tensor& out_index, const Tensor& out_second, const Tensor& out_dist,
+                     const Tensor& out_qnorm, int num_threads);
+
+// k-means update (csrc/cpu/knn_kmeans.cpp): float64 per-cluster sums of the rows of x
+// [N, d] (f32 / f16 / bf16) by assign i64 [N] in [0, k), each cluster's rows added in row
+// order -> out_sums f64 [k, d]; members per cluster -> out_counts i64 [k].
+void kmeans_cluster_sums_cpu(const Tensor& x, const Tensor& assign, const Tensor& out_sums, const Tensor& out_counts,
+                             int num_threads);
+
 #ifdef FMKIT_WITH_CUDA
 // Same contract on CUDA tensors. `workspace` is a contiguous uint8 CUDA buffer of at least
 // knn_workspace_bytes_cuda(...) bytes, allocated by the caller; `stream` is a cudaStream_t

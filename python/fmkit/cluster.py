@@ -6,8 +6,9 @@ unless asked for, faiss's rule for re-seeding empty clusters.
 
 * Assignment: `fmkit.ops.knn(x, centroids, 1, metric=...)`: exact nearest centroid, ties to
   the lower centroid index, so the partition does not depend on chunking or the backend.
-* Update: per-cluster sums accumulated in float64 (`index_add_` on the CPU; a sort and a
-  segmented sum on CUDA, which is deterministic, unlike atomics), centroid = sum / count,
+* Update: per-cluster sums accumulated in float64, each cluster's points in index order (a C++
+  pass on the CPU; a sort and a segmented sum on CUDA, which is deterministic, unlike
+  atomics), centroid = sum / count,
   then rounded to x's dtype (the centroids the next assignment and the caller see).
 * Empty clusters (faiss's rule): after each update, empty clusters are visited in index
   order; each picks a cluster j at random with probability proportional to (size_j - 1)
@@ -41,7 +42,7 @@ VALUE_LIMIT = _knn_module.VALUE_LIMIT
 METRICS = ("l2", "ip")
 SPLIT_EPS = 1.0 / 1024.0  # relative perturbation when an empty cluster takes over half of another
 _ASSIGN_CHUNK = 1 << 18  # rows per knn call (bounds the kNN candidate buffers)
-_SUM_CHUNK = 1 << 16  # rows converted to float64 at a time in the update
+_SUM_CHUNK = 1 << 16  # rows converted to float64 at a time in the CUDA update
 
 
 def kmeans(
@@ -161,15 +162,20 @@ def _assign(x, centroids, metric, backend):
 def _cluster_sums(x, assign, k, segmented=None):
     """float64 per-cluster sums [k, d] and int64 counts [k], in a fixed summation order.
 
-    `segmented` (default: on CUDA) picks the sort + segmented-sum path over index_add_.
+    `segmented` (default: on CUDA) picks the sort + segmented-sum path over the CPU kernel.
     """
     d = x.shape[1]
-    counts = torch.bincount(assign, minlength=k)
     if not (x.device.type != "cpu" if segmented is None else segmented):
-        sums = torch.zeros((k, d), dtype=torch.float64)
-        for n0 in range(0, x.shape[0], _SUM_CHUNK):
-            sums.index_add_(0, assign[n0 : n0 + _SUM_CHUNK], x[n0 : n0 + _SUM_CHUNK].to(torch.float64))
+        # One C++ pass: each cluster's rows are added in row order, as index_add_ would, but
+        # without a float64 copy of x or a separate bincount.
+        sums = torch.empty((k, d), dtype=torch.float64)
+        counts = torch.empty(k, dtype=torch.int64)
+        dl = _backend.dlpack
+        _backend._C.kmeans_cluster_sums_cpu(
+            dl(x), dl(assign.contiguous()), dl(sums), dl(counts), _backend.cpu_threads()
+        )
         return sums, counts
+    counts = torch.bincount(assign, minlength=k)
     # GPU: index_add_ uses float atomics (order varies run to run); a stable sort by cluster
     # followed by a segmented sum adds each cluster's points in index order.
     order = torch.argsort(assign, stable=True)

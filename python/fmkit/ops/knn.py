@@ -14,6 +14,10 @@ How exactness is obtained at GEMM speed
    otherwise (near-ties at the candidate boundary, rare) the row is searched again with wider
    candidate lists until certified or complete (float64 reference for self-excluded subsets). So results are exact, ties go to the lower index, L2 distances are
    never negative and exactly 0 for identical vectors, and nothing depends on chunking.
+4. For k = 1 on the CPU (k-means' assignment step) one pass keeps only the best and the
+   second-best score per query: the best row is the single candidate, the second-best score
+   the threshold, and step 3 certifies it as is. Rows it cannot certify (near-ties) take
+   steps 1-3 with ordinary candidate lists.
 
 Memory: inputs + outputs + O(Q * kprime) candidates + bounded tiles; never Q x N.
 """
@@ -39,6 +43,9 @@ _TILE_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 22}
 
 # Rows the first candidate pass could not certify, since import (exposed for tests and benchmarks).
 fallback_rows = 0
+# Rows the CPU k = 1 pass (best + second-best score) could not certify and sent to the
+# candidate search, since import.
+nearest_fallback_rows = 0
 
 
 def knn(
@@ -121,7 +128,7 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
 
     `self_offset` (or None): query row i is database row i + self_offset and is excluded.
     """
-    global fallback_rows
+    global fallback_rows, nearest_fallback_rows
     queries, database = queries.detach(), database.detach()
     Q, d = queries.shape
     N = database.shape[0]
@@ -151,7 +158,17 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
             return dist, idx, torch.ones(dist.shape[0], dtype=torch.bool, device=dist.device)
         return dist, idx, certify(rows_q, center, radius, score.max(dim=1).values, dist[:, k - 1], metric)
 
-    dist, idx, exact = search(queries, kprime)
+    if cpu_kernels and k == 1 and self_offset is None:
+        # k-means assigns with k = 1 over millions of rows: one pass keeping the best and the
+        # second-best score certifies almost every row without candidate lists or a re-rank.
+        dist, idx, exact = nearest_cpu(queries, database, center, radius, metric)
+        pending = (~exact).nonzero().flatten()
+        nearest_fallback_rows += int(pending.numel())
+        if pending.numel():
+            d2, i2, ok = search(queries[pending], kprime)
+            dist[pending], idx[pending], exact[pending] = d2, i2, ok
+    else:
+        dist, idx, exact = search(queries, kprime)
     if bool(exact.all()):
         return dist, idx
     # Rows the bound could not certify (near-ties at the candidate boundary): search them again
@@ -223,20 +240,41 @@ def rerank(queries, database, cand, k, metric, cpu_kernels):
     return dist_out, idx_out
 
 
-def certify(queries, center, radius, threshold, kth, metric):
+def nearest_cpu(queries, database, center, radius, metric):
+    """k = 1 on the CPU kernels: (dist [Q, 1], idx [Q, 1], certified [Q]).
+
+    The candidate list is the single best-scoring row and the threshold is the second-best
+    score, so `certify` applies unchanged; its |x - c| comes from the kernel.
+    """
+    Q = queries.shape[0]
+    idx = torch.empty(Q, dtype=torch.int64)
+    second = torch.empty(Q, dtype=torch.float32)
+    dist = torch.empty(Q, dtype=torch.float64)
+    qnorm = torch.empty(Q, dtype=torch.float64)
+    dl = _backend.dlpack
+    _backend._C.knn_nearest_cpu(
+        dl(queries), dl(database), dl(center), metric, dl(idx), dl(second), dl(dist), dl(qnorm),
+        _backend.cpu_threads(),
+    )
+    exact = certify(queries, center, radius, second, dist, metric, qnorm=qnorm)
+    return dist[:, None], idx[:, None], exact
+
+
+def certify(queries, center, radius, threshold, kth, metric, qnorm=None):
     """True where no non-candidate can beat the k-th re-ranked distance `kth`.
 
     `threshold` is the largest candidate score per row; every non-candidate scored at least
     that much, and an fp32 score is within (2d+16) * 2^-24 * (|x-c| + radius)^2 of the truth.
+    `qnorm`, if given, is |x - c| (IP: |x|) in float64, saving a pass over the queries.
     """
     d = queries.shape[1]
     slack = (2 * d + 16) * 2.0**-24
     threshold = threshold.to(torch.float64)
     if metric == "ip":
-        xn = queries.to(torch.float64).norm(dim=1)
+        xn = queries.to(torch.float64).norm(dim=1) if qnorm is None else qnorm
         # Every non-candidate has <x, y> <= -threshold + err; it must lose to the k-th.
         return (-threshold + slack * xn * radius) < kth - 1e-12 * xn * radius
-    xn = (queries.to(torch.float32) - center).to(torch.float64).norm(dim=1)
+    xn = (queries.to(torch.float32) - center).to(torch.float64).norm(dim=1) if qnorm is None else qnorm
     # Every non-candidate has |x - y|^2 >= |x - c|^2 + threshold - err.
     return (xn**2 + threshold - slack * (xn + radius) ** 2) > kth * (1 + 1e-12)
 
