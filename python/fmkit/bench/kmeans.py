@@ -1,4 +1,5 @@
-"""k-means benchmark cases: fmkit.cluster.kmeans against faiss.Kmeans (CPU, or GPU where built).
+"""k-means benchmark cases: fmkit.cluster.kmeans against faiss.Kmeans (CPU, or GPU where built)
+and the plain-torch Lloyd loop users write themselves (fp32 GEMM + argmin + index_add_; not exact).
 
 Both train `iters` Lloyd iterations from random distinct points, with no subsampling
 (faiss: max_points_per_centroid=10**7, as DataComp sets it) and metric "l2" (faiss.Kmeans's
@@ -48,6 +49,24 @@ def _faiss(x, k, iters, device):
     return run
 
 
+def _torch_lloyd(x, k, iters, chunk=65536):
+    """Lloyd iterations as a user would write them: squared distances from ||c||^2 - 2 x.c in
+    fp32 chunks, argmin, index_add_ sums; an empty cluster keeps its centroid."""
+    def run():
+        g = torch.Generator().manual_seed(0)
+        c = x[torch.randperm(x.shape[0], generator=g)[:k].to(x.device)].clone()
+        for _ in range(iters):
+            cn = (c * c).sum(1)
+            assign = torch.cat([(cn[None, :] - 2 * (x[i : i + chunk] @ c.T)).argmin(1)
+                                for i in range(0, x.shape[0], chunk)])
+            sums = torch.zeros_like(c).index_add_(0, assign, x)
+            counts = torch.bincount(assign, minlength=k).to(x.dtype)
+            c = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], c)
+        return c
+
+    return run
+
+
 def cases(device: torch.device, quick: bool, shapes: list[tuple[int, int, int, int]] | None = None):
     """Benchmark cases; `shapes` ((N, d, n_clusters, iters), ...) overrides the embedded sizes."""
     shapes = embedded_shapes(SHAPES, device, quick, shapes)
@@ -62,6 +81,7 @@ def _case(N, d, k, iters, device, backends):
         (f"fmkit[{b}]", (lambda b=b: kmeans(x, k, iters=iters, metric="l2", seed=0, backend=b)), False)
         for b in backends
     ]
+    contenders.append(("torch Lloyd (mm+argmin)", _torch_lloyd(x, k, iters), True))
     if importlib.util.find_spec("faiss") is not None:
         f = _faiss(x, k, iters, device)
         if f is not None:
