@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--lr", type=float, default=None)
     tr.add_argument("--warmup", type=int, default=None)
     tr.add_argument("--accum-freq", type=int, default=1)
-    tr.add_argument("--precision", default=None, choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
+    tr.add_argument("--precision", default=None, choices=["bf16", "amp", "fp32"],
+                    help="bf16 autocast, amp (fp16 autocast + GradScaler, DataComp's) or fp32; default bf16 on CUDA, fp32 on CPU")
     tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     tr.add_argument("--image-size", type=int, default=None, help="default: the model config's")
     ev = dcs.add_parser("evaluate", help="zero-shot classification and retrieval of a trained CLIP; "

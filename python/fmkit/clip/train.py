@@ -3,8 +3,9 @@
 Recipe: AdamW (beta1 0.9, beta2 from the scale, eps 1e-6), weight decay 0.2 on parameters with
 >= 2 dims (none on gains, biases, logit_scale: open_clip's rule), linear warm-up then cosine
 decay to 0 (open_clip's `cosine_lr`), logit_scale clamped in place to [0, ln 100] after every
-optimizer step, bf16 autocast ("bf16") or none ("fp32"). DataComp itself ran fp16 `amp` with a
-GradScaler; that mode is not offered (bf16 needs no loss scaling).
+optimizer step, bf16 autocast ("bf16"), DataComp's own fp16 autocast with a dynamic GradScaler
+("amp": the loss is scaled before backward, steps with inf/NaN gradients are skipped and the
+scale halves, as torch.amp does), or none ("fp32").
 
 Batches: `batch_size` is the *global* batch of one optimizer step, as in DataComp's table:
 batch_size = per-rank micro-batch x accum_freq x world_size. Each process reads its own
@@ -37,7 +38,7 @@ from torch import nn
 from fmkit.losses import ClipLoss, ContrastiveAccumulator
 
 LOGIT_SCALE_MAX = math.log(100.0)
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("bf16", "amp", "fp32")
 CHECKPOINT_NAME = "latest.pt"
 
 # DataComp's scales (DCP Table 2 / DC scale_configs.py): samples seen, model, global batch, lr,
@@ -108,8 +109,8 @@ def _logit_scale(model: nn.Module) -> torch.Tensor:
 # ---- one step's gradients ----
 
 def _autocast(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision in ("bf16", "amp"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return contextlib.nullcontext()
 
 
@@ -127,7 +128,8 @@ def _average_gradients(model: nn.Module, world_size: int) -> None:
 
 
 def contrastive_backward(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, *, loss: Callable | None = None,
-                         accum_freq: int = 1, precision: str = "fp32", world_size: int = 1) -> torch.Tensor:
+                         accum_freq: int = 1, precision: str = "fp32", world_size: int = 1,
+                         loss_scale: float = 1.0) -> torch.Tensor:
     """Forward + backward of one step's batch; returns the (local) loss value.
 
     Afterwards every parameter's .grad holds the gradient of the full-batch loss (accumulated
@@ -135,13 +137,19 @@ def contrastive_backward(model: nn.Module, images: torch.Tensor, texts: torch.Te
     accum_freq micro-batches and fmkit.losses.ContrastiveAccumulator gives exactly the
     full-batch gradient. With world_size > 1 (`loss` then a distributed ClipLoss) gradients are
     averaged over ranks: by DDP when `model` is DDP-wrapped and accum_freq == 1, by one
-    all-reduce otherwise.
+    all-reduce otherwise. `loss_scale` multiplies the loss before backward (fp16 loss scaling: the
+    gradients come out scaled, the returned value does not).
     """
     if not isinstance(accum_freq, int) or accum_freq < 1:
         raise ValueError(f"accum_freq: expected an int >= 1, got {accum_freq!r}")
     if images.shape[0] % accum_freq:
         raise ValueError(f"accum_freq: batch {images.shape[0]} is not divisible into {accum_freq} micro-batches")
     loss = loss if loss is not None else ClipLoss()
+    if loss_scale != 1.0:
+        unscaled = loss
+
+        def loss(*args, **kwargs):  # noqa: F811 (the scaled loss replaces the caller's)
+            return unscaled(*args, **kwargs) * loss_scale
     device = images.device
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     if accum_freq == 1:
@@ -151,7 +159,7 @@ def contrastive_backward(model: nn.Module, images: torch.Tensor, texts: torch.Te
         value.backward()
         if world_size > 1 and not ddp:
             _average_gradients(model, world_size)
-        return value.detach()
+        return value.detach() / loss_scale
 
     def forward(im, tx):
         with _autocast(precision, device):
@@ -162,7 +170,7 @@ def contrastive_backward(model: nn.Module, images: torch.Tensor, texts: torch.Te
         value = ContrastiveAccumulator(forward, loss).backward(micro)
     if world_size > 1:
         _average_gradients(model, world_size)
-    return value
+    return value / loss_scale
 
 
 # ---- data ----
@@ -233,6 +241,10 @@ class _Rebatcher:
 
 # ---- checkpoints ----
 
+def _scaler_state(scaler) -> dict | None:
+    return {"scaler": scaler.state_dict()} if scaler is not None else None
+
+
 def save_checkpoint(path: str, model: nn.Module, optimizer, scheduler, step: int, extra: dict | None = None) -> None:
     """Atomically writes {model, optimizer, scheduler, step, rng, extra} to `path`."""
     state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -277,7 +289,8 @@ def train_clip(model: nn.Module, data: Iterable | Callable[[], Iterable], *, sca
                loss: nn.Module | None = None) -> TrainResult:
     """Trains a CLIP-style model (forward(images, texts) -> (img, txt, logit_scale.exp())).
 
-    Unset hyper-parameters come from SCALES[scale]. `precision`: "bf16" (autocast) or "fp32";
+    Unset hyper-parameters come from SCALES[scale]. `precision`: "bf16" (autocast), "amp" (fp16
+    autocast + GradScaler, DataComp's setting) or "fp32";
     default bf16 on CUDA and fp32 on CPU. Checkpoints (rank 0 writes `checkpoint_dir/latest.pt`
     every `checkpoint_every` steps, default steps // 5 like DataComp's 5 checkpoints, and at the
     end); with `resume` an existing checkpoint is loaded and training continues from its step.
@@ -319,7 +332,7 @@ def train_clip(model: nn.Module, data: Iterable | Callable[[], Iterable], *, sca
     device = torch.device(device)
     precision = precision or ("bf16" if device.type == "cuda" else "fp32")
     if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected 'bf16' or 'fp32', got {precision!r}")
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     if batch_size % (world * accum_freq):
         raise ValueError(f"batch_size: global batch {batch_size} is not divisible by world_size {world} x "
                          f"accum_freq {accum_freq}")
@@ -330,6 +343,7 @@ def train_clip(model: nn.Module, data: Iterable | Callable[[], Iterable], *, sca
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(preset["beta1"], beta2),
                                   eps=preset["eps"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, steps))
+    scaler = torch.amp.GradScaler(device.type) if precision == "amp" else None
     start = 0
     path = None
     if checkpoint_dir is not None:
@@ -339,6 +353,8 @@ def train_clip(model: nn.Module, data: Iterable | Callable[[], Iterable], *, sca
             state = load_checkpoint(path, model, optimizer, scheduler, map_location=device)
             torch.set_rng_state(state["rng"])
             start = state["step"]
+            if scaler is not None and "scaler" in state.get("extra", {}):
+                scaler.load_state_dict(state["extra"]["scaler"])
     clamp_logit_scale(model)
 
     train_model = model
@@ -369,19 +385,31 @@ def train_clip(model: nn.Module, data: Iterable | Callable[[], Iterable], *, sca
             images = batch[0].to(device, non_blocking=True)
             texts = batch[1].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
+            # scaler.scale of a one also initialises the scaler's state, which scaler.step expects.
+            loss_scale = scaler.scale(torch.ones((), device=device)).item() if scaler is not None else 1.0
             value = contrastive_backward(train_model, images, texts, loss=loss_fn, accum_freq=accum_freq,
-                                         precision=precision, world_size=world)
+                                         precision=precision, world_size=world, loss_scale=loss_scale)
             if grad_clip_norm is not None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
             result.lr.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            scheduler.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            with warnings.catch_warnings():
+                # A step the scaler skipped (inf/NaN gradients) still advances the schedule, as in
+                # open_clip; torch warns about that order.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                scheduler.step()
             clamp_logit_scale(model)
             step += 1
             losses.append(value)
             seen += images.shape[0] * world
             if path is not None and rank == 0 and step % checkpoint_every == 0 and step < steps:
-                save_checkpoint(path, model, optimizer, scheduler, step)
+                save_checkpoint(path, model, optimizer, scheduler, step, _scaler_state(scaler))
             if bar is not None:
                 bar.update(1)
                 if step % log_every == 0 or step == steps:
@@ -395,7 +423,7 @@ def train_clip(model: nn.Module, data: Iterable | Callable[[], Iterable], *, sca
     result.losses = [float(v) for v in losses]
     result.samples_per_second = seen / max(time.perf_counter() - t0, 1e-9)
     if path is not None and rank == 0 and step > start:
-        save_checkpoint(path, model, optimizer, scheduler, step)
+        save_checkpoint(path, model, optimizer, scheduler, step, _scaler_state(scaler))
     if distributed:
         dist.barrier()
     return result
