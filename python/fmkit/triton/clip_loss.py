@@ -34,16 +34,14 @@ Design (memory O((M + N) d) plus bounded scratch; nothing M x N is ever allocate
   the format's range from its top; unscaled, |scale| w p with w = 1/(2N) underflows to 0 for
   most p at large N.
 
-Predicted H100 (SXM, ~780 TFLOP/s bf16 dense measured, 3 TB/s) times, N = 32768, d = 768, bf16:
-  forward    2 N^2 d = 1.65 TFLOP at ~550 TFLOP/s (Triton wgmma, 128x128 tiles, exp epilogue
-             overlapped by a second resident program)                            ~3-3.5 ms
-  G kernel   the same GEMM + 2 GB of G stores (0.7 ms of bandwidth, overlapped)  ~3.5-4.5 ms
-  products   2 x 1.65 TFLOP in cuBLAS at ~650 TFLOP/s                            ~5 ms
-  merges, scaling, the diagonal terms in fmkit.ops                               <0.5 ms
-  => ~12-14 ms forward + backward, about 0.25x the naive bf16-logits loss (55 ms). N = 256k
-  scales as N^2 (~0.8-0.9 s; there 256 chunks of 1024 rows and the dy read-modify-write in
-  the cuBLAS epilogue is about as costly as its math). fp32 inputs are bound by the non-TF32
-  FMA rate (~50 TFLOP/s), ~10x slower.
+Predicted for an H100 (SXM, ~780 TFLOP/s bf16 dense, 3 TB/s), N = 32768, d = 768, bf16:
+forward 2 N^2 d = 1.65 TFLOP at ~550 TFLOP/s ~3-3.5 ms; G kernel (same GEMM + 2 GB of G
+stores) ~3.5-4.5 ms; two cuBLAS products ~5 ms; total ~12-14 ms.
+Measured on an H100 80GB HBM3 (2026-11-26, benchmarks/results/h100-2026-11-26-contrastive-
+profile.txt): forward 5.6 ms, backward 11.0 ms, forward + backward 18.5 ms (CLIP) / 19.6 ms
+(SigLIP) against 55.3 / 40.9 ms for the naive bf16-logits loss; N = 262144: 2.99 s. The
+Triton tile loops run at ~300 TFLOP/s, not the 550 assumed; a 128x256 backward tile measured
+10.2 ms (bf16 only: in fp32 it exceeds shared memory) and is the next change to try.
 
 Precision: 16-bit inputs go to the tensor cores in their own dtype with fp32 accumulation.
 fp32 inputs use input_precision="ieee" (exact fp32 products, slower than TF32, chosen for
