@@ -1,12 +1,21 @@
-"""fmkit.adversarial image attacks: PGD, APGD, the target-string attack on a tiny Flamingo."""
+"""fmkit.adversarial image attacks: PGD, APGD, APGD-T, autoattack, the target-string attack on a tiny Flamingo."""
 import math
 
+import fmkit.adversarial.image as image_mod
 import pytest
 import torch
 import torch.nn.functional as F
+from fmkit.adversarial import (
+    apgd,
+    apgd_checkpoints,
+    apgd_targeted,
+    autoattack,
+    dlr_loss,
+    pgd,
+    sample_random_start,
+    target_string_attack,
+)
 from torch import nn
-
-from fmkit.adversarial import apgd, apgd_checkpoints, dlr_loss, pgd, sample_random_start, target_string_attack
 
 
 def trained_classifier():
@@ -97,6 +106,111 @@ def test_dlr_loss_formula():
     z = torch.tensor([[4.0, 1.0, 3.0, 0.0]])
     assert dlr_loss(z, torch.tensor([0])).item() == pytest.approx(-(4 - 3) / (4 - 1))
     assert dlr_loss(z, torch.tensor([0]), torch.tensor([2])).item() == pytest.approx(-(4 - 3) / (4 - 0.5 * (1 + 0)))
+
+
+def test_targeted_dlr_formula_by_hand():
+    z = torch.tensor([[1.0, 5.0, 2.0, -1.0, 0.5],
+                      [0.0, 1.0, 2.0, 3.0, 4.0]])
+    y, t = torch.tensor([2, 4]), torch.tensor([4, 0])
+    # row 0: sorted 5, 2, 1, 0.5, -1 -> -(z_2 - z_4) / (5 - (1 + 0.5)/2); row 1: sorted 4, 3, 2, 1, 0.
+    expected = torch.tensor([-(2.0 - 0.5) / (5.0 - 0.75), -(4.0 - 0.0) / (4.0 - 0.5 * (2.0 + 1.0))])
+    torch.testing.assert_close(dlr_loss(z, y, t), expected)
+
+
+def _record_targets(monkeypatch):
+    """Spy on the loss APGD-T calls: one entry per distinct (consecutive) target vector, i.e. per run."""
+    runs = []
+    real = image_mod.dlr_loss
+
+    def spy(logits, y, target=None):
+        if not runs or not torch.equal(runs[-1], target):
+            runs.append(target.clone())
+        return real(logits, y, target)
+
+    monkeypatch.setattr(image_mod, "dlr_loss", spy)
+    return runs
+
+
+def test_apgd_targeted_targets_are_the_clean_ranks_2_to_n_plus_1(monkeypatch):
+    model, x, y = trained_classifier()
+    runs = _record_targets(monkeypatch)
+    # A budget too small to fool anyone: every target rank then runs on every point.
+    res = apgd_targeted(model, x, y, eps=1e-4, steps=5, n_target_classes=3, progress=False)
+    assert not res.success.any()
+    ranked = model(x).argsort(dim=1, descending=True)
+    assert len(runs) == 3
+    for k, target in enumerate(runs):
+        assert torch.equal(target, ranked[:, k + 1])
+    assert (res.steps == 3 * 5).all()
+
+
+def test_apgd_targeted_with_one_target_class_attacks_only_the_runner_up(monkeypatch):
+    model, x, y = trained_classifier()
+    runs = _record_targets(monkeypatch)
+    res = apgd_targeted(model, x, y, eps=4 / 255, steps=10, n_target_classes=1, progress=False)
+    runner_up = model(x).argsort(dim=1, descending=True)[:, 1]
+    assert len(runs) == 1 and torch.equal(runs[0], runner_up)
+    assert (res.steps == 10).all()
+
+
+def test_apgd_targeted_and_autoattack_on_a_trained_classifier():
+    model, x, y = trained_classifier()
+    eps, steps = 4 / 255, 20  # APGD-CE fools only some points here (about 14%)
+    ce = apgd(model, x, y, eps=eps, steps=steps, loss="ce", progress=False)
+    t = apgd_targeted(model, x, y, eps=eps, steps=steps, n_target_classes=3, progress=False)
+    aa = autoattack(model, x, y, eps=eps, steps=steps, n_target_classes=3, progress=False)
+    ce_failed = ~ce.success
+    assert 0 < ce_failed.sum() < x.shape[0]
+    # On the points APGD-CE could not fool, APGD-T (same eps, steps per run) fools at least as many.
+    assert t.success[ce_failed].float().mean() >= ce.success[ce_failed].float().mean()
+    assert t.success[ce_failed].any()
+    robust = lambda r: 1 - r.success.float().mean()  # noqa: E731
+    assert robust(aa) <= min(robust(ce), robust(t))
+    # Per sample: the chain fools every point either attack fooled alone (starts do not depend on the batch).
+    assert (aa.success >= (ce.success | t.success)).all()
+    for r in (ce, t, aa):
+        assert (r.x_adv - x).abs().max() <= eps + 1e-7
+        assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+        assert (r.success == (model(r.x_adv).argmax(1) != y)).all()
+        assert torch.isfinite(r.loss).all()
+    assert (aa.steps[ce.success] == steps).all() and (aa.steps[~ce.success] > steps).all()
+
+
+def test_apgd_targeted_and_autoattack_l2_and_clean_misclassified_points():
+    model, x, y = trained_classifier()
+    y = y.clone()
+    y[0] = (y[0] + 1) % 4  # now misclassified at the clean input: not attacked, counted as non-robust
+    eps = torch.full((x.shape[0],), 0.2)  # per-sample eps, indexed correctly across runs
+    for r in (apgd_targeted(model, x, y, eps=eps, norm="l2", steps=10, n_target_classes=2, progress=False),
+              autoattack(model, x, y, eps=eps, norm="l2", steps=10, n_target_classes=2, progress=False)):
+        assert r.success[0] and torch.equal(r.x_adv[0], x[0]) and r.steps[0] == 0
+        assert ((r.x_adv - x).flatten(1).norm(dim=1) <= 0.2 * (1 + 1e-5)).all()
+        assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+        assert (r.success[1:] == (model(r.x_adv[1:]).argmax(1) != y[1:])).all()
+    a = apgd(model, x, y, eps=eps, norm="l2", steps=5, restarts=2, progress=False)  # restarts on a subset
+    assert ((a.x_adv - x).flatten(1).norm(dim=1) <= 0.2 * (1 + 1e-5)).all()
+
+
+def test_apgd_targeted_and_autoattack_bad_arguments():
+    model, x, y = trained_classifier()
+    x, y = x[:4], y[:4]
+    with pytest.raises(ValueError, match=r"n_target_classes: expected an integer in \[1, 3\]"):
+        apgd_targeted(model, x, y, eps=0.01, n_target_classes=0, progress=False)
+    with pytest.raises(ValueError, match=r"n_target_classes: expected an integer in \[1, 3\]"):
+        apgd_targeted(model, x, y, eps=0.01, n_target_classes=4, progress=False)
+    with pytest.raises(ValueError, match="n_target_classes"):
+        autoattack(model, x, y, eps=0.01, progress=False)  # the default 9 targets need 10 classes
+    three = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
+    with pytest.raises(ValueError, match="model: .*at least 4 classes.*outputs 3"):
+        apgd_targeted(three, x, y % 3, eps=0.01, n_target_classes=2, progress=False)
+    with pytest.raises(ValueError, match="version: only 'apgd'"):
+        autoattack(model, x, y, eps=0.01, version="standard", n_target_classes=3, progress=False)
+    with pytest.raises(ValueError, match="norm: APGD supports"):
+        apgd_targeted(model, x, y, eps=0.01, norm="l1", n_target_classes=3, progress=False)
+    with pytest.raises(ValueError, match="steps: expected a non-negative integer"):
+        autoattack(model, x, y, eps=0.01, steps=-1, n_target_classes=3, progress=False)
+    with pytest.raises(ValueError, match="restarts: expected a positive integer"):
+        apgd_targeted(model, x, y, eps=0.01, restarts=0, n_target_classes=3, progress=False)
 
 
 def test_bad_arguments():

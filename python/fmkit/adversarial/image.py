@@ -1,5 +1,6 @@
-"""Gradient attacks on continuous inputs: PGD, APGD (AutoAttack), and Carlini et al.'s target-string
-attack on vision-language models (arXiv:2306.15447 §5), all on the fused `fmkit.ops.pgd_step_`.
+"""Gradient attacks on continuous inputs: PGD, APGD and APGD-T (AutoAttack), `autoattack` (APGD-CE then
+APGD-T; no FAB-T or Square), and Carlini et al.'s target-string attack on vision-language models
+(arXiv:2306.15447 §5), all on the fused `fmkit.ops.pgd_step_`.
 
 Every attack works on a closure `loss_fn(x) -> per-sample loss [B]` (or `(loss, success)`), so
 models with several inputs, prompts and masks need no adapter. Samples stop individually when
@@ -172,50 +173,167 @@ def apgd_checkpoints(n_iter: int) -> list[int]:
     return points
 
 
+def _check_apgd_args(norm, steps, restarts):
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm: APGD supports 'linf' and 'l2', got {norm!r}")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps: expected a non-negative integer, got {steps!r}")
+    if not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"restarts: expected a positive integer, got {restarts!r}")
+
+
+def _ce_loss(logits, y, target=None):
+    return F.cross_entropy(logits, y, reduction="none")
+
+
 def apgd(model: Callable, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", steps: int = 100,
          loss: str = "ce", rho: float = 0.75, restarts: int = 1, seed: int = 0, clamp=(0.0, 1.0),
          progress: bool = True, backend: str = "auto") -> AttackResult:
     """Untargeted APGD on a classifier `model(x) -> logits`: per-sample step size (2 eps), momentum
     0.75 after the first step, checkpoint halving (both AutoAttack conditions), best-loss and
-    latest-misclassified tracking; restarts only for points not yet fooled."""
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm: APGD supports 'linf' and 'l2', got {norm!r}")
+    latest-misclassified tracking; restarts only for points not yet fooled. `steps` in the result
+    counts every APGD iteration a sample went through, over all restarts."""
+    _check_apgd_args(norm, steps, restarts)
     if loss not in ("ce", "dlr"):
         raise ValueError(f"loss: expected 'ce' or 'dlr', got {loss!r}")
-    loss_of = (lambda z, t: F.cross_entropy(z, t, reduction="none")) if loss == "ce" else dlr_loss
-    b = x.shape[0]
-    x_out = x.detach().clone()
-    fooled = torch.zeros(b, dtype=torch.bool, device=x.device)
-    best_loss = torch.full((b,), float("-inf"), device=x.device)
-    for r in range(restarts):
-        todo = (~fooled).nonzero().flatten()
-        if todo.numel() == 0:
-            break
-        res = _apgd_run(model, x[todo], y[todo], eps, norm, steps, loss_of, rho, seed + r, clamp, progress, backend)
-        better = res.success | (res.loss > best_loss[todo])
-        x_out[todo] = torch.where(_bcast(better, res.x_adv), res.x_adv, x_out[todo])
-        best_loss[todo] = torch.maximum(best_loss[todo], res.loss)
-        fooled[todo] |= res.success
-    return AttackResult(x_out, fooled, torch.full((b,), steps, device=x.device), best_loss,
-                        (x_out - x).flatten(1).float().norm(dim=1))
+    everyone = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    runs = [(seed + r, None) for r in range(restarts)]
+    return _apgd_runs(model, x, y, everyone, runs, _ce_loss if loss == "ce" else dlr_loss,
+                      eps, norm, steps, rho, clamp, progress, backend)
+
+
+def _check_targeted(n_classes, n_target_classes):
+    # AutoAttack's check_n_classes only warns here and the attack then fails or degenerates; an error is clearer.
+    if n_classes < 4:
+        raise ValueError(f"model: the targeted DLR loss divides by z_pi1 - (z_pi3 + z_pi4)/2, so APGD-T needs "
+                         f"at least 4 classes; the model outputs {n_classes}")
+    if isinstance(n_target_classes, bool) or not isinstance(n_target_classes, int) \
+            or not 1 <= n_target_classes < n_classes:
+        raise ValueError(f"n_target_classes: expected an integer in [1, {n_classes - 1}] (every class but the "
+                         f"top one), got {n_target_classes!r}")
+
+
+def _clean_ranking(model, x, y, n_target_classes):
+    """(correct [B], targets [B, n]): targets[:, k] is the class with the (k+2)-th largest clean logit."""
+    with torch.no_grad():
+        logits = model(x.detach())
+    if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        raise ValueError(f"model: expected logits of shape [{x.shape[0]}, n_classes], got {list(logits.shape)}")
+    _check_targeted(logits.shape[1], n_target_classes)
+    ranked = logits.argsort(dim=1, descending=True)
+    return logits.argmax(1) == y, ranked[:, 1:n_target_classes + 1]
+
+
+def apgd_targeted(model: Callable, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", steps: int = 100,
+                  n_target_classes: int = 9, rho: float = 0.75, restarts: int = 1, seed: int = 0,
+                  clamp=(0.0, 1.0), progress: bool = True, backend: str = "auto") -> AttackResult:
+    """APGD-T (AutoAttack's APGDTargetedAttack): APGD on the targeted DLR loss
+    -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4)/2), once per target rank t = 2 .. n_target_classes + 1
+    (and `restarts` times per rank), where a sample's target is the class with its t-th largest logit
+    at the clean input. Each run attacks only the points not yet fooled; success is untargeted
+    (argmax != y), as in AutoAttack, so hitting any wrong class ends a sample's attack.
+
+    Points misclassified at the clean input are not attacked (their ranking has no meaning as targets):
+    success True, x_adv = x, steps 0. For points never fooled, x_adv is the iterate with the highest
+    targeted DLR over all runs, and `loss` that value. Needs a model with at least 4 classes and
+    1 <= n_target_classes < n_classes (default 9, AutoAttack's, for 10+ classes).
+    """
+    _check_apgd_args(norm, steps, restarts)
+    correct, targets = _clean_ranking(model, x, y, n_target_classes)
+    runs = [(seed + k * restarts + r, targets[:, k]) for k in range(n_target_classes) for r in range(restarts)]
+    res = _apgd_runs(model, x, y, correct, runs, dlr_loss, eps, norm, steps, rho, clamp, progress, backend)
+    res.success |= ~correct
+    return res
+
+
+def autoattack(model: Callable, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", version: str = "apgd",
+               n_target_classes: int = 9, steps: int = 100, rho: float = 0.75, seed: int = 0, clamp=(0.0, 1.0),
+               progress: bool = True, backend: str = "auto") -> AttackResult:
+    """The APGD part of AutoAttack: APGD-CE (1 restart), then APGD-T (`n_target_classes` targets,
+    1 restart each) on the points still robust. Robust accuracy = 1 - result.success.mean().
+
+    Not the full "standard" AutoAttack: FAB-T and Square (its 3rd and 4th attacks) are not included.
+    This matches AutoAttack run with version='custom', attacks_to_run=['apgd-ce', 'apgd-t'], and its
+    robust accuracy can only be at least that of the full ensemble (the full one may fool more).
+
+    As in AutoAttack, points misclassified at the clean input count as non-robust with x_adv = x and
+    are not attacked, and both attacks use the same `seed`; a sample's random starts do not depend on
+    which other samples are attacked, so this fools every point that `apgd(loss="ce")` or
+    `apgd_targeted` with the same seed fools. `steps` sums both attacks' iterations; `loss` is the
+    CE of APGD-CE for points it fooled (or skipped) and the targeted DLR of APGD-T for the others.
+    """
+    if version != "apgd":
+        raise ValueError(f"version: only 'apgd' (APGD-CE then APGD-T) is implemented; FAB-T and Square of "
+                         f"AutoAttack's 'standard' are not, got {version!r}")
+    _check_apgd_args(norm, steps, 1)
+    correct, targets = _clean_ranking(model, x, y, n_target_classes)
+    ce = _apgd_runs(model, x, y, correct, [(seed, None)], _ce_loss, eps, norm, steps, rho, clamp, progress, backend)
+    robust = correct & ~ce.success
+    runs = [(seed + k, targets[:, k]) for k in range(n_target_classes)]
+    t = _apgd_runs(model, x, y, robust, runs, dlr_loss, eps, norm, steps, rho, clamp, progress, backend)
+    x_adv = torch.where(_bcast(robust, x), t.x_adv, ce.x_adv)
+    return AttackResult(x_adv, ~correct | ce.success | t.success, ce.steps + t.steps,
+                        torch.where(robust, t.loss, ce.loss), (x_adv - x).flatten(1).float().norm(dim=1))
 
 
 def _bcast(v, like):
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _apgd_run(model, x, y, eps, norm, n_iter, loss_of, rho, seed, clamp, progress, backend):
+def _apgd_runs(model, x, y, attack, runs, loss_of, eps, norm, steps, rho, clamp, progress, backend):
+    """The loop shared by APGD's restarts and APGD-T's target ranks. runs: [(seed, targets [B] or None)].
+
+    Only the rows in `attack` [B] are attacked, and each run only those not yet fooled. A fooled
+    point keeps its first adversarial example; the others keep the iterate with the highest loss.
+    Rows never attacked come back as x, unsuccessful, with 0 steps and the first run's loss at x.
+    """
+    b = x.shape[0]
+    eps_t = _per_sample(eps, b, x.device, "eps")
+    x_out = x.detach().clone()
+    fooled = torch.zeros(b, dtype=torch.bool, device=x.device)
+    taken = torch.zeros(b, dtype=torch.long, device=x.device)
+    best_loss = torch.full((b,), float("-inf"), device=x.device)
+    skipped = (~attack).nonzero().flatten()
+    if skipped.numel():
+        with torch.no_grad():
+            first_target = runs[0][1]
+            best_loss[skipped] = loss_of(model(x[skipped]), y[skipped],
+                                         None if first_target is None else first_target[skipped]).float()
+    for seed, targets in runs:
+        todo = (attack & ~fooled).nonzero().flatten()
+        if todo.numel() == 0:
+            break
+        # Draw the start for the whole batch, then take the rows: a sample's run is then the same
+        # whichever other samples are still being attacked (so autoattack contains apgd's successes).
+        noise = _apgd_start_noise(x, norm, seed)[todo]
+        res = _apgd_run(model, x[todo], y[todo], None if targets is None else targets[todo], eps_t[todo], norm,
+                        steps, loss_of, rho, noise, clamp, progress, backend)
+        better = res.success | (res.loss > best_loss[todo])
+        x_out[todo] = torch.where(_bcast(better, res.x_adv), res.x_adv, x_out[todo])
+        best_loss[todo] = torch.maximum(best_loss[todo], res.loss)
+        fooled[todo] |= res.success
+        taken[todo] += steps
+    return AttackResult(x_out, fooled, taken, best_loss, (x_out - x).flatten(1).float().norm(dim=1))
+
+
+def _apgd_start_noise(x, norm, seed):
+    """AutoAttack's random-start directions: t ~ U(-1, 1) for L-inf, t ~ N(0, I) for L2 (scaled in _apgd_run)."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    if norm == "linf":
+        return torch.rand(x.shape, generator=g, device=x.device) * 2 - 1
+    return torch.randn(x.shape, generator=g, device=x.device)
+
+
+def _apgd_run(model, x, y, target, eps_t, norm, n_iter, loss_of, rho, t, clamp, progress, backend):
+    """One APGD run on every row. loss_of(logits, y, target) -> per-sample loss; target is None
+    (untargeted) or this run's per-sample target classes; t is the random-start direction."""
     from tqdm import tqdm
 
     b = x.shape[0]
     x0 = x.detach()
-    eps_t = _per_sample(eps, b, x.device, "eps")
-    g = torch.Generator(device=x.device).manual_seed(seed)
     if norm == "linf":
-        t = torch.rand(x.shape, generator=g, device=x.device) * 2 - 1
         delta = eps_t.view(-1, *[1] * (x.dim() - 1)) * t / t.flatten(1).abs().amax(1).view(-1, *[1] * (x.dim() - 1))
     else:
-        t = torch.randn(x.shape, generator=g, device=x.device)
         delta = eps_t.view(-1, *[1] * (x.dim() - 1)) * t / t.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
     x_adv = (x0 + delta).clamp(*clamp)
     zeros = torch.zeros_like(x_adv)
@@ -224,7 +342,7 @@ def _apgd_run(model, x, y, eps, norm, n_iter, loss_of, rho, seed, clamp, progres
         xa = xa.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = model(xa)
-            lv = loss_of(logits, y)
+            lv = loss_of(logits, y, target)
             gr, = torch.autograd.grad(lv.sum(), xa)
         return lv.detach(), gr.detach(), logits.detach().argmax(1) != y
 
