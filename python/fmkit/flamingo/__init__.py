@@ -5,9 +5,12 @@ from fmkit.flamingo.model import (
     IMAGE_TOKEN,
     Flamingo,
     FlamingoLayer,
+    FlamingoParameterCount,
     conditioned,
     create_flamingo,
     find_decoder_layers,
+    flamingo_parameter_count,
+    freeze_for_training,
     load_openflamingo_state_dict,
 )
 from fmkit.flamingo.modules import (
@@ -20,6 +23,7 @@ from fmkit.flamingo.modules import (
 
 __all__ = [
     "Flamingo", "FlamingoLayer", "create_flamingo", "load_openflamingo_state_dict", "conditioned",
-    "find_decoder_layers", "IMAGE_TOKEN", "END_OF_CHUNK_TOKEN",
+    "find_decoder_layers", "freeze_for_training", "flamingo_parameter_count", "FlamingoParameterCount",
+    "IMAGE_TOKEN", "END_OF_CHUNK_TOKEN",
     "PerceiverResampler", "PerceiverAttention", "MaskedCrossAttention", "GatedCrossAttentionBlock", "FeedForward",
 ]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -60,6 +61,68 @@ class FlamingoLayer(nn.Module):
         return self.decoder_layer(hidden_states, *args, **kwargs)
 
 
+def freeze_for_training(model: Flamingo, *, train_embeddings: bool = True) -> Flamingo:
+    """OpenFlamingo's freezing policy (spec §2.6), applied by the constructor; returns `model`.
+
+    Trainable: the perceiver and the gated cross-attention blocks. Frozen: the vision encoder
+    and every LM weight. With `train_embeddings` the LM's input embedding matrix is trainable
+    too, but a gradient hook zeroes every row except `<image>` and `<|endofchunk|>`, so only
+    the two new tokens learn (as the reference does outside FSDP). The hook is on the
+    Parameter: wrapping the embedding itself in FSDP replaces that Parameter and drops the mask.
+    Call again to change `train_embeddings`; full fine-tuning is `model.requires_grad_(True)`.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.perceiver.parameters():
+        p.requires_grad_(True)
+    for p in model.lang_encoder.gated_cross_attn_layers.parameters():
+        p.requires_grad_(True)
+    if model._embedding_grad_hook is not None:
+        model._embedding_grad_hook.remove()
+        model._embedding_grad_hook = None
+    if train_embeddings:
+        emb = model.lang_encoder.get_input_embeddings().weight
+        emb.requires_grad_(True)
+        keep = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
+        keep[[model.image_token_id, model.end_of_chunk_token_id]] = 1
+        model._embedding_grad_hook = emb.register_hook(lambda g: g * keep.to(g.device, g.dtype))
+    return model
+
+
+class FlamingoParameterCount(NamedTuple):
+    perceiver: int
+    per_block: int
+    num_blocks: int
+    blocks: int  # num_blocks * per_block
+    total: int  # perceiver + blocks: what Flamingo adds and trains, embeddings excluded
+
+
+def flamingo_parameter_count(lang_dim: int, num_lang_layers: int, cross_attn_every_n_layers: int = 1, *,
+                             vis_dim: int = 1024, heads: int = 8, dim_head: int = 64, ff_mult: int = 4,
+                             num_latents: int = 64, perceiver_depth: int = 6) -> FlamingoParameterCount:
+    """Parameters Flamingo adds to an LM of width `lang_dim` with `num_lang_layers` decoder layers
+    (spec §2.10), without building anything. The defaults are the released models'; e.g. D = 4096,
+    32 layers: n = 4 adds 1.18B parameters, n = 1 adds 4.53B (the OOM of open_flamingo #259).
+
+    Per gated block (inner = heads * dim_head = 512): 8 D^2 (FF) + 2 inner D (q, out)
+    + 2 inner vis_dim (K/V) + 4 D (two LayerNorms) + 2 (gates) = 8 D^2 + 1024 D + 1024^2 + 4 D + 2.
+    """
+    if cross_attn_every_n_layers < 1:
+        raise ValueError(f"cross_attn_every_n_layers: expected >= 1, got {cross_attn_every_n_layers}")
+    inner = heads * dim_head
+
+    def feed_forward(d):
+        return 2 * d + 2 * int(d * ff_mult) * d  # LayerNorm + two bias-free linears
+
+    perceiver_attention = 4 * vis_dim + vis_dim * inner + vis_dim * 2 * inner + inner * vis_dim
+    perceiver = (num_latents * vis_dim + perceiver_depth * (perceiver_attention + feed_forward(vis_dim))
+                 + 2 * vis_dim)
+    per_block = 2 * lang_dim + 2 * inner * lang_dim + 2 * inner * vis_dim + feed_forward(lang_dim) + 2
+    num_blocks = num_lang_layers // cross_attn_every_n_layers  # layers i with (i + 1) % n == 0
+    return FlamingoParameterCount(perceiver, per_block, num_blocks, num_blocks * per_block,
+                                  perceiver + num_blocks * per_block)
+
+
 class Flamingo(nn.Module):
     """vision_encoder -> PerceiverResampler -> gated cross-attention inside `lang_encoder`."""
 
@@ -79,7 +142,11 @@ class Flamingo(nn.Module):
         path, layers = find_decoder_layers(lang_encoder)
         self.decoder_layers_path = path
         dim = lang_encoder.config.hidden_size
-        blocks = [GatedCrossAttentionBlock(dim=dim, dim_visual=vis_dim, backend=backend)
+        # The new modules follow the LM's device and dtype, so a bf16 or fp16 LM gets bf16 or fp16
+        # blocks and perceiver instead of a Half/Float mismatch at the first forward.
+        emb = lang_encoder.get_input_embeddings().weight
+        self.perceiver.to(device=emb.device, dtype=emb.dtype)
+        blocks = [GatedCrossAttentionBlock(dim=dim, dim_visual=vis_dim, backend=backend).to(emb.device, emb.dtype)
                   if (i + 1) % cross_attn_every_n_layers == 0 else None for i in range(len(layers))]
         lang_encoder.gated_cross_attn_layers = nn.ModuleList(blocks)
         for i in range(len(layers)):
@@ -87,21 +154,18 @@ class Flamingo(nn.Module):
         self._layers = list(layers)
         self._media_count = None
         lang_encoder.register_forward_pre_hook(self._set_media_index, with_kwargs=True)
-        self._freeze()
+        self._embedding_grad_hook = None
+        freeze_for_training(self)
 
-    # ---- trainable parameters: perceiver, blocks, and the two new embedding rows ----
-    def _freeze(self):
-        for p in self.parameters():
-            p.requires_grad_(False)
-        for p in self.perceiver.parameters():
-            p.requires_grad_(True)
-        for p in self.lang_encoder.gated_cross_attn_layers.parameters():
-            p.requires_grad_(True)
-        emb = self.lang_encoder.get_input_embeddings().weight
-        emb.requires_grad_(True)
-        keep = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
-        keep[[self.image_token_id, self.end_of_chunk_token_id]] = 1
-        emb.register_hook(lambda g: g * keep.to(g.device, g.dtype))
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the perceiver layers and the gated cross-attention blocks in backward instead
+        of storing their activations (torch.utils.checkpoint, non-reentrant); same loss and gradients.
+        The LM's decoder layers are checkpointed by transformers' own switch on `model.lang_encoder`
+        (`activation_checkpointing_enable`, formerly `gradient_checkpointing_enable`); the two compose."""
+        self.perceiver.gradient_checkpointing = enabled
+        for block in self.lang_encoder.gated_cross_attn_layers:
+            if block is not None:
+                block.gradient_checkpointing = enabled
 
     # ---- conditioning ----
     def encode_vision_x(self, vision_x: torch.Tensor) -> torch.Tensor:
@@ -111,12 +175,18 @@ class Flamingo(nn.Module):
         b, t, f = vision_x.shape[:3]
         if f != 1:
             raise ValueError(f"vision_x: only single-frame media are supported (F = 1), got F = {f}")
+        # Pixels in the encoder's dtype and tokens in the perceiver's, so fp32 pixels feed a
+        # half-precision encoder and a frozen fp32 encoder feeds a half-precision perceiver.
+        vision_param = next((p for p in self.vision_encoder.parameters() if p.is_floating_point()), None)
+        if vision_param is not None:
+            vision_x = vision_x.to(vision_param.dtype)
         # The encoder is frozen; gradients flow through it only when the pixels want them (attacks).
         with torch.set_grad_enabled(vision_x.requires_grad and torch.is_grad_enabled()):
             tokens = self.vision_encoder(vision_x.flatten(0, 2))
         if tokens.dim() != 3:
             raise ValueError(f"vision_encoder: expected patch tokens [N, v, d_vis], got shape {list(tokens.shape)}")
-        return self.perceiver(tokens.reshape(b, t, f, *tokens.shape[1:]))
+        latents = self.perceiver.latents
+        return self.perceiver(tokens.reshape(b, t, f, *tokens.shape[1:]).to(latents.device, latents.dtype))
 
     def _condition(self, latents, use_cached_media=False):
         for layer in self._layers:
@@ -208,11 +278,15 @@ class Flamingo(nn.Module):
 
 
 def create_flamingo(vision_encoder: nn.Module, lang_model: nn.Module, tokenizer, *, cross_attn_every_n_layers: int = 1,
-                    vis_dim: int | None = None, backend: str = "auto") -> Flamingo:
+                    vis_dim: int | None = None, backend: str = "auto", device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> Flamingo:
     """Wraps a Hugging Face causal LM: adds `<image>`, `<|endofchunk|>` (and `<PAD>` if missing) to
     the tokenizer, resizes the embeddings, inserts a gated cross-attention block before every
     layer i with (i + 1) % cross_attn_every_n_layers == 0, and freezes all but the perceiver,
-    the blocks and the two new embedding rows."""
+    the blocks and the two new embedding rows (`freeze_for_training`).
+
+    `device` and `dtype` move and cast the vision encoder and the LM first; the perceiver and the
+    blocks then follow the LM's device and dtype (None: leave each part where and as it is)."""
     if vis_dim is None:
         vis_dim = getattr(vision_encoder, "output_dim", None) or getattr(vision_encoder, "width", None)
         if vis_dim is None:
@@ -221,6 +295,9 @@ def create_flamingo(vision_encoder: nn.Module, lang_model: nn.Module, tokenizer,
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     lang_model.resize_token_embeddings(len(tokenizer))
+    if device is not None or dtype is not None:
+        vision_encoder.to(device=device, dtype=dtype)
+        lang_model.to(device=device, dtype=dtype)
     ids = lambda tok: tokenizer.encode(tok, add_special_tokens=False)[-1]  # noqa: E731 (the reference's rule)
     return Flamingo(vision_encoder, lang_model, image_token_id=ids(IMAGE_TOKEN),
                     end_of_chunk_token_id=ids(END_OF_CHUNK_TOKEN), pad_token_id=tokenizer.pad_token_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from fmkit.ops.media_cross_attention import media_cross_attention
 from fmkit.ops.perceiver_attention import perceiver_attention
@@ -65,6 +66,11 @@ class PerceiverAttention(nn.Module):
         return self.to_out(out)
 
 
+def _perceiver_layer(attn, ff, x, latents):
+    latents = attn(x, latents) + latents
+    return ff(latents) + latents
+
+
 class PerceiverResampler(nn.Module):
     """Maps each image's patch tokens to `num_latents` latents, independently per image."""
 
@@ -82,6 +88,9 @@ class PerceiverResampler(nn.Module):
             for _ in range(depth)
         ])
         self.norm = nn.LayerNorm(dim)
+        # True: each layer's activations are recomputed in backward instead of stored
+        # (torch.utils.checkpoint, non-reentrant); see Flamingo.set_gradient_checkpointing.
+        self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, T, F, v, D] -> [B, T, num_latents, D]."""
@@ -95,8 +104,10 @@ class PerceiverResampler(nn.Module):
             x = x + self.media_time_embs[:t]
         latents = self.latents.expand(b, t, *self.latents.shape)
         for attn, ff in self.layers:
-            latents = attn(x, latents) + latents
-            latents = ff(latents) + latents
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                latents = checkpoint(_perceiver_layer, attn, ff, x, latents, use_reentrant=False)
+            else:
+                latents = _perceiver_layer(attn, ff, x, latents)
         return self.norm(latents)
 
 
@@ -154,8 +165,16 @@ class GatedCrossAttentionBlock(nn.Module):
         self.attn_gate = nn.Parameter(torch.tensor([0.0]))
         self.ff = FeedForward(dim, mult=ff_mult)
         self.ff_gate = nn.Parameter(torch.tensor([0.0]))
+        self.gradient_checkpointing = False
 
     def forward(self, x, media, media_index, use_cached_media=False):
+        # Inside the module's own forward, so an FSDP-wrapped block recomputes with its
+        # parameters gathered; generation runs under no_grad and keeps filling the K/V cache.
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, media, media_index, use_cached_media, use_reentrant=False)
+        return self._forward(x, media, media_index, use_cached_media)
+
+    def _forward(self, x, media, media_index, use_cached_media):
         x = self.attn(x, media, media_index, use_cached_media) * self.attn_gate.tanh() + x
         x = self.ff(x) * self.ff_gate.tanh() + x
         return x
