@@ -233,3 +233,19 @@ def test_accumulation_gives_full_batch_gradients_including_logit_scale():
 def test_accumulation_rejects_empty():
     with pytest.raises(ValueError, match="micro_batches: expected at least one"):
         ContrastiveAccumulator(_TinyClip(), ClipLoss()).backward([])
+
+
+def test_torch_backend_ignores_an_enclosing_autocast():
+    g = torch.Generator().manual_seed(3)
+    x = F.normalize(torch.randn(37, 24, generator=g), dim=1).requires_grad_()
+    y = F.normalize(torch.randn(37, 24, generator=g), dim=1).requires_grad_()
+    s = torch.tensor(20.0)
+    expected = clip_loss(x, y, s, backend="torch")
+    (ex, ey) = torch.autograd.grad(expected, (x, y))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = clip_loss(x, y, s, backend="torch")
+        (gx, gy) = torch.autograd.grad(got, (x, y))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(gx, ex, rtol=0, atol=0)
+    torch.testing.assert_close(gy, ey, rtol=0, atol=0)

@@ -406,3 +406,25 @@ def test_output_rounding_is_nearest_even(dtype):
     out, _ = media_fwd(q, k, v, mi, 3, 0.3)
     out32, _ = media_fwd(q.float(), k.float(), v.float(), mi, 3, 0.3)
     assert torch.equal(out.view(torch.int16), out32.to(dtype).view(torch.int16))
+
+
+@pytest.mark.parametrize("op", ["perceiver", "media"])
+def test_torch_backend_under_autocast_keeps_fp32_accumulation(op):
+    """The torch backend is the reference math: an enclosing autocast must not turn its fp32
+    accumulation into bf16 (it used to overflow on the -finfo(fp32).max mask fill)."""
+    from fmkit.ops import media_cross_attention, perceiver_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 9, 16, generator=g)
+    if op == "perceiver":
+        kv = [torch.randn(2, 4, n, 16, generator=g) for n in (12, 12, 9, 9)]
+        run = lambda: perceiver_attention(q, *kv, backend="torch")  # noqa: E731
+    else:
+        k, v = torch.randn(2, 4, 6, 16, generator=g), torch.randn(2, 4, 6, 16, generator=g)
+        media_index = torch.tensor([[0, 1, 1, 2, 2, 2, 3, 3, 0], [1] * 9])
+        run = lambda: media_cross_attention(q, k, v, media_index, latents_per_media=2, backend="torch")  # noqa: E731
+    expected = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = run()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fmkit.reference import without_autocast
+
 _BLOCK_ELEMENTS = 1 << 22  # logits per row block (16 MB in fp32)
 
 
@@ -40,6 +42,7 @@ def _acc(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+@without_autocast
 def contrastive_forward(x, y, scale, bias, kind, need_col):
     """Row (and column) statistics of L = scale x y^T + bias, fp32 (fp64 inputs: fp64), in row blocks."""
     m, n = x.shape[0], y.shape[0]
@@ -59,6 +62,7 @@ def contrastive_forward(x, y, scale, bias, kind, need_col):
     return row, col
 
 
+@without_autocast
 def contrastive_backward(x, y, scale, bias, kind, row, col, w_row, w_col):
     """dx = scale G y, dy = scale G^T x and (sum G<x,y>, sum G) for the contract's G, in row blocks."""
     m, n = x.shape[0], y.shape[0]

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from fmkit.reference import without_autocast
 
+
+@without_autocast
 def media_cross_attention_reference(q, k, v, media_index, latents_per_media, scale, return_lse=False):
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     key_media = torch.arange(k.shape[2], device=k.device) // latents_per_media + 1

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from fmkit.reference import without_autocast
 
+
+@without_autocast
 def perceiver_attention_reference(q, k_media, v_media, k_latents, v_latents, scale, return_lse=False):
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     k = torch.cat([k_media, k_latents], dim=2).to(acc)
