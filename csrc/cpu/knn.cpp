@@ -158,34 +158,20 @@ void pack_panels(const T* base, int64_t s0, int64_t s1, int64_t row0, int64_t ro
   }
 }
 
-// Dot products of ROWS query rows with one NR-wide panel, in vector registers.
-template <int ROWS>
-inline void dot_tile(const float* qrows, int64_t d, const float* panel, vfloat (&acc)[ROWS][2]) {
+// Dot products of ROWS query rows with one NR-wide panel, in vector registers. The rows are
+// either d-strided (Packed = false: rows[r * d + k]) or packed [d][ROWS] by pack_row_groups
+// (Packed = true: rows[k * ROWS + r]); packed, every broadcast is at a fixed offset from one
+// pointer, so the loop needs no per-row addresses (d-strided rows need ROWS of them, more than
+// there are free registers).
+template <int ROWS, bool Packed>
+inline void dot_tile(const float* rows, int64_t d, const float* panel, vfloat (&acc)[ROWS][2]) {
   for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = vfloat{} ;
   for (int64_t k = 0; k < d; ++k) {
     vfloat b0, b1;
     __builtin_memcpy(&b0, panel + k * NR, sizeof(vfloat));
     __builtin_memcpy(&b1, panel + k * NR + VW, sizeof(vfloat));
     for (int r = 0; r < ROWS; ++r) {
-      const float a = qrows[r * d + k];
-      acc[r][0] += a * b0;
-      acc[r][1] += a * b1;
-    }
-  }
-}
-
-// Same products, with the query rows packed as [d][ROWS] (pack_row_groups): every
-// broadcast is at a fixed offset from one pointer, so the loop needs no per-row addresses
-// (d-strided rows need ROWS of them, more than there are free registers).
-template <int ROWS>
-inline void dot_tile_grouped(const float* qgroup, int64_t d, const float* panel, vfloat (&acc)[ROWS][2]) {
-  for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = vfloat{} ;
-  for (int64_t k = 0; k < d; ++k) {
-    vfloat b0, b1;
-    __builtin_memcpy(&b0, panel + k * NR, sizeof(vfloat));
-    __builtin_memcpy(&b1, panel + k * NR + VW, sizeof(vfloat));
-    for (int r = 0; r < ROWS; ++r) {
-      const float a = qgroup[k * ROWS + r];
+      const float a = Packed ? rows[k * ROWS + r] : rows[r * d + k];
       acc[r][0] += a * b0;
       acc[r][1] += a * b1;
     }
@@ -217,7 +203,7 @@ template <int ROWS>
 inline void micro_tile(const float* qrows, int64_t d, const float* panel, const float* norms,
                        int64_t col0, int64_t query0, const Problem& pb, BoundedHeap* heaps) {
   vfloat acc[ROWS][2];
-  dot_tile<ROWS>(qrows, d, panel, acc);
+  dot_tile<ROWS, false>(qrows, d, panel, acc);
   vfloat n0, n1;
   __builtin_memcpy(&n0, norms, sizeof(vfloat));
   __builtin_memcpy(&n1, norms + VW, sizeof(vfloat));
@@ -393,7 +379,7 @@ template <int ROWS>
 inline void best2_tile(const float* qgroup, int64_t d, const float* panel, const float* norms, int64_t col0,
                        const Problem& pb, Best2* best) {
   vfloat acc[ROWS][2];
-  dot_tile_grouped<ROWS>(qgroup, d, panel, acc);
+  dot_tile<ROWS, true>(qgroup, d, panel, acc);
   vfloat n0, n1;
   __builtin_memcpy(&n0, norms, sizeof(vfloat));
   __builtin_memcpy(&n1, norms + VW, sizeof(vfloat));
