@@ -131,31 +131,44 @@ void pack_rows(const T* base, int64_t s0, int64_t s1, int64_t row0, int64_t rows
   }
 }
 
-// Packs database rows [row0, row0 + rows) into NR-wide panels [panel][d][NR] (zero padded)
-// and their squared norms (padded with +inf so padding columns never pass the filter).
-template <typename T>
-void pack_panels(const T* base, int64_t s0, int64_t s1, int64_t row0, int64_t rows, int64_t d,
-                 const float* center, float* panels, float* norms) {
-  const int64_t n_panels = (rows + NR - 1) / NR;
-  for (int64_t p = 0; p < n_panels; ++p) {
-    float* panel = panels + p * d * NR;
-    for (int c = 0; c < NR; ++c) {
-      const int64_t r = p * NR + c;
+// Packs rows [row0, row0 + rows), centred, into W-wide interleaved blocks [block][d][W], zero
+// padded: database panels (W = NR, with squared norms; padding norms are +inf so padding
+// columns never pass the filter) and query row groups (W = MR, norms = nullptr).
+template <int W, typename T>
+void pack_interleaved(const T* base, int64_t s0, int64_t s1, int64_t row0, int64_t rows, int64_t d,
+                      const float* center, float* out, float* norms) {
+  const int64_t blocks = (rows + W - 1) / W;
+  for (int64_t p = 0; p < blocks; ++p) {
+    float* block = out + p * d * W;
+    for (int c = 0; c < W; ++c) {
+      const int64_t r = p * W + c;
       if (r < rows) {
         const T* src = base + (row0 + r) * s0;
         float norm = 0.f;
         for (int64_t k = 0; k < d; ++k) {
           const float v = load_as_float(src + k * s1) - (center ? center[k] : 0.f);
-          panel[k * NR + c] = v;
+          block[k * W + c] = v;
           norm += v * v;
         }
-        norms[r] = norm;
+        if (norms) norms[r] = norm;
       } else {
-        for (int64_t k = 0; k < d; ++k) panel[k * NR + c] = 0.f;
-        norms[r] = std::numeric_limits<float>::infinity();
+        for (int64_t k = 0; k < d; ++k) block[k * W + c] = 0.f;
+        if (norms) norms[r] = std::numeric_limits<float>::infinity();
       }
     }
   }
+}
+
+template <typename T>
+void pack_panels(const T* base, int64_t s0, int64_t s1, int64_t row0, int64_t rows, int64_t d,
+                 const float* center, float* panels, float* norms) {
+  pack_interleaved<NR>(base, s0, s1, row0, rows, d, center, panels, norms);
+}
+
+template <typename T>
+void pack_row_groups(const T* base, int64_t s0, int64_t s1, int64_t row0, int64_t rows, int64_t d,
+                     const float* center, float* out) {
+  pack_interleaved<MR>(base, s0, s1, row0, rows, d, center, out, nullptr);
 }
 
 // Dot products of ROWS query rows with one NR-wide panel, in vector registers. The rows are
@@ -174,26 +187,6 @@ inline void dot_tile(const float* rows, int64_t d, const float* panel, vfloat (&
       const float a = Packed ? rows[k * ROWS + r] : rows[r * d + k];
       acc[r][0] += a * b0;
       acc[r][1] += a * b1;
-    }
-  }
-}
-
-// Packs rows [row0, row0 + rows) into groups of MR rows laid out [group][d][MR], centred;
-// the last group is zero padded.
-template <typename T>
-void pack_row_groups(const T* base, int64_t s0, int64_t s1, int64_t row0, int64_t rows, int64_t d,
-                     const float* center, float* out) {
-  const int64_t groups = (rows + MR - 1) / MR;
-  for (int64_t g = 0; g < groups; ++g) {
-    float* dst = out + g * d * MR;
-    for (int r = 0; r < MR; ++r) {
-      const int64_t row = g * MR + r;
-      if (row < rows) {
-        const T* src = base + (row0 + row) * s0;
-        for (int64_t k = 0; k < d; ++k) dst[k * MR + r] = load_as_float(src + k * s1) - (center ? center[k] : 0.f);
-      } else {
-        for (int64_t k = 0; k < d; ++k) dst[k * MR + r] = 0.f;
-      }
     }
   }
 }
