@@ -68,28 +68,30 @@ def _device(model, default=None):
         return torch.device("cpu")
 
 
-def encode_images(model, images: torch.Tensor, *, batch_size: int = 64, device=None) -> torch.Tensor:
-    """L2-normalised fp32 image features [N, d], computed `batch_size` at a time."""
+def _encode(model, data: torch.Tensor, batch_size: int, device, tower: str) -> torch.Tensor:
+    """L2-normalised fp32 features of one tower ("image" or "text"), `batch_size` rows at a time."""
     m, dev = _module(model), _device(model, device)
+    encode = getattr(m, f"encode_{tower}", None)
     out = []
     with _eval_mode(m):
-        for chunk in images.split(batch_size):
+        for chunk in data.split(batch_size):
             chunk = chunk.to(dev)
-            x = m.encode_image(chunk) if hasattr(m, "encode_image") else m(chunk, None)[0]
+            if encode is not None:
+                x = encode(chunk)
+            else:  # forward(image, text) -> (image_features, text_features, ...)
+                x = m(chunk, None)[0] if tower == "image" else m(None, chunk)[1]
             out.append(F.normalize(x.float(), dim=-1))
     return torch.cat(out)
+
+
+def encode_images(model, images: torch.Tensor, *, batch_size: int = 64, device=None) -> torch.Tensor:
+    """L2-normalised fp32 image features [N, d], computed `batch_size` at a time."""
+    return _encode(model, images, batch_size, device, "image")
 
 
 def encode_texts(model, texts: torch.Tensor, *, batch_size: int = 256, device=None) -> torch.Tensor:
     """L2-normalised fp32 text features [M, d] from token ids [M, T]."""
-    m, dev = _module(model), _device(model, device)
-    out = []
-    with _eval_mode(m):
-        for chunk in texts.split(batch_size):
-            chunk = chunk.to(dev)
-            x = m.encode_text(chunk) if hasattr(m, "encode_text") else m(None, chunk)[1]
-            out.append(F.normalize(x.float(), dim=-1))
-    return torch.cat(out)
+    return _encode(model, texts, batch_size, device, "text")
 
 
 def _check_positive_ints(name, values):
