@@ -3,7 +3,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from fmkit import ops  # noqa: E402
+
+
+def __getattr__(name):
+    # `fmkit.ops` (and with it torch) loads on first use, so that `fmkit --help` and the CLI's
+    # argument errors do not wait seconds for torch.
+    if name == "ops":
+        import importlib
+
+        return importlib.import_module("fmkit.ops")
+    raise AttributeError(f"module 'fmkit' has no attribute {name!r}")
 
 
 def info() -> dict:

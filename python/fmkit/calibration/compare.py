@@ -79,14 +79,25 @@ class Comparison:
         lines.append("(all values x 100; brier is the top-label form)")
         return "\n".join(lines)
 
-    def save(self, out_dir: str) -> list[str]:
-        """Writes metrics.json, table.txt and the plots into `out_dir`; returns the paths."""
+    def save(self, out_dir: str, overwrite: bool = False) -> list[str]:
+        """Writes metrics.json, table.txt and the plots into `out_dir`; returns the paths.
+
+        `out_dir` must be empty or absent unless `overwrite=True`, and is then replaced whole
+        (no plots of an earlier run's methods are left beside the new ones)."""
+        import os
+
+        from fmkit._output import replace_dir
+
+        with replace_dir(out_dir, overwrite=overwrite, what="out_dir") as tmp:
+            names = self._write(str(tmp))
+        return [os.path.join(out_dir, name) for name in names]
+
+    def _write(self, out_dir: str) -> list[str]:
         import json
         import os
 
         from fmkit.calibration.plots import proximity_bias_plot, reliability_diagram
 
-        os.makedirs(out_dir, exist_ok=True)
         paths = [os.path.join(out_dir, "metrics.json"), os.path.join(out_dir, "table.txt")]
         with open(paths[0], "w") as f:
             json.dump(self.metrics, f, indent=1)
@@ -109,7 +120,7 @@ class Comparison:
         import matplotlib.pyplot as plt
 
         plt.close("all")
-        return paths
+        return [os.path.basename(p) for p in paths]
 
 
 def _base_calibrator(method: str, seed: int):
