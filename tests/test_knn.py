@@ -18,14 +18,24 @@ HAS_CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
+def fixed_order_sum(x, y, metric):
+    """float64 sum over coordinates 0..d-1 in that order for every pair (numpy, independent of
+    fmkit). A GEMM (x @ y.T) sums edge tiles in another order, so duplicated database rows
+    could score a few ulp apart and break the lower-index tie rule."""
+    acc = np.zeros((x.shape[0], y.shape[0]))
+    for j in range(x.shape[1]):
+        term = x[:, None, j] - y[None, :, j] if metric == "l2" else x[:, None, j] * y[None, :, j]
+        acc += term * term if metric == "l2" else term
+    return acc
+
+
 def oracle(queries, database, k, metric="l2", exclude_self=False):
     """Brute force in float64 numpy with an explicit (distance, index) lexicographic sort."""
     x = queries.detach().to(torch.float64).cpu().numpy()
     y = database.detach().to(torch.float64).cpu().numpy()
-    if metric == "l2":
-        key = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
-    else:
-        key = -(x @ y.T)
+    key = fixed_order_sum(x, y, metric)
+    if metric == "ip":
+        key = -key
     if exclude_self:
         np.fill_diagonal(key, np.inf)
     cols = np.broadcast_to(np.arange(y.shape[0]), key.shape)
@@ -132,6 +142,38 @@ def test_identical_vectors_at_exactly_zero_and_ties_to_lower_index(backend):
     dist, idx = knn(db, db, 2, exclude_self=True, backend=backend)
     assert idx[0].tolist() == [2, 3] and idx[2].tolist() == [0, 3] and idx[3].tolist() == [0, 2]
     assert dist[0].tolist() == [0.0, 0.0]
+
+
+def duplicated_rows(seed, n=200, d=257):
+    """n rows, each a copy of one of n/2 distinct rows, of mixed scale: a float64 GEMM scores
+    some copies a few ulp apart (d = 257 leaves an edge tile), a fixed-order sum never does."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n // 2, d, generator=g) * torch.exp(torch.randn(n // 2, 1, generator=g)) + 3
+    return base[torch.randint(0, n // 2, (n,), generator=g)]
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_reference_ties_duplicates_exactly(metric):
+    for seed in (0, 1):
+        data = duplicated_rows(seed)
+        for self_index in (None, torch.arange(data.shape[0])):
+            d, i = knn_reference(data, data, 10, metric, self_index)
+            rd, ri = oracle(data, data, 10, metric, exclude_self=self_index is not None)
+            np.testing.assert_array_equal(i.numpy(), ri)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("force_fallback", [False, True])
+def test_duplicated_rows_tie_to_lower_index(backend, metric, exclude_self, force_fallback, monkeypatch):
+    """Issue 12 item 2: every path (candidates, re-rank, wider search, float64 reference) keeps
+    the tie rule on duplicated rows. force_fallback certifies nothing, so every row takes the
+    fallback (the reference with exclude_self, the full-width re-rank without)."""
+    if force_fallback:
+        monkeypatch.setattr(knn_module, "certify", lambda q, *a, **kw: torch.zeros(q.shape[0], dtype=torch.bool))
+    data = duplicated_rows(1)
+    assert_matches_oracle(data, data, 10, metric, exclude_self, backend)
 
 
 @pytest.mark.parametrize("backend", cpu_backends())

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from fmkit.ops import _backend
-from fmkit.reference.knn import knn_reference, sort_by_distance_then_index
+from fmkit.reference.knn import knn_reference, pair_scores, sort_by_distance_then_index
 
 METRICS = ("l2", "ip")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -230,10 +230,7 @@ def rerank(queries, database, cand, k, metric, cpu_kernels):
         x64 = queries[q0 : q0 + chunk].to(torch.float64)
         c = cand[q0 : q0 + chunk]
         y = database[c.reshape(-1)].to(torch.float64).view(c.shape[0], kprime, d)
-        if metric == "ip":
-            dist = torch.einsum("qd,qkd->qk", x64, y)
-        else:
-            dist = ((x64[:, None, :] - y) ** 2).sum(-1)
+        dist = pair_scores(x64[:, None, :], y, metric)  # the reference's fixed order: duplicates tie exactly
         dist, idx = sort_by_distance_then_index(dist, c, descending=metric == "ip")
         dist_out[q0 : q0 + chunk] = dist[:, :k]
         idx_out[q0 : q0 + chunk] = idx[:, :k]
