@@ -99,6 +99,21 @@ def select_kernels(op: str, backend: str, x: torch.Tensor, *, cpu, torch_impl, t
     return torch_impl
 
 
+def plain_eager(*tensors: torch.Tensor) -> bool:
+    """True when an op may run its Python implementation directly instead of through its
+    torch.library registration: not under torch.compile / export tracing, no dispatch mode
+    (FakeTensorMode, make_fx) active, no functorch transform wrapping the inputs.
+
+    The registered op's first eager call imports torch._dynamo (torch wraps every custom-op
+    kernel in a dynamo-disable guard), about 3 s in a fresh process, and each call adds
+    dispatcher overhead; the ops that need no autograd formula take this shortcut.
+    """
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return False
+    is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return all(type(t) is torch.Tensor and not is_wrapped(t) for t in tensors if t is not None)
+
+
 def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
     """fp32 for fp32/16-bit inputs, fp64 for fp64 inputs (the gradcheck path)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32

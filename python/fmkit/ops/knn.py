@@ -76,7 +76,8 @@ def knn(
     q, to_input_kind = _backend.to_torch(queries, "queries")
     db, _ = _backend.to_torch(database, "database")
     validate(q, db, k, metric, exclude_self, backend, check_finite)
-    dist, idx = torch.ops.fmkit.knn(q, db, int(k), metric, bool(exclude_self), backend)
+    op = _knn_impl if _backend.plain_eager(q, db) else torch.ops.fmkit.knn
+    dist, idx = op(q, db, int(k), metric, bool(exclude_self), backend)
     return to_input_kind(dist), to_input_kind(idx)
 
 
@@ -109,12 +110,14 @@ def validate(q, db, k, metric, exclude_self, backend, check_finite):
         _backend.check_finite(db, "database", VALUE_LIMIT)
 
 
-@torch.library.custom_op("fmkit::knn", mutates_args=())
-def _knn_op(
+def _knn_impl(
     queries: torch.Tensor, database: torch.Tensor, k: int, metric: str, exclude_self: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     dist, idx = exact_knn(queries, database, k, metric, 0 if exclude_self else None, backend)
     return dist.to(torch.float32), idx
+
+
+_knn_op = torch.library.custom_op("fmkit::knn", _knn_impl, mutates_args=())
 
 
 @_knn_op.register_fake
