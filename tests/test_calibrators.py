@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fmkit.calibration import calibrators
 from fmkit.calibration.calibrators import (
@@ -71,6 +73,51 @@ def test_ts_is_the_nll_minimiser(overconfident):
     grid = t * np.exp(np.linspace(-0.05, 0.05, 11))
     losses = [nll(softmax(z / g), y) for g in grid]
     assert int(np.argmin(losses)) == 5
+
+
+def ts_problem(seed, n, c, scale, right, decimals):
+    """Random logits (optionally rounded, as stored logits often are) and labels that agree with the
+    argmax for a fraction `right` of the samples."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, c)) * scale
+    if decimals is not None:
+        z = np.round(z, decimals)
+    y = np.where(rng.random(n) < right, z.argmax(1), rng.integers(0, c, n))
+    return z, y
+
+
+def nll_at(z, y, t):
+    a = np.asarray(z, float) / t
+    a = a - a.max(1, keepdims=True)
+    return float(np.mean(np.log(np.exp(a).sum(1)) - a[np.arange(len(y)), y]))
+
+
+def test_ts_newton_step_onto_zero_gradient():
+    # Issue 12.1: a Newton step landed where the gradient is exactly 0, and the bisection fallback
+    # ran before the g == 0 exit, returning T = 0.0809 (NLL 1.165) instead of the minimum.
+    z = np.array([[-0.24, -0.2], [-1.04, 0.61], [-0.2, -0.44]])
+    ts = TemperatureScaling().fit(z, [1, 1, 1])
+    assert ts.temperature_ == pytest.approx(0.653676, rel=1e-5)
+    assert nll_at(z, [1, 1, 1], ts.temperature_) == pytest.approx(0.544525, abs=1e-6)
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(10, 1000), c=st.integers(2, 20),
+       scale=st.floats(0.05, 20.0), right=st.floats(0.0, 1.0), decimals=st.sampled_from([None, 1, 2]),
+       bounds=st.sampled_from([(1e-2, 1e2), (0.5, 2.0), (0.05, 20.0)]))
+def test_ts_property_bounded_nll_minimum(seed, n, c, scale, right, decimals, bounds):
+    # The NLL is unimodal in T (convex in 1/T), so "no better neighbour within the bounds" plus
+    # "no better point on a coarse grid" says T is the bounded minimum (scipy-free; the scipy
+    # comparison is in test_peer_scipy.py).
+    z, y = ts_problem(seed, n, c, scale, right, decimals)
+    t = TemperatureScaling(bounds=bounds).fit(z, y).temperature_
+    lo, hi = bounds
+    assert lo <= t <= hi
+    best = nll_at(z, y, t)
+    tol = 1e-12 * max(1.0, best)
+    near = [v for v in (t * (1 - 1e-5), t * (1 + 1e-5)) if lo <= v <= hi]
+    grid = np.geomspace(lo, hi, 17)
+    assert best <= min(nll_at(z, y, v) for v in near + list(grid)) + tol
 
 
 def test_ts_separable_data_stops_at_bound():
