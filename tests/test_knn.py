@@ -177,6 +177,45 @@ def test_duplicated_rows_tie_to_lower_index(backend, metric, exclude_self, force
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
+def test_offset_inner_product_is_certified_in_one_pass(backend):
+    """Issue 12 item 6: on data at offset 1e4 with spread 0.01 the uncentred IP bound
+    (~|x| |y|) exceeded every score gap, so every row fell back (32.6 s vs 0.1 s). Centring the
+    database (which shifts all of a query's scores alike) certifies them in the first pass."""
+    g = torch.Generator().manual_seed(11)
+    db = 1e4 + 0.01 * torch.randn(3000, 16, generator=g)
+    q = 1e4 + 0.01 * torch.randn(40, 16, generator=g)
+    before = knn_module.fallback_rows
+    assert_matches_oracle(q, db, 5, "ip", False, backend)
+    assert knn_module.fallback_rows == before
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_mixed_norms_l2_is_certified_in_one_pass(backend):
+    """Rows of very different norms: a few far rows make max|y - c| large and the score bound
+    loose for the queries near the centre; the triangle inequality certifies those rows."""
+    g = torch.Generator().manual_seed(12)
+    db = torch.randn(4000, 16, generator=g) * torch.exp(2 * torch.randn(4000, 1, generator=g))
+    q = torch.randn(60, 16, generator=g) * torch.exp(2 * torch.randn(60, 1, generator=g))
+    before = knn_module.fallback_rows
+    assert_matches_oracle(q, db, 10, "l2", False, backend)
+    assert knn_module.fallback_rows - before <= 3
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_self_excluding_fallback_stays_on_the_fast_kernels(backend, metric, monkeypatch):
+    """Uncertified rows with exclude_self are searched again on the kernels (one candidate more,
+    self dropped), not by the float64 reference, which is slow on hard inputs."""
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the float64 reference was used")
+
+    monkeypatch.setattr(knn_module, "knn_reference", no_reference)
+    monkeypatch.setattr(knn_module, "certify", lambda q, *a, **kw: torch.zeros(q.shape[0], dtype=torch.bool))
+    data = duplicated_rows(2, n=120, d=9)
+    assert_matches_oracle(data, data, 4, metric, True, backend)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
 def test_edge_sizes(backend):
     one = torch.tensor([[3.0]])
     assert knn(one, one, 1, backend=backend)[1].tolist() == [[0]]

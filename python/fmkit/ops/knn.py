@@ -4,13 +4,18 @@ How exactness is obtained at GEMM speed
 ---------------------------------------
 1. A backend kernel (cpu / cuda / triton / torch) returns, per query, kprime > k
    *candidates* ranked by a fast fp32 score computed with the GEMM expansion on centred
-   data: |y-c|^2 - 2<x-c, y-c> (L2) or -<x, y> (IP). The kernel guarantees that every
-   database row it did not return has a score >= the largest returned score.
+   data: |y-c|^2 - 2<x-c, y-c> (L2) or -<x, y-c> (IP; for a fixed query <x, c> shifts every
+   score alike, so the ranking is that of <x, y>, and on offset data the rounding error
+   scales with |y - c|, not |y|; the CUDA kernel does not centre IP: c = 0 there). The
+   kernel guarantees that every database row it did not return has a score >= the largest
+   returned score.
 2. The candidates are re-ranked with the direct float64 distance sum((x-y)^2) (or <x,y>),
    sorted by (distance, index).
-3. A rounding-error bound on the fp32 score, (2d+16) * 2^-24 * (|x-c| + max|y-c|)^2,
-   turns the largest candidate score into a lower bound on the distance of every
-   non-candidate. If that bound is above the k-th re-ranked distance, the row is exact;
+3. A rounding-error bound on the fp32 score, (2d+16) * 2^-24 * (|x-c| + max|y-c|)^2
+   (IP: (2d+16) * 2^-24 * |x| max|y-c|), turns the largest candidate score into a lower bound
+   on the distance of every non-candidate; for L2 the triangle inequality
+   |x-y| >= |y-c| - |x-c| covers the rows far from the centre, whose bound is loose (mixed
+   norms). If that bound is above the k-th re-ranked distance, the row is exact;
    otherwise (near-ties at the candidate boundary, rare) the row is searched again with wider
    candidate lists until certified or complete (float64 reference for self-excluded subsets). So results are exact, ties go to the lower index, L2 distances are
    never negative and exactly 0 for identical vectors, and nothing depends on chunking.
@@ -151,11 +156,24 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
         return (queries.new_empty((0, k), dtype=torch.float64), queries.new_empty((0, k), dtype=torch.int64))
 
     cpu_kernels = name == "cpu"
-    center, radius = database_center_and_radius(database, metric, cpu_kernels)
+    center, radius = database_center_and_radius(database, metric, name)
 
-    def search(rows_q, width):
-        """(distances, indices, exact) for the query rows `rows_q` with `width` candidates each."""
-        score, cand = CANDIDATES[name](rows_q, database, center, metric, width, self_offset)
+    def search(rows, width, offset=self_offset):
+        """(distances, indices, exact) for the query rows `rows` (a slice or an index tensor)
+        with `width` candidates each; `offset`: the kernels' self-exclusion, which holds for
+        whole row ranges only."""
+        rows_q = queries[rows]
+        if offset is None and self_offset is not None:
+            # A subset of rows loses the offset form of self-exclusion: take one more candidate
+            # without it, then drop self (or, where self is not among them, the worst-scored
+            # candidate, whose score still bounds every row left out).
+            score, cand = CANDIDATES[name](rows_q, database, center, metric, width + 1, None)
+            drop = cand == (torch.arange(Q, device=cand.device)[rows] + self_offset)[:, None]
+            missing = ~drop.any(1)
+            drop[missing.nonzero().flatten(), score[missing].argmax(1)] = True
+            score, cand = score[~drop].view(-1, width), cand[~drop].view(-1, width)
+        else:
+            score, cand = CANDIDATES[name](rows_q, database, center, metric, width, offset)
         dist, idx = rerank(rows_q, database, cand, k, metric, cpu_kernels)
         if width == eligible:  # every eligible row is a candidate: nothing left to miss
             return dist, idx, torch.ones(dist.shape[0], dtype=torch.bool, device=dist.device)
@@ -168,22 +186,24 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
         pending = (~exact).nonzero().flatten()
         nearest_fallback_rows += int(pending.numel())
         if pending.numel():
-            d2, i2, ok = search(queries[pending], kprime)
+            d2, i2, ok = search(pending, kprime)
             dist[pending], idx[pending], exact[pending] = d2, i2, ok
     else:
-        dist, idx, exact = search(queries, kprime)
+        dist, idx, exact = search(slice(None), kprime)
     if bool(exact.all()):
         return dist, idx
     # Rows the bound could not certify (near-ties at the candidate boundary): search them again
     # with ever wider candidate lists on the same fast kernels; with every eligible row as a
-    # candidate a row is exact by construction. Self-exclusion is an offset from the query's row
-    # number, which a subset of rows does not keep, so those rows go to the float64 reference.
+    # candidate a row is exact by construction. Rows past the CUDA kernel's widest list go to
+    # the float64 reference.
     rows = (~exact).nonzero().flatten()
     fallback_rows += int(rows.numel())
     width = kprime
-    while rows.numel() and self_offset is None and width < max_width:
-        width = min(max_width, 4 * width + 64)
-        d2, i2, ok = search(queries[rows], width)
+    # A self-excluding subset search takes one candidate more than it keeps.
+    widest = max_width if self_offset is None or name != "cuda" else min(eligible, max_width - 1)
+    while rows.numel() and width < widest:
+        width = min(widest, 4 * width + 64)
+        d2, i2, ok = search(rows, width, offset=None)
         dist[rows[ok]], idx[rows[ok]] = d2[ok], i2[ok]
         rows = rows[~ok]
     if rows.numel():
@@ -192,17 +212,18 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
     return dist, idx
 
 
-def database_center_and_radius(database, metric, cpu_kernels):
-    """Centre c (float32: the database mean for L2, 0 for IP) and max_j |y_j - c| (a float)."""
+def database_center_and_radius(database, metric, backend):
+    """Centre c (float32: the database mean; 0 for IP on the CUDA kernel, which does not
+    centre) and max_j |y_j - c| (a float)."""
     N, d = database.shape
-    if cpu_kernels:
+    if backend == "cpu":
         center = torch.empty(d, dtype=torch.float32)
         radius = torch.empty(1, dtype=torch.float64)
         dl = _backend.dlpack
         _backend._C.knn_center_radius_cpu(dl(database), metric, dl(center), dl(radius), _backend.cpu_threads())
         return center, float(radius) * (1 + 1e-6)
     chunk = max(1, (1 << 22) // d)
-    if metric == "l2":
+    if metric == "l2" or backend != "cuda":
         total = torch.zeros(d, dtype=torch.float64, device=database.device)
         for n0 in range(0, N, chunk):
             total += database[n0 : n0 + chunk].sum(0, dtype=torch.float64)
@@ -264,19 +285,32 @@ def certify(queries, center, radius, threshold, kth, metric, qnorm=None):
     """True where no non-candidate can beat the k-th re-ranked distance `kth`.
 
     `threshold` is the largest candidate score per row; every non-candidate scored at least
-    that much, and an fp32 score is within (2d+16) * 2^-24 * (|x-c| + radius)^2 of the truth.
+    that much, and an fp32 score is within (2d+16) * 2^-24 * (|x-c| + radius)^2 of the truth
+    (IP: (2d+16) * 2^-24 * |x| * radius).
     `qnorm`, if given, is |x - c| (IP: |x|) in float64, saving a pass over the queries.
     """
     d = queries.shape[1]
     slack = (2 * d + 16) * 2.0**-24
     threshold = threshold.to(torch.float64)
     if metric == "ip":
-        xn = queries.to(torch.float64).norm(dim=1) if qnorm is None else qnorm
-        # Every non-candidate has <x, y> <= -threshold + err; it must lose to the k-th.
-        return (-threshold + slack * xn * radius) < kth - 1e-12 * xn * radius
+        x64 = queries.to(torch.float64)
+        xn = x64.norm(dim=1) if qnorm is None else qnorm
+        c64 = center.to(torch.float64)
+        shift = x64 @ c64  # the scores are -<x, y - c>
+        # Every non-candidate has <x, y> <= <x, c> - threshold + err; it must lose to the k-th.
+        # The margin covers float64 rounding of <x, y> and <x, c>, which scales with |y|, not |y - c|.
+        margin = 1e-12 * xn * (radius + float(c64.norm()))
+        return (shift - threshold + slack * xn * radius) < kth - margin
     xn = (queries.to(torch.float32) - center).to(torch.float64).norm(dim=1) if qnorm is None else qnorm
-    # Every non-candidate has |x - y|^2 >= |x - c|^2 + threshold - err.
-    return (xn**2 + threshold - slack * (xn + radius) ** 2) > kth * (1 + 1e-12)
+    kth = kth * (1 + 1e-12)
+    # A non-candidate y at r = |y - c| has |x - y|^2 >= |x - c|^2 + threshold - slack (|x - c| + r)^2,
+    # which falls as r grows, and (triangle inequality) |x - y|^2 >= (r - |x - c|)^2, which grows.
+    # r_max: the largest r the first bound certifies; every r above it is certified by the second
+    # when r_max - |x - c| > sqrt(kth). (1 -+ 1e-6: fp32 centring moved r and |x - c| by <= 2^-24.)
+    by_score = (xn**2 + threshold - slack * (xn + radius) ** 2) > kth
+    r_max = ((xn**2 + threshold - kth).clamp(min=0) / slack).sqrt() - xn
+    by_triangle = r_max * (1 - 1e-6) - xn * (1 + 1e-6) > kth.clamp(min=0).sqrt()
+    return by_score | by_triangle
 
 
 # ---- candidate generators: (queries, database, center, metric, kprime, self_offset) -> (score, index) ----
@@ -340,7 +374,7 @@ def torch_score_tile(x, y, center, metric, self_col):
         yc = (y.to(torch.float32) - center).to(torch.float64)
         s = (yc * yc).sum(1)[None, :] - 2.0 * (xc @ yc.T)
     else:
-        s = -(x.to(torch.float64) @ y.to(torch.float64).T)
+        s = -(x.to(torch.float64) @ (y.to(torch.float32) - center).to(torch.float64).T)
     s = s.to(torch.float32)
     if self_col is not None:
         rows = torch.arange(x.shape[0], device=x.device)
