@@ -372,7 +372,7 @@ def _expected_error(exc: BaseException) -> tuple[int, str] | None:
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         from fmkit._extras import missing_module_message
 
-        message = missing_module_message(exc.name)
+        message = str(exc) if "pip install" in str(exc) else missing_module_message(exc.name)
         return (1, message) if message else None
     if isinstance(exc, (ValueError, TypeError)):  # fmkit's own errors for bad input name the argument
         return 2, str(exc).splitlines()[0] if str(exc) else type(exc).__name__

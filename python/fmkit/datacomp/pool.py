@@ -496,9 +496,9 @@ def make_synthetic_pool(
 
     `attributes=True` gives every image one of 64 attribute combinations (black or white
     background; a small or big red, green, blue or yellow mark in one of the four corners) and
-    appends them to its English caption ("..., big red mark top left on black"); within each
-    class the combinations are drawn without replacement (cycling after 64), so with n <= 64 K
-    no two captions are equal. `info.attributes` holds each sample's combination (-1 without).
+    appends them to its English caption ("..., big red mark top left on black"); the (class,
+    attributes) pairs are drawn without replacement (cycling after all 64 K), so with n <= 64 K
+    no two clean captions are equal. `info.attributes` holds each sample's combination (-1 without).
 
     `out_dir` must be empty or absent unless `overwrite=True`; the pool is written beside it and
     renamed into place when complete, so an old pool is replaced whole, never mixed with the new
@@ -532,20 +532,21 @@ def _write_synthetic_pool(out, n, seed, names, shard_size, dims, corrupt_frac, n
     rng = np.random.default_rng(seed)
 
     labels = rng.integers(0, k, size=n)
+    attr = np.full(n, -1, dtype=np.int64)
+    if attributes:
+        # (class, attributes) pairs drawn without replacement, so that no two captions are equal
+        # while n <= 64 K; from a separate stream, so that attributes=False pools stay identical
+        # to those written before this option existed.
+        combos = N_ATTRIBUTES * k
+        attr_rng = np.random.default_rng([seed, 1])
+        pairs = np.concatenate([attr_rng.permutation(combos) for _ in range(-(-n // combos))])[:n]
+        labels, attr = pairs // N_ATTRIBUTES, pairs % N_ATTRIBUTES
     r = rng.random(n)
     kind = np.where(r < corrupt_frac, "corrupt",
                     np.where(r < corrupt_frac + non_english_frac, "non_english", "clean")).astype(object)
     caption_labels = labels.copy()
     corrupt = kind == "corrupt"
     caption_labels[corrupt] = (labels[corrupt] + rng.integers(1, k, size=int(corrupt.sum()))) % k
-    # A separate stream, so that attributes=False pools stay identical to those written before.
-    attr = np.full(n, -1, dtype=np.int64)
-    if attributes:
-        attr_rng = np.random.default_rng([seed, 1])
-        for c in range(k):
-            rows = np.flatnonzero(labels == c)
-            cycles = -(-len(rows) // N_ATTRIBUTES)
-            attr[rows] = np.concatenate([attr_rng.permutation(N_ATTRIBUTES) for _ in range(max(cycles, 1))])[:len(rows)]
     captions = []
     for i in range(n):
         c = names[caption_labels[i]]
