@@ -364,30 +364,51 @@ def test_custom_op_fake_and_compile():
 
 
 @pytest.mark.parametrize(
-    "call, match",
+    "call, error, match",
     [
-        (lambda q, db: knn(q, db[:, :3], 2), "database: dimension 3 does not match queries dimension 4"),
-        (lambda q, db: knn(q, db, 0), r"k: expected an integer in \[1, N = 10\]"),
-        (lambda q, db: knn(q, db, 11), r"k: expected an integer in \[1, N = 10\]"),
-        (lambda q, db: knn(db, db, 10, exclude_self=True), r"k: .*N - 1 = 9 with exclude_self"),
-        (lambda q, db: knn(q[0], db, 2), r"queries: expected a 2-D \[rows, dim\] tensor"),
-        (lambda q, db: knn(q.double(), db.double(), 2), "queries: expected dtype float32, float16, bfloat16, got float64"),
-        (lambda q, db: knn(q, db.half(), 2), "database: dtype torch.float16 does not match queries dtype torch.float32"),
-        (lambda q, db: knn(q, db, 2, metric="cos"), "metric: expected one of"),
-        (lambda q, db: knn(q, db, 2, backend="gpu"), "backend: expected one of"),
-        (lambda q, db: knn(q, db, 2, exclude_self=True), "exclude_self: queries must be the database"),
-        (lambda q, db: knn(q.masked_fill(q > 0.5, float("nan")), db, 2), "queries: contains NaN or inf"),
-        (lambda q, db: knn(q, db.masked_fill(db > 0.5, float("inf")), 2), "database: contains NaN or inf"),
-        (lambda q, db: knn(q * 1e20, db, 2), "queries: contains values of magnitude"),
-        (lambda q, db: knn(q, db[:0], 1), "database: must have at least one row"),
-        (lambda q, db: knn([[1.0]], db, 1), "queries: expected a torch.Tensor, numpy.ndarray or cupy.ndarray"),
+        (lambda q, db: knn(q, db[:, :3], 2), ValueError, "database: dimension 3 does not match queries dimension 4"),
+        (lambda q, db: knn(q, db, 0), ValueError, r"k: expected an integer in \[1, N = 10\], got 0"),
+        (lambda q, db: knn(q, db, 11), ValueError, r"k: expected an integer in \[1, N = 10\], got 11"),
+        (lambda q, db: knn(q, db, 2.0), TypeError, r"k: expected an integer in \[1, N = 10\], got float 2.0"),
+        (lambda q, db: knn(db, db, 10, exclude_self=True), ValueError, r"k: .*N - 1 = 9 with exclude_self"),
+        (lambda q, db: knn(q[0], db, 2), ValueError, r"queries: expected a 2-D \[rows, dim\] tensor"),
+        (lambda q, db: knn(q.long(), db.long(), 2), TypeError,
+         r"queries: expected dtype float32, float16, bfloat16 or float64, got int64; integers are not accepted: "
+         r"convert them, e.g. x.astype\(numpy.float32\)"),
+        (lambda q, db: knn(q, db.half(), 2), TypeError, "database: dtype float16 does not match queries dtype float32"),
+        (lambda q, db: knn(q.double(), db.double(), 2, backend="cpu"), ValueError,
+         "queries: float64 runs only on backend='torch'"),
+        (lambda q, db: knn(q, db, 2, metric="cos"), ValueError, r"metric: expected one of \('l2', 'ip'\), got 'cos'"),
+        (lambda q, db: knn(q, db, 2, backend="gpu"), ValueError, "backend: expected one of 'auto', 'cuda', 'triton', 'cpu', 'torch', got 'gpu'"),
+        (lambda q, db: knn(q, db, 2, exclude_self=True), ValueError, "exclude_self: queries must be the database"),
+        (lambda q, db: knn(q.masked_fill(q > 0.5, float("nan")), db, 2), ValueError, "queries: contains NaN or inf"),
+        (lambda q, db: knn(q, db.masked_fill(db > 0.5, float("inf")), 2), ValueError, "database: contains NaN or inf"),
+        (lambda q, db: knn(q * 1e20, db, 2), ValueError, "queries: contains values of magnitude"),
+        (lambda q, db: knn(q, db[:0], 1), ValueError, "database: must have at least one row"),
+        (lambda q, db: knn([[1.0]], db, 1), TypeError, "queries: expected a torch.Tensor, numpy.ndarray or cupy.ndarray, got list"),
     ],
 )
-def test_bad_input_names_the_argument(call, match):
+def test_bad_input_names_the_argument(call, error, match):
     g = torch.Generator().manual_seed(8)
     q, db = torch.rand(3, 4, generator=g), torch.rand(10, 4, generator=g)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         call(q, db)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_numpy_float64_is_searched_exactly_in_float64(metric, exclude_self):
+    """Issue 13 item 6: numpy's default dtype is accepted, searched in float64 (no rounding to
+    float32: values 1 + 1e-12 apart stay apart) and returned as numpy float64 distances."""
+    rng = np.random.default_rng(13)
+    base = rng.standard_normal((60, 7))
+    db = np.concatenate([base, base + 1e-12, base[:10]])  # float64-only differences and duplicates
+    q = db if exclude_self else rng.standard_normal((9, 7))
+    d, i = knn(q, db, 6, metric=metric, exclude_self=exclude_self)
+    assert isinstance(d, np.ndarray) and d.dtype == np.float64 and i.dtype == np.int64
+    ref_d, ref_i = oracle(torch.from_numpy(q), torch.from_numpy(db), 6, metric, exclude_self)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_array_equal(d, ref_d)
 
 
 def test_unavailable_backend_is_a_clear_error():
@@ -396,9 +417,15 @@ def test_unavailable_backend_is_a_clear_error():
         knn(q, q, 1, backend="cuda")
 
 
-def test_check_finite_can_be_switched_off():
+def test_validate_can_be_switched_off_and_the_old_name_warns():
     q = torch.randn(4, 3)
-    d, i = knn(q, q, 1, check_finite=False)
+    big = q * 1e20
+    with pytest.raises(ValueError, match="pass validate=False to skip this check"):
+        knn(big, big, 1)
+    d, i = knn(q, q, 1, validate=False)
+    assert i.flatten().tolist() == [0, 1, 2, 3]
+    with pytest.warns(DeprecationWarning, match=r"knn: check_finite= is deprecated .* pass validate=False"):
+        i = knn(q, q, 1, check_finite=False)[1]
     assert i.flatten().tolist() == [0, 1, 2, 3]
 
 

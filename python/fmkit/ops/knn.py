@@ -36,7 +36,9 @@ from fmkit.ops import _backend
 from fmkit.reference.knn import knn_reference, pair_scores, sort_by_distance_then_index
 
 METRICS = ("l2", "ip")
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: the torch backend
+DTYPE_HINT = ("; integers are not accepted: convert them, e.g. x.astype(numpy.float32) or x.float() "
+              "(float64 is accepted as is)")
 GPU_BACKEND_ORDER = ("cuda", "triton")
 VALUE_LIMIT = 1e15  # |x| above this could overflow float32 squared norms
 # Extra candidates beyond k (plus k/16): more make the certificate fail less often, fewer make
@@ -61,36 +63,42 @@ def knn(
     metric: str = "l2",
     exclude_self: bool = False,
     backend: str = "auto",
-    check_finite: bool = True,
+    validate: bool = True,
+    check_finite: bool | None = None,
 ):
     """Exact k nearest neighbours of each query row among the database rows.
 
     Args:
-        queries: [Q, d] float32 / float16 / bfloat16 (torch, numpy or cupy).
+        queries: [Q, d] float32 / float16 / bfloat16 / float64 (torch, numpy or cupy). float64
+            (numpy's default) is searched in float64 on the torch backend, exact for the
+            float64 values (no rounding to float32).
         database: [N, d], same dtype and device as `queries`.
         k: neighbours per query, 1 <= k <= N (N - 1 with `exclude_self`).
         metric: "l2" (squared Euclidean distance, ascending) or "ip" (inner product, descending).
         exclude_self: queries are the database; row i never returns itself (by index, so
             duplicated points still find each other).
-        backend: "auto", "cpu", "cuda", "triton" or "torch".
-        check_finite: reject NaN/inf and values too large for float32 accumulation.
+        backend: "auto", "cpu", "cuda", "triton" or "torch" (float64: "auto" or "torch").
+        validate: reject NaN/inf and values too large for float32 accumulation (one pass
+            over the inputs). `check_finite` is its deprecated old name.
 
     Returns:
-        (distances float32 [Q, k], indices int64 [Q, k]) of the same array kind as the input.
+        (distances float32 [Q, k] (float64 for float64 inputs), indices int64 [Q, k]) of the
+        same array kind as the input.
     """
     q, to_input_kind = _backend.to_torch(queries, "queries")
     db, _ = _backend.to_torch(database, "database")
-    validate(q, db, k, metric, exclude_self, backend, check_finite)
+    check(q, db, k, metric, exclude_self, backend, _backend.deprecated_switch("knn", validate, check_finite=check_finite))
     op = _knn_impl if _backend.plain_eager(q, db) else torch.ops.fmkit.knn
     dist, idx = op(q, db, int(k), metric, bool(exclude_self), backend)
     return to_input_kind(dist), to_input_kind(idx)
 
 
-def validate(q, db, k, metric, exclude_self, backend, check_finite):
-    _backend.check_matrix(q, "queries", DTYPES)
-    _backend.check_matrix(db, "database", DTYPES)
+def check(q, db, k, metric, exclude_self, backend, finite):
+    _backend.check_matrix(q, "queries", DTYPES, DTYPE_HINT)
+    _backend.check_matrix(db, "database", DTYPES, DTYPE_HINT)
     if db.dtype != q.dtype:
-        raise ValueError(f"database: dtype {db.dtype} does not match queries dtype {q.dtype}")
+        raise TypeError(f"database: dtype {_backend.dtype_name(db.dtype)} does not match queries dtype "
+                        f"{_backend.dtype_name(q.dtype)}; expected the same dtype")
     if db.device != q.device:
         raise ValueError(f"database: on {db.device}, but queries are on {q.device}; expected the same device")
     if db.shape[1] != q.shape[1]:
@@ -106,11 +114,10 @@ def validate(q, db, k, metric, exclude_self, backend, check_finite):
             f"exclude_self: queries must be the database (same number of rows), got {q.shape[0]} and {db.shape[0]}"
         )
     eligible = db.shape[0] - (1 if exclude_self else 0)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= eligible:
-        limit = f"N - 1 = {eligible} with exclude_self" if exclude_self else f"N = {eligible}"
-        raise ValueError(f"k: expected an integer in [1, {limit}], got {k!r}")
+    _backend.check_int(k, "k", 1, eligible, f"N - 1 = {eligible} with exclude_self" if exclude_self else f"N = {eligible}")
     _backend.resolve_backend(backend, q.device, "knn", GPU_BACKEND_ORDER)
-    if check_finite:
+    _backend.check_float64_backend("queries", q, backend)
+    if finite:
         _backend.check_finite(q, "queries", VALUE_LIMIT)
         _backend.check_finite(db, "database", VALUE_LIMIT)
 
@@ -119,7 +126,11 @@ def _knn_impl(
     queries: torch.Tensor, database: torch.Tensor, k: int, metric: str, exclude_self: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     dist, idx = exact_knn(queries, database, k, metric, 0 if exclude_self else None, backend)
-    return dist.to(torch.float32), idx
+    return dist.to(_out_dtype(queries)), idx
+
+
+def _out_dtype(queries):
+    return torch.float64 if queries.dtype == torch.float64 else torch.float32
 
 
 _knn_op = torch.library.custom_op("fmkit::knn", _knn_impl, mutates_args=())
@@ -128,7 +139,7 @@ _knn_op = torch.library.custom_op("fmkit::knn", _knn_impl, mutates_args=())
 @_knn_op.register_fake
 def _knn_fake(queries, database, k, metric, exclude_self, backend):
     shape = (queries.shape[0], k)
-    return queries.new_empty(shape, dtype=torch.float32), queries.new_empty(shape, dtype=torch.int64)
+    return queries.new_empty(shape, dtype=_out_dtype(queries)), queries.new_empty(shape, dtype=torch.int64)
 
 
 def exact_knn(queries, database, k, metric, self_offset, backend):
@@ -142,6 +153,8 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
     N = database.shape[0]
     eligible = N - (1 if self_offset is not None else 0)
     name = _backend.resolve_backend(backend, queries.device, "knn", GPU_BACKEND_ORDER)
+    if queries.dtype == torch.float64:  # the float64 tiles: the kernels are fp32 / 16-bit
+        name = "torch"
     kprime = min(eligible, k + CANDIDATE_MARGIN + k // 16)
     max_width = eligible
     if name == "cuda":
@@ -213,8 +226,8 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
 
 
 def database_center_and_radius(database, metric, backend):
-    """Centre c (float32: the database mean; 0 for IP on the CUDA kernel, which does not
-    centre) and max_j |y_j - c| (a float)."""
+    """Centre c (the database mean in the score dtype; 0 for IP on the CUDA kernel, which does
+    not centre) and max_j |y_j - c| (a float)."""
     N, d = database.shape
     if backend == "cpu":
         center = torch.empty(d, dtype=torch.float32)
@@ -223,18 +236,25 @@ def database_center_and_radius(database, metric, backend):
         _backend._C.knn_center_radius_cpu(dl(database), metric, dl(center), dl(radius), _backend.cpu_threads())
         return center, float(radius) * (1 + 1e-6)
     chunk = max(1, (1 << 22) // d)
+    work = score_dtype(database)
     if metric == "l2" or backend != "cuda":
         total = torch.zeros(d, dtype=torch.float64, device=database.device)
         for n0 in range(0, N, chunk):
             total += database[n0 : n0 + chunk].sum(0, dtype=torch.float64)
-        center = (total / N).to(torch.float32)
+        center = (total / N).to(work)
     else:
-        center = torch.zeros(d, dtype=torch.float32, device=database.device)
+        center = torch.zeros(d, dtype=work, device=database.device)
     radius = torch.zeros((), dtype=torch.float64, device=database.device)
     for n0 in range(0, N, chunk):
-        y = database[n0 : n0 + chunk].to(torch.float32) - center
+        y = database[n0 : n0 + chunk].to(work) - center
         radius = torch.maximum(radius, y.to(torch.float64).norm(dim=1).max())
     return center, float(radius) * (1 + 1e-6)
+
+
+def score_dtype(x):
+    """The dtype of the candidate scores and of the centre: float32, float64 for float64 inputs
+    (the certificate's unit roundoff follows it)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def rerank(queries, database, cand, k, metric, cpu_kernels):
@@ -290,7 +310,7 @@ def certify(queries, center, radius, threshold, kth, metric, qnorm=None):
     `qnorm`, if given, is |x - c| (IP: |x|) in float64, saving a pass over the queries.
     """
     d = queries.shape[1]
-    slack = (2 * d + 16) * 2.0**-24
+    slack = (2 * d + 16) * (2.0**-53 if center.dtype == torch.float64 else 2.0**-24)
     threshold = threshold.to(torch.float64)
     if metric == "ip":
         x64 = queries.to(torch.float64)
@@ -301,7 +321,7 @@ def certify(queries, center, radius, threshold, kth, metric, qnorm=None):
         # The margin covers float64 rounding of <x, y> and <x, c>, which scales with |y|, not |y - c|.
         margin = 1e-12 * xn * (radius + float(c64.norm()))
         return (shift - threshold + slack * xn * radius) < kth - margin
-    xn = (queries.to(torch.float32) - center).to(torch.float64).norm(dim=1) if qnorm is None else qnorm
+    xn = (queries.to(center.dtype) - center).to(torch.float64).norm(dim=1) if qnorm is None else qnorm
     kth = kth * (1 + 1e-12)
     # A non-candidate y at r = |y - c| has |x - y|^2 >= |x - c|^2 + threshold - slack (|x - c| + r)^2,
     # which falls as r grows, and (triangle inequality) |x - y|^2 >= (r - |x - c|)^2, which grows.
@@ -352,7 +372,7 @@ def tiled_candidates(queries, database, center, metric, kprime, self_offset, sco
     scores, indices = [], []
     for q0 in range(0, Q, q_chunk):
         x = queries[q0 : q0 + q_chunk]
-        best_s = torch.empty((x.shape[0], 0), dtype=torch.float32, device=x.device)
+        best_s = torch.empty((x.shape[0], 0), dtype=center.dtype, device=x.device)
         best_i = torch.empty((x.shape[0], 0), dtype=torch.int64, device=x.device)
         for n0 in range(0, N, n_chunk):
             y = database[n0 : n0 + n_chunk]
@@ -368,14 +388,15 @@ def tiled_candidates(queries, database, center, metric, kprime, self_offset, sco
 
 
 def torch_score_tile(x, y, center, metric, self_col):
-    """The score of the candidate contract in float64 torch ops (any device, no TF32)."""
+    """The score of the candidate contract in float64 torch ops (any device, no TF32), rounded
+    to the score dtype (float32; float64 for float64 inputs, centred in float64)."""
     if metric == "l2":
-        xc = (x.to(torch.float32) - center).to(torch.float64)
-        yc = (y.to(torch.float32) - center).to(torch.float64)
+        xc = (x.to(center.dtype) - center).to(torch.float64)
+        yc = (y.to(center.dtype) - center).to(torch.float64)
         s = (yc * yc).sum(1)[None, :] - 2.0 * (xc @ yc.T)
     else:
-        s = -(x.to(torch.float64) @ (y.to(torch.float32) - center).to(torch.float64).T)
-    s = s.to(torch.float32)
+        s = -(x.to(torch.float64) @ (y.to(center.dtype) - center).to(torch.float64).T)
+    s = s.to(center.dtype)
     if self_col is not None:
         rows = torch.arange(x.shape[0], device=x.device)
         cols = rows + self_col
@@ -411,7 +432,8 @@ def knn_sharded(
     metric: str = "l2",
     exclude_self: bool = False,
     backend: str = "auto",
-    check_finite: bool = True,
+    validate: bool = True,
+    check_finite: bool | None = None,
 ):
     """Exact kNN over a database sharded across the ranks of a torch.distributed group.
 
@@ -423,16 +445,18 @@ def knn_sharded(
     """
     import torch.distributed as dist
 
+    queries, to_input_kind = _backend.to_torch(queries, "queries")
+    database_shard, _ = _backend.to_torch(database_shard, "database_shard")
     world = dist.get_world_size(group)
-    validate(queries, database_shard, 1, metric, False, backend, check_finite)
+    check(queries, database_shard, 1, metric, False, backend,
+          _backend.deprecated_switch("knn_sharded", validate, check_finite=check_finite))
     sizes = [torch.zeros(1, dtype=torch.int64, device=queries.device) for _ in range(world)]
     dist.all_gather(sizes, torch.tensor([database_shard.shape[0]], device=queries.device), group=group)
     sizes = [int(s) for s in sizes]
     total = sum(sizes)
     offset = sum(sizes[: dist.get_rank(group)])
     eligible = total - (1 if exclude_self else 0)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= eligible:
-        raise ValueError(f"k: expected an integer in [1, {eligible}] (global database rows), got {k!r}")
+    _backend.check_int(k, "k", 1, eligible, f"{eligible} (global database rows)")
     if exclude_self and queries.shape[0] != total:
         raise ValueError(f"exclude_self: queries must be the whole database ({total} rows), got {queries.shape[0]}")
     # Search one extra neighbour so that dropping self after the merge still leaves k.
@@ -456,4 +480,4 @@ def knn_sharded(
         # Stable compaction: the first k kept entries of each row, in order.
         order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
         d_cat, i_cat = torch.gather(d_cat, 1, order), torch.gather(i_cat, 1, order)
-    return d_cat[:, :k].to(torch.float32), i_cat[:, :k]
+    return to_input_kind(d_cat[:, :k].to(_out_dtype(queries))), to_input_kind(i_cat[:, :k])
