@@ -101,10 +101,16 @@ def _contrastive_loss_op(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, 
     positive_logits = s * pos_dots + b
     # Subtract each positive from its own row (and column) statistic before summing: the terms
     # are O(1) while the statistics are O(scale), so this avoids cancellation in fp32.
+    # Each such term is >= 0 in exact arithmetic (softmax: lse_i - L_ii = log(1 + sum_{j!=i}
+    # exp(L_ij - L_ii)); sigmoid: sum_{j!=i} softplus(L_ij) + softplus(-L_ii)), but the kernel's
+    # statistic and the positive logit here round differently, by a few ulp of |L_ii|. Taking
+    # max(term, 0) projects each term onto its known range: it can only move a term closer to
+    # its true value (never below 0, where the true value cannot be), so the loss is a sum of
+    # non-negative terms. The backward is the analytic gradient and does not see this.
     row_terms = row.clone()
-    row_terms[pos_rows] -= positive_logits
+    row_terms[pos_rows] = (row_terms[pos_rows] - positive_logits).clamp(min=0)
     if symmetric:
-        loss = (row_terms.sum() + (col - positive_logits).sum()) / (2 * m)
+        loss = (row_terms.sum() + (col - positive_logits).clamp(min=0).sum()) / (2 * m)
     else:
         loss = row_terms.sum() / m
     empty = row.new_empty(0)
