@@ -190,3 +190,38 @@ def test_help_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# ---- bench table -------------------------------------------------------------------------------
+
+
+def test_bench_table_keeps_rows_of_missing_packages_and_stays_aligned(monkeypatch, capsys):
+    """Without faiss the calibration anchor used to vanish and the fmkit row read "nanx"; long
+    flamingo shapes and names pushed the numbers out of their columns."""
+    import importlib.util
+    import types
+
+    from fmkit import bench
+    from fmkit.bench import calibration as calibration_bench
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "faiss" else real_find_spec(name, *a))
+    small = types.SimpleNamespace(cases=lambda device, quick: calibration_bench.cases(device, quick,
+                                                                                     shapes=[(200, 200, 8, 3)]))
+    long = types.SimpleNamespace(cases=lambda device, quick: [{
+        "shape": "perceiver BT=16 keys=256+64 fwd+bwd float32 (longer than any column)", "flops": 1e6,
+        "contenders": [("fmkit perceiver_attention, a long name", lambda: None, False),
+                       ("SDPA (default)", lambda: None, True)]}])
+    monkeypatch.setitem(bench.REGISTRY, "calibration", small)
+    monkeypatch.setitem(bench.REGISTRY, "flamingo", long)
+    monkeypatch.setattr(bench, "measured_peak", lambda device, dtype=None: 100.0)
+    bench.run(["calibration", "flamingo"], True, torch.device("cpu"), progress=False)
+    out = capsys.readouterr().out
+    assert "faiss not installed" in out and "nan" not in out and "no anchor ran" in out
+    lines = [line for line in out.splitlines() if line.startswith(("op ", "calibration ", "flamingo "))]
+    end = lines[0].index("median ms") + len("median ms")  # numbers are right-aligned under it
+    timed = [line for line in lines[1:] if "not installed" not in line]
+    assert len(timed) == 3
+    for line in timed:
+        assert line[end - 1].isdigit() and line[end] == " ", line
