@@ -104,23 +104,27 @@ def test_custom_op_fake_and_compile():
 
 
 @pytest.mark.parametrize(
-    "call, match",
+    "call, error, match",
     [
-        (lambda x, y, s: clip_loss(x, y[:-1], s), r"text_features: shape \[9, 4\] does not match"),
-        (lambda x, y, s: clip_loss(x, y[:, :3], s), r"text_features: shape \[10, 3\] does not match"),
-        (lambda x, y, s: clip_loss(x[:0], y[:0], s), "image_features: empty batch"),
-        (lambda x, y, s: clip_loss(x, y, torch.ones(2)), "logit_scale: expected a scalar"),
-        (lambda x, y, s: clip_loss(x, y, 10.0), "logit_scale: expected a tensor"),
-        (lambda x, y, s: clip_loss(x, y, s, logit_bias=torch.tensor(1.0)), "logit_bias: only used with kind='sigmoid'"),
-        (lambda x, y, s: clip_loss(x, y, s, kind="infonce"), "kind: expected 'softmax' or 'sigmoid'"),
-        (lambda x, y, s: clip_loss(x[0], y[0], s), r"image_features: expected a 2-D \[N, d\] tensor"),
-        (lambda x, y, s: clip_loss(x, y.half(), s), "text_features: expected torch.float32"),
-        (lambda x, y, s: clip_loss(x.int(), y.int(), s), "image_features: expected float32"),
-        (lambda x, y, s: clip_loss(x.double(), y.double(), s, backend="cpu"), "float64 runs only on backend='torch'"),
+        (lambda x, y, s: clip_loss(x, y[:-1], s), ValueError, r"text_features: shape \[9, 4\] does not match"),
+        (lambda x, y, s: clip_loss(x, y[:, :3], s), ValueError, r"text_features: shape \[10, 3\] does not match"),
+        (lambda x, y, s: clip_loss(x[:0], y[:0], s), ValueError, "image_features: empty batch"),
+        (lambda x, y, s: clip_loss(x, y, torch.ones(2)), ValueError, "logit_scale: expected a scalar"),
+        (lambda x, y, s: clip_loss(x, y, 10.0), TypeError, "logit_scale: expected a tensor"),
+        (lambda x, y, s: clip_loss(x.numpy(), y, s), TypeError, "image_features: expected a torch.Tensor, got ndarray"),
+        (lambda x, y, s: clip_loss(x, y, s, logit_bias=torch.tensor(1.0)), ValueError, "logit_bias: only used with kind='sigmoid'"),
+        (lambda x, y, s: clip_loss(x, y, s, kind="infonce"), ValueError, "kind: expected 'softmax' or 'sigmoid'"),
+        (lambda x, y, s: clip_loss(x[0], y[0], s), ValueError, r"image_features: expected a 2-D \[N, d\] tensor"),
+        (lambda x, y, s: clip_loss(x, y.half(), s), ValueError, "text_features: expected torch.float32"),
+        (lambda x, y, s: clip_loss(x.int(), y.int(), s), TypeError,
+         "image_features: expected dtype float32, float16, bfloat16 or float64, got int32"),
+        (lambda x, y, s: clip_loss(x.double(), y.double(), s, backend="cpu"), ValueError, "float64 runs only on backend='torch'"),
+        (lambda x, y, s: clip_loss(x, y, s, backend="cuda"), ValueError,
+         "backend='cuda': clip_loss has no cuda kernel; its backends are 'auto', 'triton', 'cpu', 'torch'"),
     ],
 )
-def test_bad_input(call, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
         call(unit(10, 4, 0), unit(10, 4, 1), torch.tensor(10.0))
 
 

@@ -45,11 +45,10 @@ def clip_loss(image_features, text_features, logit_scale, *, logit_bias=None, ki
 def _check(x, y, scale, bias, kind, backend):
     for name, t in (("image_features", x), ("text_features", y)):
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 2:
             raise ValueError(f"{name}: expected a 2-D [N, d] tensor, got shape {list(t.shape)}")
-        if t.dtype not in DTYPES:
-            raise ValueError(f"{name}: expected float32, float16, bfloat16 (or float64), got {t.dtype}")
+        _backend.check_dtype(t, name, DTYPES)
     if x.shape[0] == 0:
         raise ValueError("image_features: empty batch (N = 0)")
     if x.shape != y.shape:
@@ -69,7 +68,7 @@ def _check(x, y, scale, bias, kind, backend):
 
 def _check_scalar(t, name, device):
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name}: expected a tensor (a scalar nn.Parameter), got {type(t).__name__}")
+        raise TypeError(f"{name}: expected a tensor (a scalar nn.Parameter), got {type(t).__name__}")
     if t.numel() != 1:
         raise ValueError(f"{name}: expected a scalar (0-d or one element), got shape {list(t.shape)}")
     if t.device != device:
