@@ -1,4 +1,6 @@
 """fmkit.calibration.calibrators: planted parameters, brute-force references, kinds, errors."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -192,12 +194,67 @@ def test_pts_deterministic_and_keeps_global_rng(pts_data):
     assert torch.equal(before, after)
 
 
-def test_pts_paper_defaults_barely_move(pts_data):
+def test_pts_release_settings_are_an_option(pts_data):
     z, y = pts_data
-    pts = ParameterizedTemperatureScaling().fit(z[:1000], y[:1000])
-    assert (pts.top_k, pts.hidden, pts.epochs, pts.lr, pts.batch_size) == (10, (5, 5), 100, 5e-5, 1000)
+    assert ParameterizedTemperatureScaling().lr == 1e-2
+    pts = ParameterizedTemperatureScaling.released(seed=3)
+    assert (pts.top_k, pts.hidden, pts.epochs, pts.lr, pts.batch_size, pts.seed) == (10, (5, 5), 100, 5e-5, 1000, 3)
+    with pytest.warns(calibrators.CalibrationWarning):
+        pts.fit(z[:1000], y[:1000])
     assert pts.k_ == 6  # top_k capped at C
     assert len(pts.loss_history_) == 100
+
+
+@pytest.mark.slow
+def test_pts_and_ptsk_defaults_train_and_release_warns():
+    # Issue 13.7: with the release's lr=5e-5 the untrained net's arbitrary temperature stays, and
+    # PTS / PTSK made a generated 10-class problem worse than no calibration, silently.
+    from fmkit.calibration.metrics import ece
+
+    rng = np.random.default_rng(21)
+    true = rng.normal(size=(3000, 10)) * 1.2
+    z, y = true * 2.5, sample_labels(true, 22)
+    extra = np.exp(-rng.random((3000, 5)) ** 2)
+    fit, test = slice(0, 1500), slice(1500, None)
+
+    def scores(probs):
+        p = np.asarray(probs)
+        return ece(p.max(1), p.argmax(1) == y[test]), nll(p, y[test])
+
+    raw = scores(softmax(z[test]))
+    for kw, ex in (({}, None), ({"top_k": 5}, extra)):
+        fit_extra = None if ex is None else ex[fit]
+        test_extra = None if ex is None else ex[test]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", calibrators.CalibrationWarning)
+            good = ParameterizedTemperatureScaling(**kw).fit(z[fit], y[fit], extra=fit_extra)
+        ece_good, nll_good = scores(good.transform(z[test], extra=test_extra))
+        assert ece_good < 0.5 * raw[0] and nll_good < raw[1]
+        with pytest.warns(calibrators.CalibrationWarning, match=r"ParameterizedTemperatureScaling \(PTSK?\): .*NLL"):
+            bad = ParameterizedTemperatureScaling.released(**kw).fit(z[fit], y[fit], extra=fit_extra)
+        assert scores(bad.transform(z[test], extra=test_extra))[1] > raw[1]
+
+
+@pytest.mark.slow
+def test_compare_methods_warns_when_a_calibrator_raises_val_nll():
+    from fmkit.calibration.compare import Split, compare_methods
+
+    rng = np.random.default_rng(23)
+    true = rng.normal(size=(1600, 10)) * 1.2
+    z, y = true * 2.5, sample_labels(true, 24)
+    feats = rng.normal(size=(1600, 8)).astype(np.float32)
+    val, test = Split(z[:800], y[:800], feats[:800]), Split(z[800:], y[800:], feats[800:])
+    with pytest.warns(calibrators.CalibrationWarning, match="calibration method 'pts': .*NLL on the calibration"):
+        bad = compare_methods(val, test, ("conf", "pts", "ts"), pts_settings="release", progress=False)
+    assert bad.worse_than_uncalibrated == ["pts"]
+    assert bad.metrics["pts"]["ece"] > bad.metrics["conf"]["ece"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", calibrators.CalibrationWarning)
+        good = compare_methods(val, test, ("conf", "pts"), progress=False)
+    assert good.worse_than_uncalibrated == []
+    assert good.metrics["pts"]["ece"] < 0.5 * good.metrics["conf"]["ece"]
+    with pytest.raises(ValueError, match="pts_settings: expected one of"):
+        compare_methods(val, test, ("conf",), pts_settings="paper", progress=False)
 
 
 def test_ptsk_extra_features(pts_data):
