@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
 
     dc = sub.add_parser("datacomp", help="DataComp: make a synthetic pool, filter, train CLIP, evaluate",
-                        description="DataComp's workflow on local pools: make-pool, filter, train, make-eval, evaluate.")
+                        description="DataComp's workflow on local pools: make-pool, filter, train, make-eval, "
+                                    "evaluate.")
     dcs = dc.add_subparsers(dest="datacomp_command", required=True, metavar="STEP")
     mk = dcs.add_parser("make-pool", help="write a synthetic DataComp-format pool",
                         description="Writes a generated pool (parquet + npz + tar shards) with known ground truth.")

@@ -170,9 +170,9 @@ def table_cells(r: dict) -> list[str]:
     exact = "ERROR" if r.get("error") else "" if r["exact"] is None else ("yes" if r["exact"] else "no")
     if r.get("unavailable"):
         return [r["op"], r["shape"], r["contender"], r["unavailable"], "", "", "", "", ""]
-    ratio = r["speedup_vs_best_anchor"]
+    ratio, ran = r["speedup_vs_best_anchor"], r["median_ms"] == r["median_ms"]
     return [r["op"], r["shape"], r["contender"], num(r["median_ms"], ".2f"),
-            num(ratio, ".2f") + "x" if ratio == ratio else ("no anchor ran" if r["median_ms"] == r["median_ms"] else "-"),
+            num(ratio, ".2f") + "x" if ratio == ratio else ("no anchor ran" if ran else "-"),
             num(r["gflops"], ".1f"), num(r["pct_peak"], ".1f"), mib, exact]
 
 
