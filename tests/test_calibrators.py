@@ -215,7 +215,7 @@ def test_pts_and_ptsk_defaults_train_and_release_warns():
     true = rng.normal(size=(3000, 10)) * 1.2
     z, y = true * 2.5, sample_labels(true, 22)
     extra = np.exp(-rng.random((3000, 5)) ** 2)
-    fit, test = slice(0, 1500), slice(1500, None)
+    fit, test = slice(0, 1000), slice(1000, None)
 
     def scores(probs):
         p = np.asarray(probs)
