@@ -6,6 +6,7 @@
 // chunks of one sample are spread over the threads pass by pass. Both modes use the same chunk
 // partials, so results are identical. Inner loops are plain float loops over one chunk that the
 // compiler vectorises (-O3 -march=native); 16-bit storage is widened on load.
+#include "cpu/dispatch.h"
 #include "ops/pgd_step.h"
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include "cpu/simd.h"
 
 namespace fmkit {
+namespace FMKIT_CPU_NS {  // one copy per SIMD level (cpu/dispatch.h)
 namespace {
 
 using simd::bf16;
@@ -192,4 +194,5 @@ void pgd_step_cpu(const Tensor& x, const Tensor& g, const Tensor& x0, const Tens
   }
 }
 
+}  // namespace FMKIT_CPU_NS
 }  // namespace fmkit
