@@ -3,6 +3,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# torch first: _C and torch both need libgomp.so.1, and the copy loaded first serves both
+# (one OpenMP runtime); it should be the one torch ships with.
+import torch  # noqa: E402,F401
+
 try:  # a bad FMKIT_SIMD must fail the import, not quietly leave fmkit without its compiled kernels
     from fmkit import _C  # noqa: F401
 except ImportError as _exc:
