@@ -41,14 +41,24 @@ WORKLOADS = {
                   ("media B=4 T=2048 images=5 fwd+bwd", "SDPA", (">=", 1.0))],
     "gaussian_kde": [("50k x 50k, 2-D", "chunked torch", (">=", 10.0))],
 }
+# The anchors pick their own ISA (MKL / oneDNN / ATen kernels for torch, faiss's own build
+# variants); by default they are held to the level under test too, so each row is what a CPU
+# of that level would see (--native-anchors lets them use everything this CPU has).
+ANCHOR_ENV = {
+    "scalar": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "FAISS_OPT_LEVEL": "generic"},
+    "sse2": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "FAISS_OPT_LEVEL": "generic"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "FAISS_OPT_LEVEL": "avx2"},
+}
 # Workloads too slow to be worth it on the scalar level.
 HEAVY = {"kmeans", "gaussian_kde", "attention"}
 
 
 def _time(fns: dict, repeats: int) -> dict:
-    """Alternates the callables (one warm-up each), so machine noise hits them alike."""
-    for fn in fns.values():
-        fn()
+    """Alternates the callables (one warm-up each unless repeats < 2: the multi-second
+    workloads warm up inside), so machine noise hits them alike."""
+    if repeats >= 2:
+        for fn in fns.values():
+            fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -59,7 +69,7 @@ def _time(fns: dict, repeats: int) -> dict:
             for name, t in times.items()}
 
 
-def _contenders(op: str, quick_repeats: int):
+def _contenders(op: str, large: bool):
     """(label, {"fmkit": fn, anchor: fn, ...}, repeats, extra) per workload of `op`."""
     import torch
 
@@ -78,7 +88,7 @@ def _contenders(op: str, quick_repeats: int):
             f = [fn for _, fn, _ in case["contenders"]]
             yield label, {"fmkit": f[0], "naive torch fp32": f[1]}, 5, {}
     elif op == "kmeans":
-        yield from _kmeans_workloads(quick_repeats)
+        yield from _kmeans_workloads(large)
     elif op == "pgd_step":
         from fmkit.bench import pgd_step as b
 
@@ -97,14 +107,15 @@ def _contenders(op: str, quick_repeats: int):
         yield from _kde_workload()
 
 
-def _kmeans_workloads(quick_repeats):
+def _kmeans_workloads(large):
     import faiss
     import numpy as np
     import torch
 
     from fmkit.cluster import kmeans
 
-    for (label, _, _), (N, k, spherical) in zip(WORKLOADS["kmeans"], ((200_000, 256, True), (1_000_000, 1024, False))):
+    sizes = ((200_000, 256, True), (1_000_000, 1024, False))
+    for (label, _, _), (N, k, spherical) in zip(WORKLOADS["kmeans"], sizes[: 2 if large else 1]):
         g = torch.Generator().manual_seed(0)
         x = torch.randn(N, 64, generator=g)
         if spherical:
@@ -167,19 +178,20 @@ def _kde_workload():
     def extra():
         return {"max_rel_diff": float(((ref["fmkit"] - ref["torch"]).abs() / ref["torch"].abs().clamp_min(1e-300)).max())}
 
-    yield "50k x 50k, 2-D", {"fmkit": ours, "chunked torch": theirs}, 3, extra
+    yield "50k x 50k, 2-D", {"fmkit": ours, "chunked torch": theirs}, 1, extra
 
 
-def worker(op: str, threads: int) -> None:
+def worker(op: str, threads: int, large: bool) -> None:
     import torch
 
     torch.set_num_threads(threads)
     from fmkit import _C
 
     rows = []
-    for label, fns, repeats, extra in _contenders(op, 3):
+    for label, fns, repeats, extra in _contenders(op, large):
         stats = _time(fns, repeats)
-        row = {"op": op, "workload": label, "level": _C.simd_selected, "threads": threads, "times": stats}
+        row = {"op": op, "workload": label, "level": _C.simd_selected, "threads": threads, "times": stats,
+               "anchor_env": {k: os.environ[k] for k in ANCHOR_ENV["sse2"] if k in os.environ}}
         if callable(extra):
             row.update(extra())
         rows.append(row)
@@ -214,9 +226,11 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=str(RESULTS))
     p.add_argument("--worker", default="")
+    p.add_argument("--large", action="store_true", help="also k-means 1M x 64, 1024 clusters (minutes per level)")
+    p.add_argument("--native-anchors", action="store_true", help="do not hold the anchors to the level under test")
     args = p.parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.threads)
+        return worker(args.worker, args.threads, args.large)
     from fmkit import _C
 
     supported = [lv for lv in _C.simd_compiled if ORDER.index(lv) <= ORDER.index(_C.simd_detected)]
@@ -227,7 +241,10 @@ def main(argv=None):
             if level == "scalar" and op in HEAVY:
                 continue
             env = dict(os.environ, FMKIT_SIMD=level, OMP_NUM_THREADS=str(args.threads))
-            r = subprocess.run([sys.executable, __file__, "--worker", op, "--threads", str(args.threads)],
+            if not args.native_anchors:
+                env.update(ANCHOR_ENV.get(level, {}))
+            r = subprocess.run([sys.executable, __file__, "--worker", op, "--threads", str(args.threads)]
+                               + (["--large"] if args.large else []),
                                env=env, capture_output=True, text=True)
             got = [json.loads(ln[3:]) for ln in r.stdout.splitlines() if ln.startswith("ROW")]
             if r.returncode != 0:
@@ -242,7 +259,8 @@ def main(argv=None):
 
     result = {"date": datetime.date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
               "cpu_model": _cpu_model(), "threads": args.threads, "torch": torch.__version__,
-              "simd_detected": _C.simd_detected, "rows": rows, "table": _table(rows), "failures": failures}
+              "simd_detected": _C.simd_detected,
+              "anchor_env": {} if args.native_anchors else ANCHOR_ENV, "rows": rows, "table": _table(rows), "failures": failures}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     if Path(args.json).exists() and (args.levels or args.ops != ",".join(WORKLOADS)):
         # partial run: keep the rows of other levels / ops from the previous file
