@@ -64,7 +64,23 @@ struct Sample {
       load_chunk(g + c, gs, n);
       load_chunk(x0 + c, zs, n);
       const float a = p.alpha, e = p.eps, ne = -p.eps, lo = p.lo, hi = p.hi;
-      for (int64_t i = 0; i < n; ++i) {
+      // Explicit vectors: GCC left the scalar loop below unvectorised with AVX2 flags (4x slower
+      // than AVX-512 and 2x slower than SSE2 at 64x3x224x224). Same operations per element, so
+      // every level writes the same bits.
+      int64_t i = 0;
+      using simd::vfloat;
+      for (; i + simd::VW <= n; i += simd::VW) {
+        const vfloat gv = simd::vload(gs + i), z = simd::vload(zs + i);
+        const vfloat sg = gv > 0.f ? simd::splat(1.f) : (gv < 0.f ? simd::splat(-1.f) : vfloat{});
+        vfloat d = (simd::vload(xs + i) + a * sg) - z;
+        d = d < ne ? simd::splat(ne) : d;
+        d = d > e ? simd::splat(e) : d;
+        vfloat v = z + d;
+        v = v < lo ? simd::splat(lo) : v;
+        v = v > hi ? simd::splat(hi) : v;
+        simd::vstore(xs + i, v);
+      }
+      for (; i < n; ++i) {
         const float sg = gs[i] > 0.f ? 1.f : (gs[i] < 0.f ? -1.f : 0.f);
         const float xp = xs[i] + a * sg;
         float d = xp - zs[i];
