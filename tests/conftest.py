@@ -1,7 +1,16 @@
 import os
 
+import random
+
+import numpy as np
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw the same examples on every run: a failure CI found is one anyone can
+# replay, and a green run means the same cases passed.
+settings.register_profile("fmkit", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("fmkit")
 
 # Without a GPU, Triton kernels run in the interpreter on CPU tensors (must be set before
 # any triton.jit function is defined).
@@ -16,3 +25,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_and_isolated():
+    """Every test starts from the same global seeds and leaves torch's global switches as it
+    found them (a test that flips TF32 or the default dtype must not change later tests)."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),
+             torch.are_deterministic_algorithms_enabled())
+    yield
+    now = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+           torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),
+           torch.are_deterministic_algorithms_enabled())
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[0], saved[1]
+    torch.set_default_dtype(saved[2])
+    torch.set_num_threads(saved[3])
+    torch.set_grad_enabled(saved[4])
+    torch.use_deterministic_algorithms(saved[5])
+    assert now == saved, f"the test changed torch's global state: {saved} -> {now}"

@@ -191,6 +191,45 @@ def test_apgd_targeted_and_autoattack_l2_and_clean_misclassified_points():
     assert ((a.x_adv - x).flatten(1).norm(dim=1) <= 0.2 * (1 + 1e-5)).all()
 
 
+@pytest.mark.parametrize("schedule", ["autoattack", "paper"])
+def test_apgd_first_checkpoint_schedule(monkeypatch, schedule):
+    # 4 steps: a checkpoint after every step. At the first one AutoAttack's code compares the loss
+    # after step 1 with 0 (an unfilled history slot), so with DLR < 0 (not fooled) step 1 never
+    # counts as an increase and every step size halves; the paper compares it with the start loss,
+    # so points whose loss rose keep 2 eps (issue 12.3).
+    model, x, y = trained_classifier()
+    steps_seen = []
+    real_step = image_mod.pgd_step_
+
+    def spy(x_, g, x0, *, step_size, **kw):
+        if torch.is_tensor(step_size):
+            steps_seen.append(step_size.clone())
+        return real_step(x_, g, x0, step_size=step_size, **kw)
+
+    monkeypatch.setattr(image_mod, "pgd_step_", spy)
+    eps = 0.5 / 255
+    start_losses = []
+    real_dlr = image_mod.dlr_loss
+
+    def dlr(logits, yy, target=None):
+        out = real_dlr(logits, yy, target)
+        start_losses.append(out.detach().clone())
+        return out
+
+    monkeypatch.setattr(image_mod, "dlr_loss", dlr)
+    res = apgd(model, x, y, eps=eps, steps=4, loss="dlr", schedule=schedule, progress=False)
+    assert not res.success.any()
+    start, after_one = start_losses[0], start_losses[1]
+    assert (after_one < 0).all()
+    halved = steps_seen[1] == eps
+    assert ((steps_seen[0] == 2 * eps).all())
+    if schedule == "autoattack":
+        assert halved.all()
+    else:
+        assert torch.equal(halved, ~(after_one > start))
+        assert (~halved).any()
+
+
 def test_apgd_targeted_and_autoattack_bad_arguments():
     model, x, y = trained_classifier()
     x, y = x[:4], y[:4]
@@ -211,6 +250,9 @@ def test_apgd_targeted_and_autoattack_bad_arguments():
         autoattack(model, x, y, eps=0.01, steps=-1, n_target_classes=3, progress=False)
     with pytest.raises(ValueError, match="restarts: expected a positive integer"):
         apgd_targeted(model, x, y, eps=0.01, restarts=0, n_target_classes=3, progress=False)
+    for attack in (apgd, apgd_targeted, autoattack):
+        with pytest.raises(ValueError, match=r"schedule: expected one of \('autoattack', 'paper'\)"):
+            attack(model, x, y, eps=0.01, schedule="literal", progress=False)
 
 
 def test_bad_arguments():

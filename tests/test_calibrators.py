@@ -1,7 +1,11 @@
 """fmkit.calibration.calibrators: planted parameters, brute-force references, kinds, errors."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fmkit.calibration import calibrators
 from fmkit.calibration.calibrators import (
@@ -71,6 +75,51 @@ def test_ts_is_the_nll_minimiser(overconfident):
     grid = t * np.exp(np.linspace(-0.05, 0.05, 11))
     losses = [nll(softmax(z / g), y) for g in grid]
     assert int(np.argmin(losses)) == 5
+
+
+def ts_problem(seed, n, c, scale, right, decimals):
+    """Random logits (optionally rounded, as stored logits often are) and labels that agree with the
+    argmax for a fraction `right` of the samples."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, c)) * scale
+    if decimals is not None:
+        z = np.round(z, decimals)
+    y = np.where(rng.random(n) < right, z.argmax(1), rng.integers(0, c, n))
+    return z, y
+
+
+def nll_at(z, y, t):
+    a = np.asarray(z, float) / t
+    a = a - a.max(1, keepdims=True)
+    return float(np.mean(np.log(np.exp(a).sum(1)) - a[np.arange(len(y)), y]))
+
+
+def test_ts_newton_step_onto_zero_gradient():
+    # Issue 12.1: a Newton step landed where the gradient is exactly 0, and the bisection fallback
+    # ran before the g == 0 exit, returning T = 0.0809 (NLL 1.165) instead of the minimum.
+    z = np.array([[-0.24, -0.2], [-1.04, 0.61], [-0.2, -0.44]])
+    ts = TemperatureScaling().fit(z, [1, 1, 1])
+    assert ts.temperature_ == pytest.approx(0.653676, rel=1e-5)
+    assert nll_at(z, [1, 1, 1], ts.temperature_) == pytest.approx(0.544525, abs=1e-6)
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(10, 1000), c=st.integers(2, 20),
+       scale=st.floats(0.05, 20.0), right=st.floats(0.0, 1.0), decimals=st.sampled_from([None, 1, 2]),
+       bounds=st.sampled_from([(1e-2, 1e2), (0.5, 2.0), (0.05, 20.0)]))
+def test_ts_property_bounded_nll_minimum(seed, n, c, scale, right, decimals, bounds):
+    # The NLL is unimodal in T (convex in 1/T), so "no better neighbour within the bounds" plus
+    # "no better point on a coarse grid" says T is the bounded minimum (scipy-free; the scipy
+    # comparison is in test_peer_scipy.py).
+    z, y = ts_problem(seed, n, c, scale, right, decimals)
+    t = TemperatureScaling(bounds=bounds).fit(z, y).temperature_
+    lo, hi = bounds
+    assert lo <= t <= hi
+    best = nll_at(z, y, t)
+    tol = 1e-12 * max(1.0, best)
+    near = [v for v in (t * (1 - 1e-5), t * (1 + 1e-5)) if lo <= v <= hi]
+    grid = np.geomspace(lo, hi, 17)
+    assert best <= min(nll_at(z, y, v) for v in near + list(grid)) + tol
 
 
 def test_ts_separable_data_stops_at_bound():
@@ -145,12 +194,67 @@ def test_pts_deterministic_and_keeps_global_rng(pts_data):
     assert torch.equal(before, after)
 
 
-def test_pts_paper_defaults_barely_move(pts_data):
+def test_pts_release_settings_are_an_option(pts_data):
     z, y = pts_data
-    pts = ParameterizedTemperatureScaling().fit(z[:1000], y[:1000])
-    assert (pts.top_k, pts.hidden, pts.epochs, pts.lr, pts.batch_size) == (10, (5, 5), 100, 5e-5, 1000)
+    assert ParameterizedTemperatureScaling().lr == 1e-2
+    pts = ParameterizedTemperatureScaling.released(seed=3)
+    assert (pts.top_k, pts.hidden, pts.epochs, pts.lr, pts.batch_size, pts.seed) == (10, (5, 5), 100, 5e-5, 1000, 3)
+    with pytest.warns(calibrators.CalibrationWarning):
+        pts.fit(z[:1000], y[:1000])
     assert pts.k_ == 6  # top_k capped at C
     assert len(pts.loss_history_) == 100
+
+
+@pytest.mark.slow
+def test_pts_and_ptsk_defaults_train_and_release_warns():
+    # Issue 13.7: with the release's lr=5e-5 the untrained net's arbitrary temperature stays, and
+    # PTS / PTSK made a generated 10-class problem worse than no calibration, silently.
+    from fmkit.calibration.metrics import ece
+
+    rng = np.random.default_rng(21)
+    true = rng.normal(size=(3000, 10)) * 1.2
+    z, y = true * 2.5, sample_labels(true, 22)
+    extra = np.exp(-rng.random((3000, 5)) ** 2)
+    fit, test = slice(0, 1500), slice(1500, None)
+
+    def scores(probs):
+        p = np.asarray(probs)
+        return ece(p.max(1), p.argmax(1) == y[test]), nll(p, y[test])
+
+    raw = scores(softmax(z[test]))
+    for kw, ex in (({}, None), ({"top_k": 5}, extra)):
+        fit_extra = None if ex is None else ex[fit]
+        test_extra = None if ex is None else ex[test]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", calibrators.CalibrationWarning)
+            good = ParameterizedTemperatureScaling(**kw).fit(z[fit], y[fit], extra=fit_extra)
+        ece_good, nll_good = scores(good.transform(z[test], extra=test_extra))
+        assert ece_good < 0.5 * raw[0] and nll_good < raw[1]
+        with pytest.warns(calibrators.CalibrationWarning, match=r"ParameterizedTemperatureScaling \(PTSK?\): .*NLL"):
+            bad = ParameterizedTemperatureScaling.released(**kw).fit(z[fit], y[fit], extra=fit_extra)
+        assert scores(bad.transform(z[test], extra=test_extra))[1] > raw[1]
+
+
+@pytest.mark.slow
+def test_compare_methods_warns_when_a_calibrator_raises_val_nll():
+    from fmkit.calibration.compare import Split, compare_methods
+
+    rng = np.random.default_rng(23)
+    true = rng.normal(size=(1600, 10)) * 1.2
+    z, y = true * 2.5, sample_labels(true, 24)
+    feats = rng.normal(size=(1600, 8)).astype(np.float32)
+    val, test = Split(z[:800], y[:800], feats[:800]), Split(z[800:], y[800:], feats[800:])
+    with pytest.warns(calibrators.CalibrationWarning, match="calibration method 'pts': .*NLL on the calibration"):
+        bad = compare_methods(val, test, ("conf", "pts", "ts"), pts_settings="release", progress=False)
+    assert bad.worse_than_uncalibrated == ["pts"]
+    assert bad.metrics["pts"]["ece"] > bad.metrics["conf"]["ece"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", calibrators.CalibrationWarning)
+        good = compare_methods(val, test, ("conf", "pts"), progress=False)
+    assert good.worse_than_uncalibrated == []
+    assert good.metrics["pts"]["ece"] < 0.5 * good.metrics["conf"]["ece"]
+    with pytest.raises(ValueError, match="pts_settings: expected one of"):
+        compare_methods(val, test, ("conf",), pts_settings="paper", progress=False)
 
 
 def test_ptsk_extra_features(pts_data):

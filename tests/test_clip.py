@@ -331,6 +331,22 @@ def test_retrieval_recall_matches_brute_force():
         assert out[f"text_retrieval_recall@{k}"] == pytest.approx(txt)
 
 
+def test_retrieval_recall_with_tied_scores():
+    """Identical captions tie exactly. As in clip_benchmark (DataComp's evaluator), a hit needs
+    the positive among the k candidates returned, here with ties ordered by index: caption i is
+    among the first k of its tie group only if fewer than k identical captions come before it."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    classes = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    y = torch.nn.functional.normalize(torch.randn(2, 16, generator=g), dim=-1)[classes]  # 2 distinct captions
+    out = recall_from_features(x, y, ks=(1, 2, 4))
+    best = classes[(x @ y.T).argmax(1)]  # per image, the 4 captions of the better class tie
+    for k in (1, 2, 4):
+        # image i hits if its own caption is in its better class and among the k lowest indices of that class
+        hits = [(best[i] == classes[i]) and (i % 4) < k for i in range(8)]
+        assert out[f"text_retrieval_recall@{k}"] == pytest.approx(sum(hits) / 8)
+
+
 def test_datacomp_average():
     results = {"imagenet1k": {"acc1": 0.5, "acc5": 0.8}, "vtab/caltech101": {"acc1": 0.9, "mean_per_class_recall": 0.7},
                "retrieval/flickr_1k_test_image_text_retrieval": {"image_retrieval_recall@1": 0.2,

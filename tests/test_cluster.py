@@ -248,32 +248,30 @@ def test_iters_zero_returns_random_distinct_points():
     assert torch.equal(c, x[first])
 
 
-def test_errors():
-    x = torch.randn(10, 3)
-    with pytest.raises(ValueError, match="n_clusters"):
-        kmeans(x, 0)
-    with pytest.raises(ValueError, match="n_clusters"):
-        kmeans(x, 11)
-    with pytest.raises(ValueError, match="x"):
-        kmeans(torch.randn(10), 2)
-    with pytest.raises(ValueError, match="x"):
-        kmeans(torch.randn(2, 3, 4), 2)
-    bad = x.clone()
-    bad[3, 1] = float("nan")
-    with pytest.raises(ValueError, match="x: contains NaN"):
-        kmeans(bad, 2)
-    with pytest.raises(ValueError, match="x"):
-        kmeans(x.double(), 2)
-    with pytest.raises(ValueError, match="metric"):
-        kmeans(x, 2, metric="cos")
-    with pytest.raises(ValueError, match="iters"):
-        kmeans(x, 2, iters=-1)
-    with pytest.raises(ValueError, match="max_points_per_centroid"):
-        kmeans(x, 2, max_points_per_centroid=0)
-    with pytest.raises(ValueError, match="backend"):
-        kmeans(x, 2, backend="nope")
-    with pytest.raises(ValueError, match="init"):
-        kmeans(x, 2, init=torch.randn(3, 3))
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda x: kmeans(x, 0), ValueError, r"n_clusters: expected an integer in \[1, N = 10\], got 0"),
+        (lambda x: kmeans(x, 11), ValueError, r"n_clusters: expected an integer in \[1, N = 10\], got 11"),
+        (lambda x: kmeans(x, 2.5), TypeError, r"n_clusters: expected an integer .*got float 2.5"),
+        (lambda x: kmeans(torch.randn(10), 2), ValueError, r"x: expected a 2-D \[rows, dim\] tensor, got shape \[10\]"),
+        (lambda x: kmeans(torch.randn(2, 3, 4), 2), ValueError, r"x: expected a 2-D \[rows, dim\] tensor, got shape \[2, 3, 4\]"),
+        (lambda x: kmeans(x.masked_fill(x > 1, float("nan")), 2), ValueError, "x: contains NaN or inf"),
+        (lambda x: kmeans(x.double(), 2), TypeError,
+         r"x: expected dtype float32, float16 or bfloat16, got float64; convert first, e.g. x.astype\(numpy.float32\)"),
+        (lambda x: kmeans([[1.0]], 2), TypeError, "x: expected a torch.Tensor, numpy.ndarray or cupy.ndarray, got list"),
+        (lambda x: kmeans(x, 2, metric="cos"), ValueError, r"metric: expected one of \('l2', 'ip'\), got 'cos'"),
+        (lambda x: kmeans(x, 2, iters=-1), ValueError, "iters: expected an integer >= 0, got -1"),
+        (lambda x: kmeans(x, 2, seed="0"), TypeError, "seed: expected an integer, got str '0'"),
+        (lambda x: kmeans(x, 2, max_points_per_centroid=0), ValueError, "max_points_per_centroid: expected an integer >= 1, got 0"),
+        (lambda x: kmeans(x, 2, backend="nope"), ValueError, "backend: expected one of 'auto', 'cuda', 'triton', 'cpu', 'torch', got 'nope'"),
+        (lambda x: kmeans(x, 2, init=torch.randn(3, 3)), ValueError, r"init: expected shape \[2, 3\] \(n_clusters, dim\), got \[3, 3\]"),
+    ],
+)
+def test_errors(call, error, match):
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(error, match=match):
+        call(x)
 
 
 @pytest.mark.gpu

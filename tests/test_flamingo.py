@@ -253,6 +253,48 @@ def test_load_released_state_dict_names():
         load_openflamingo_state_dict(copy.deepcopy(fresh), partial)
 
 
+def open_flamingo_live_state_dict(model):
+    """What a live open_flamingo model's state_dict() holds: its FlamingoLMMixin keeps the original
+    decoder layers as `lang_encoder.old_decoder_blocks` too, so state_dict() lists each decoder
+    weight under both prefixes (the same tensors)."""
+    live = copy.deepcopy(model)
+    live.lang_encoder.old_decoder_blocks = torch.nn.ModuleList(layer.decoder_layer for layer in live._layers)
+    return live.state_dict()
+
+
+def test_load_live_open_flamingo_state_dict():
+    model, _ = tiny_flamingo()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.25)
+    live = open_flamingo_live_state_dict(model)
+    aliases = [k for k in live if k.startswith("lang_encoder.old_decoder_blocks.")]
+    assert "lang_encoder.old_decoder_blocks.0.attn.c_attn.weight" in aliases
+    assert live["lang_encoder.old_decoder_blocks.1.mlp.c_fc.weight"].data_ptr() == \
+        live["lang_encoder.transformer.h.1.decoder_layer.mlp.c_fc.weight"].data_ptr()
+    fresh, _ = tiny_flamingo()
+    with pytest.warns(UserWarning, match=f"dropped {len(aliases)} lang_encoder.old_decoder_blocks"):
+        missing, unexpected = load_openflamingo_state_dict(fresh, live)
+    assert not missing and not unexpected
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0)
+    # Strictness stays on the trainable keys.
+    with pytest.raises(ValueError, match="missing trainable keys"), pytest.warns(UserWarning):
+        load_openflamingo_state_dict(copy.deepcopy(fresh), {k: v for k, v in live.items() if "perceiver" not in k})
+    # An alias that disagrees with its canonical key is an error, not a silent choice.
+    bad = dict(live)
+    bad["lang_encoder.old_decoder_blocks.0.ln_1.weight"] = bad["lang_encoder.old_decoder_blocks.0.ln_1.weight"] + 1
+    with pytest.raises(ValueError, match="old_decoder_blocks.0.ln_1.weight and .*h.0.decoder_layer.ln_1.weight"):
+        load_openflamingo_state_dict(copy.deepcopy(fresh), bad)
+    # Only the alias present: loaded under the canonical name.
+    only_alias = {k: v for k, v in live.items() if ".decoder_layer." not in k}
+    other, _ = tiny_flamingo()
+    with pytest.warns(UserWarning):
+        load_openflamingo_state_dict(other, only_alias)
+    torch.testing.assert_close(other.lang_encoder.transformer.h[1].decoder_layer.mlp.c_fc.weight,
+                               model.lang_encoder.transformer.h[1].decoder_layer.mlp.c_fc.weight)
+
+
 def test_ops_gradcheck_float64():
     from fmkit.ops import media_cross_attention, perceiver_attention
 

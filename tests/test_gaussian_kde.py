@@ -70,3 +70,18 @@ def test_gpu_matches_direct(backend):
     h = torch.tensor([0.05, 0.1], dtype=torch.float64)
     out = gaussian_kde(pts.cuda(), h, xs.cuda(), backend=backend)
     np.testing.assert_allclose(out.cpu().numpy(), direct(pts, h, xs), rtol=1e-11)
+
+
+def test_backend_cuda_is_an_error_not_triton():
+    """Issue 11: gaussian_kde has no CUDA kernel; backend='cuda' used to run Triton silently."""
+    pts = torch.rand(5, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="backend='cuda': gaussian_kde has no cuda kernel; its backends are 'auto', 'triton', 'cpu', 'torch'"):
+        gaussian_kde(pts, [0.1, 0.1], pts, backend="cuda")
+
+
+def test_numpy_in_numpy_out():
+    rng = np.random.default_rng(0)
+    pts, xs = rng.random((40, 2)), rng.random((7, 2))
+    out = gaussian_kde(pts, np.array([0.1, 0.2]), xs)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float64
+    np.testing.assert_allclose(out, gaussian_kde(torch.from_numpy(pts), [0.1, 0.2], torch.from_numpy(xs)).numpy())

@@ -18,14 +18,24 @@ HAS_CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
+def fixed_order_sum(x, y, metric):
+    """float64 sum over coordinates 0..d-1 in that order for every pair (numpy, independent of
+    fmkit). A GEMM (x @ y.T) sums edge tiles in another order, so duplicated database rows
+    could score a few ulp apart and break the lower-index tie rule."""
+    acc = np.zeros((x.shape[0], y.shape[0]))
+    for j in range(x.shape[1]):
+        term = x[:, None, j] - y[None, :, j] if metric == "l2" else x[:, None, j] * y[None, :, j]
+        acc += term * term if metric == "l2" else term
+    return acc
+
+
 def oracle(queries, database, k, metric="l2", exclude_self=False):
     """Brute force in float64 numpy with an explicit (distance, index) lexicographic sort."""
     x = queries.detach().to(torch.float64).cpu().numpy()
     y = database.detach().to(torch.float64).cpu().numpy()
-    if metric == "l2":
-        key = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
-    else:
-        key = -(x @ y.T)
+    key = fixed_order_sum(x, y, metric)
+    if metric == "ip":
+        key = -key
     if exclude_self:
         np.fill_diagonal(key, np.inf)
     cols = np.broadcast_to(np.arange(y.shape[0]), key.shape)
@@ -132,6 +142,77 @@ def test_identical_vectors_at_exactly_zero_and_ties_to_lower_index(backend):
     dist, idx = knn(db, db, 2, exclude_self=True, backend=backend)
     assert idx[0].tolist() == [2, 3] and idx[2].tolist() == [0, 3] and idx[3].tolist() == [0, 2]
     assert dist[0].tolist() == [0.0, 0.0]
+
+
+def duplicated_rows(seed, n=200, d=257):
+    """n rows, each a copy of one of n/2 distinct rows, of mixed scale: a float64 GEMM scores
+    some copies a few ulp apart (d = 257 leaves an edge tile), a fixed-order sum never does."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n // 2, d, generator=g) * torch.exp(torch.randn(n // 2, 1, generator=g)) + 3
+    return base[torch.randint(0, n // 2, (n,), generator=g)]
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_reference_ties_duplicates_exactly(metric):
+    for seed in (0, 1):
+        data = duplicated_rows(seed)
+        for self_index in (None, torch.arange(data.shape[0])):
+            d, i = knn_reference(data, data, 10, metric, self_index)
+            rd, ri = oracle(data, data, 10, metric, exclude_self=self_index is not None)
+            np.testing.assert_array_equal(i.numpy(), ri)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("force_fallback", [False, True])
+def test_duplicated_rows_tie_to_lower_index(backend, metric, exclude_self, force_fallback, monkeypatch):
+    """Issue 12 item 2: every path (candidates, re-rank, wider search, float64 reference) keeps
+    the tie rule on duplicated rows. force_fallback certifies nothing, so every row takes the
+    fallback (the reference with exclude_self, the full-width re-rank without)."""
+    if force_fallback:
+        monkeypatch.setattr(knn_module, "certify", lambda q, *a, **kw: torch.zeros(q.shape[0], dtype=torch.bool))
+    data = duplicated_rows(1)
+    assert_matches_oracle(data, data, 10, metric, exclude_self, backend)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_offset_inner_product_is_certified_in_one_pass(backend):
+    """Issue 12 item 6: on data at offset 1e4 with spread 0.01 the uncentred IP bound
+    (~|x| |y|) exceeded every score gap, so every row fell back (32.6 s vs 0.1 s). Centring the
+    database (which shifts all of a query's scores alike) certifies them in the first pass."""
+    g = torch.Generator().manual_seed(11)
+    db = 1e4 + 0.01 * torch.randn(3000, 16, generator=g)
+    q = 1e4 + 0.01 * torch.randn(40, 16, generator=g)
+    before = knn_module.fallback_rows
+    assert_matches_oracle(q, db, 5, "ip", False, backend)
+    assert knn_module.fallback_rows == before
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_mixed_norms_l2_is_certified_in_one_pass(backend):
+    """Rows of very different norms: a few far rows make max|y - c| large and the score bound
+    loose for the queries near the centre; the triangle inequality certifies those rows."""
+    g = torch.Generator().manual_seed(12)
+    db = torch.randn(4000, 16, generator=g) * torch.exp(2 * torch.randn(4000, 1, generator=g))
+    q = torch.randn(60, 16, generator=g) * torch.exp(2 * torch.randn(60, 1, generator=g))
+    before = knn_module.fallback_rows
+    assert_matches_oracle(q, db, 10, "l2", False, backend)
+    assert knn_module.fallback_rows - before <= 3
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_self_excluding_fallback_stays_on_the_fast_kernels(backend, metric, monkeypatch):
+    """Uncertified rows with exclude_self are searched again on the kernels (one candidate more,
+    self dropped), not by the float64 reference, which is slow on hard inputs."""
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the float64 reference was used")
+
+    monkeypatch.setattr(knn_module, "knn_reference", no_reference)
+    monkeypatch.setattr(knn_module, "certify", lambda q, *a, **kw: torch.zeros(q.shape[0], dtype=torch.bool))
+    data = duplicated_rows(2, n=120, d=9)
+    assert_matches_oracle(data, data, 4, metric, True, backend)
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -283,30 +364,51 @@ def test_custom_op_fake_and_compile():
 
 
 @pytest.mark.parametrize(
-    "call, match",
+    "call, error, match",
     [
-        (lambda q, db: knn(q, db[:, :3], 2), "database: dimension 3 does not match queries dimension 4"),
-        (lambda q, db: knn(q, db, 0), r"k: expected an integer in \[1, N = 10\]"),
-        (lambda q, db: knn(q, db, 11), r"k: expected an integer in \[1, N = 10\]"),
-        (lambda q, db: knn(db, db, 10, exclude_self=True), r"k: .*N - 1 = 9 with exclude_self"),
-        (lambda q, db: knn(q[0], db, 2), r"queries: expected a 2-D \[rows, dim\] tensor"),
-        (lambda q, db: knn(q.double(), db.double(), 2), "queries: expected dtype float32, float16, bfloat16, got float64"),
-        (lambda q, db: knn(q, db.half(), 2), "database: dtype torch.float16 does not match queries dtype torch.float32"),
-        (lambda q, db: knn(q, db, 2, metric="cos"), "metric: expected one of"),
-        (lambda q, db: knn(q, db, 2, backend="gpu"), "backend: expected one of"),
-        (lambda q, db: knn(q, db, 2, exclude_self=True), "exclude_self: queries must be the database"),
-        (lambda q, db: knn(q.masked_fill(q > 0.5, float("nan")), db, 2), "queries: contains NaN or inf"),
-        (lambda q, db: knn(q, db.masked_fill(db > 0.5, float("inf")), 2), "database: contains NaN or inf"),
-        (lambda q, db: knn(q * 1e20, db, 2), "queries: contains values of magnitude"),
-        (lambda q, db: knn(q, db[:0], 1), "database: must have at least one row"),
-        (lambda q, db: knn([[1.0]], db, 1), "queries: expected a torch.Tensor, numpy.ndarray or cupy.ndarray"),
+        (lambda q, db: knn(q, db[:, :3], 2), ValueError, "database: dimension 3 does not match queries dimension 4"),
+        (lambda q, db: knn(q, db, 0), ValueError, r"k: expected an integer in \[1, N = 10\], got 0"),
+        (lambda q, db: knn(q, db, 11), ValueError, r"k: expected an integer in \[1, N = 10\], got 11"),
+        (lambda q, db: knn(q, db, 2.0), TypeError, r"k: expected an integer in \[1, N = 10\], got float 2.0"),
+        (lambda q, db: knn(db, db, 10, exclude_self=True), ValueError, r"k: .*N - 1 = 9 with exclude_self"),
+        (lambda q, db: knn(q[0], db, 2), ValueError, r"queries: expected a 2-D \[rows, dim\] tensor"),
+        (lambda q, db: knn(q.long(), db.long(), 2), TypeError,
+         r"queries: expected dtype float32, float16, bfloat16 or float64, got int64; integers are not accepted: "
+         r"convert them, e.g. x.astype\(numpy.float32\)"),
+        (lambda q, db: knn(q, db.half(), 2), TypeError, "database: dtype float16 does not match queries dtype float32"),
+        (lambda q, db: knn(q.double(), db.double(), 2, backend="cpu"), ValueError,
+         "queries: float64 runs only on backend='torch'"),
+        (lambda q, db: knn(q, db, 2, metric="cos"), ValueError, r"metric: expected one of \('l2', 'ip'\), got 'cos'"),
+        (lambda q, db: knn(q, db, 2, backend="gpu"), ValueError, "backend: expected one of 'auto', 'cuda', 'triton', 'cpu', 'torch', got 'gpu'"),
+        (lambda q, db: knn(q, db, 2, exclude_self=True), ValueError, "exclude_self: queries must be the database"),
+        (lambda q, db: knn(q.masked_fill(q > 0.5, float("nan")), db, 2), ValueError, "queries: contains NaN or inf"),
+        (lambda q, db: knn(q, db.masked_fill(db > 0.5, float("inf")), 2), ValueError, "database: contains NaN or inf"),
+        (lambda q, db: knn(q * 1e20, db, 2), ValueError, "queries: contains values of magnitude"),
+        (lambda q, db: knn(q, db[:0], 1), ValueError, "database: must have at least one row"),
+        (lambda q, db: knn([[1.0]], db, 1), TypeError, "queries: expected a torch.Tensor, numpy.ndarray or cupy.ndarray, got list"),
     ],
 )
-def test_bad_input_names_the_argument(call, match):
+def test_bad_input_names_the_argument(call, error, match):
     g = torch.Generator().manual_seed(8)
     q, db = torch.rand(3, 4, generator=g), torch.rand(10, 4, generator=g)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         call(q, db)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_numpy_float64_is_searched_exactly_in_float64(metric, exclude_self):
+    """Issue 13 item 6: numpy's default dtype is accepted, searched in float64 (no rounding to
+    float32: values 1 + 1e-12 apart stay apart) and returned as numpy float64 distances."""
+    rng = np.random.default_rng(13)
+    base = rng.standard_normal((60, 7))
+    db = np.concatenate([base, base + 1e-12, base[:10]])  # float64-only differences and duplicates
+    q = db if exclude_self else rng.standard_normal((9, 7))
+    d, i = knn(q, db, 6, metric=metric, exclude_self=exclude_self)
+    assert isinstance(d, np.ndarray) and d.dtype == np.float64 and i.dtype == np.int64
+    ref_d, ref_i = oracle(torch.from_numpy(q), torch.from_numpy(db), 6, metric, exclude_self)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_array_equal(d, ref_d)
 
 
 def test_unavailable_backend_is_a_clear_error():
@@ -315,9 +417,15 @@ def test_unavailable_backend_is_a_clear_error():
         knn(q, q, 1, backend="cuda")
 
 
-def test_check_finite_can_be_switched_off():
+def test_validate_can_be_switched_off_and_the_old_name_warns():
     q = torch.randn(4, 3)
-    d, i = knn(q, q, 1, check_finite=False)
+    big = q * 1e20
+    with pytest.raises(ValueError, match="pass validate=False to skip this check"):
+        knn(big, big, 1)
+    d, i = knn(q, q, 1, validate=False)
+    assert i.flatten().tolist() == [0, 1, 2, 3]
+    with pytest.warns(DeprecationWarning, match=r"knn: check_finite= is deprecated .* pass validate=False"):
+        i = knn(q, q, 1, check_finite=False)[1]
     assert i.flatten().tolist() == [0, 1, 2, 3]
 
 

@@ -1,6 +1,7 @@
 """fmkit.ops.pgd_step_ against the torchattacks formulas (spec adversarial.md §2.5 items 1-5)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -236,29 +237,42 @@ def test_l1_projection_exact():
 def test_errors():
     x, g, x0 = _inputs((2, 3, 4, 4))
     cases = [
-        (dict(grad=g[:1]), "grad"),
-        (dict(x_orig=x0.double()), "x_orig"),
-        (dict(x_adv=x.double()), "x_adv"),
-        (dict(eps=-0.1), "eps"),
-        (dict(eps=float("nan")), "eps"),
-        (dict(step_size=-1.0), "step_size"),
-        (dict(eps=torch.tensor([0.1, -0.1])), "eps"),
-        (dict(step_size=torch.tensor([0.1, 0.1, 0.1])), "step_size"),
-        (dict(clamp=(1.0, 0.0)), "clamp"),
-        (dict(norm="l3"), "norm"),
-        (dict(active=torch.ones(3, dtype=torch.bool)), "active"),
-        (dict(active=torch.ones(2)), "active"),
-        (dict(backend="nope"), "backend"),
-        (dict(backend="cuda"), "backend"),
+        (dict(grad=g[:1]), ValueError, r"grad: shape \[1, 3, 4, 4\] does not match x_adv \[2, 3, 4, 4\]"),
+        (dict(x_orig=x0.double()), TypeError, r"x_orig: expected dtype float32, float16 or bfloat16, got float64; convert"),
+        (dict(x_adv=x.double()), TypeError, r"x_adv: expected dtype float32, float16 or bfloat16, got float64; convert"),
+        (dict(x_adv=[1.0]), TypeError, "x_adv: expected a torch.Tensor, numpy.ndarray or cupy.ndarray, got list"),
+        (dict(eps=-0.1), ValueError, r"eps: expected a finite value >= 0 \(or inf\), got -0.1"),
+        (dict(eps=float("nan")), ValueError, r"eps: expected a finite value >= 0 \(or inf\), got nan"),
+        (dict(eps="0.1"), TypeError, "eps: expected a Python float or a \\[B\\] tensor, got str"),
+        (dict(step_size=-1.0), ValueError, "step_size: expected a finite value >= 0, got -1.0"),
+        (dict(eps=torch.tensor([0.1, -0.1])), ValueError, "eps: expected values >= 0"),
+        (dict(step_size=torch.tensor([0.1, 0.1, 0.1])), ValueError, r"step_size: expected a Python float or a tensor of shape \[2\], got shape \[3\]"),
+        (dict(clamp=(1.0, 0.0)), ValueError, r"clamp: expected low <= high, got \(1.0, 0.0\)"),
+        (dict(norm="l3"), ValueError, r"norm: expected one of \('linf', 'l2', 'l1'\), got 'l3'"),
+        (dict(active=torch.ones(3, dtype=torch.bool)), ValueError, r"active: expected a bool tensor of shape \[2\], got shape \[3\]"),
+        (dict(active=torch.ones(2)), TypeError, r"active: expected a bool tensor of shape \[2\], got float32"),
+        (dict(backend="nope"), ValueError, "backend: expected one of 'auto', 'cuda', 'triton', 'cpu', 'torch', got 'nope'"),
+        (dict(backend="cuda"), ValueError, "backend='cuda' is not available for pgd_step_ on cpu tensors: the cuda backend needs CUDA tensors"),
     ]
-    for over, name in cases:
+    for over, error, match in cases:
         kw = dict(x_adv=x.clone(), grad=g, x_orig=x0, eps=0.1, step_size=0.01)
         kw.update(over)
         xa, ga, za = kw.pop("x_adv"), kw.pop("grad"), kw.pop("x_orig")
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(error, match=match):
             pgd_step_(xa, ga, za, **kw)
-    # tensor values are not checked with check_values=False (graph-safe path): runs
-    pgd_step_(x.clone(), g, x0, eps=torch.tensor([0.1, 0.2]), step_size=0.01, check_values=False)
+    # tensor values are not checked with validate=False (graph-safe path): runs
+    pgd_step_(x.clone(), g, x0, eps=torch.tensor([0.1, 0.2]), step_size=0.01, validate=False)
+    with pytest.warns(DeprecationWarning, match="pgd_step_: check_values= is deprecated"):
+        pgd_step_(x.clone(), g, x0, eps=torch.tensor([0.1, 0.2]), step_size=0.01, check_values=False)
+
+
+def test_numpy_arrays_are_updated_in_place():
+    x, g, x0 = _inputs((2, 3, 4, 4))
+    expected = pgd_step_(x.clone(), g, x0, eps=0.1, step_size=0.01)
+    xa = x.numpy().copy()
+    out = pgd_step_(xa, g.numpy(), x0.numpy(), eps=0.1, step_size=0.01)
+    assert out is xa
+    np.testing.assert_array_equal(xa, expected.numpy())
 
 
 def test_compiled_cpu_kernel_thread_independent():

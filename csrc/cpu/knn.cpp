@@ -117,7 +117,8 @@ struct BoundedHeap {
 struct Problem {
   const void* queries; int64_t q_stride0, q_stride1;
   const void* database; int64_t db_stride0, db_stride1;
-  const float* center;  // nullptr for inner product
+  const float* center;    // database centre (both metrics: IP ranks by <x, y - c>, same order)
+  const float* q_center;  // query centre: center for L2, nullptr for IP
   int64_t Q, N, d, kprime, self_offset;
   float norm_weight, dot_weight;  // score = norm_weight*|y|^2 + dot_weight*<x, y>
 };
@@ -223,7 +224,7 @@ void search_item(const Problem& pb, int64_t q0, int64_t q_rows, int64_t db0, int
                  Candidate* out_rows, std::vector<float>& qbuf, std::vector<float>& panels,
                  std::vector<float>& norms, int64_t tile_rows) {
   const int64_t d = pb.d;
-  pack_rows(static_cast<const T*>(pb.queries), pb.q_stride0, pb.q_stride1, q0, q_rows, d, pb.center, qbuf.data());
+  pack_rows(static_cast<const T*>(pb.queries), pb.q_stride0, pb.q_stride1, q0, q_rows, d, pb.q_center, qbuf.data());
   std::vector<BoundedHeap> heaps(q_rows);
   for (int64_t r = 0; r < q_rows; ++r) {
     heaps[r] = {out_rows + r * pb.kprime, pb.kprime};
@@ -401,7 +402,7 @@ void nearest_item(const Problem& pb, int64_t q0, int64_t q_rows, int64_t db0, in
                   std::vector<Best2>& scratch, int64_t tile_rows) {
   const int64_t d = pb.d;
   const int64_t groups = (q_rows + MR - 1) / MR;
-  pack_row_groups(static_cast<const T*>(pb.queries), pb.q_stride0, pb.q_stride1, q0, q_rows, d, pb.center,
+  pack_row_groups(static_cast<const T*>(pb.queries), pb.q_stride0, pb.q_stride1, q0, q_rows, d, pb.q_center,
                   qbuf.data());
   const float inf = std::numeric_limits<float>::infinity();
   for (int64_t r = 0; r < groups * MR; ++r) scratch[r] = {inf, inf, -1};
@@ -439,7 +440,7 @@ void run_nearest(const Problem& pb, int64_t* out_index, float* out_second, doubl
   const int64_t n_items = n_qblocks * splits;
   const T* qbase = static_cast<const T*>(pb.queries);
   const T* dbase = static_cast<const T*>(pb.database);
-  const bool ip = pb.center == nullptr;
+  const bool ip = pb.q_center == nullptr;
 
 #pragma omp parallel num_threads(num_threads)
   {
@@ -491,7 +492,7 @@ void run_nearest(const Problem& pb, int64_t* out_index, float* out_second, doubl
             const double diff = xv - yv;
             acc[r] += diff * diff;
           }
-          const double xc = ip ? xv : static_cast<double>(xf - pb.center[j]);
+          const double xc = ip ? xv : static_cast<double>(xf - pb.q_center[j]);
           norm[r] += xc * xc;
         }
       }
@@ -584,7 +585,8 @@ void knn_center_radius_cpu(const Tensor& database, KnnMetric metric, const Tenso
   if (database.size(0) < 1) fail(database.name, "must have at least one row");
   out_center.check_device(DeviceKind::cpu).check_dtype({DType::f32}).check_shape({database.size(1)}).check_contiguous();
   out_radius.check_device(DeviceKind::cpu).check_dtype({DType::f64}).check_shape({1});
-  const bool centred = metric == KnnMetric::l2;
+  (void)metric;  // both metrics centre the database (IP: only the database, see Problem)
+  const bool centred = true;
   const int threads = std::max(1, num_threads);
   switch (database.dtype) {
     case DType::f32: center_and_radius<float>(database, centred, out_center.ptr<float>(), out_radius.ptr<double>(), threads); break;
@@ -637,7 +639,7 @@ void knn_candidates_cpu(const Tensor& queries, const Tensor& database, const Ten
   if (Q == 0) return;
 
   Problem pb{queries.data, queries.stride(0), queries.stride(1), database.data, database.stride(0), database.stride(1),
-             metric == KnnMetric::l2 ? center.ptr<float>() : nullptr, Q, N, d, kprime, self_offset,
+             center.ptr<float>(), metric == KnnMetric::l2 ? center.ptr<float>() : nullptr, Q, N, d, kprime, self_offset,
              metric == KnnMetric::l2 ? 1.f : 0.f, metric == KnnMetric::l2 ? -2.f : -1.f};
   std::vector<Candidate> result(static_cast<size_t>(Q * kprime));
   const int threads = std::max(1, num_threads);
@@ -670,7 +672,7 @@ void knn_nearest_cpu(const Tensor& queries, const Tensor& database, const Tensor
   out_qnorm.check_device(DeviceKind::cpu).check_dtype({DType::f64}).check_shape({Q}).check_contiguous();
   if (Q == 0) return;
   Problem pb{queries.data, queries.stride(0), queries.stride(1), database.data, database.stride(0), database.stride(1),
-             metric == KnnMetric::l2 ? center.ptr<float>() : nullptr, Q, N, d, 1, -1,
+             center.ptr<float>(), metric == KnnMetric::l2 ? center.ptr<float>() : nullptr, Q, N, d, 1, -1,
              metric == KnnMetric::l2 ? 1.f : 0.f, metric == KnnMetric::l2 ? -2.f : -1.f};
   const int threads = std::max(1, num_threads);
   int64_t* idx = out_index.ptr<int64_t>();

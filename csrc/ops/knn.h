@@ -5,7 +5,9 @@
 //   approximate scores out_score[i, :] (float32, sorted ascending, ties by lower index),
 //   such that every database row NOT returned has a computed score >= out_score[i, kprime-1].
 //     metric L2: score_j = |y_j - c|^2 - 2 <x_i - c, y_j - c>   (c = `center`, fp32 [d])
-//     metric IP: score_j = -<x_i, y_j>                          (`center` ignored)
+//     metric IP: score_j = -<x_i, y_j - c>   (CPU; the CUDA kernel ignores `center`: c = 0)
+//   For a fixed query, -<x_i, c> shifts every IP score alike, so the ranking is unchanged and
+//   the rounding error scales with |y_j - c| instead of |y_j| (offset data).
 //   The score is computed in fp32 with fp32 accumulation (no TF32); its rounding error is
 //   bounded by (d + 4) * 2^-24 * (|x_i - c| + |y_j - c|)^2. Python uses that bound to
 //   certify that re-ranking the candidates in float64 gives the exact top-k.
@@ -28,7 +30,7 @@ void knn_candidates_cpu(const Tensor& queries, const Tensor& database, const Ten
                         KnnMetric metric, int64_t kprime, int64_t self_offset,
                         const Tensor& out_score, const Tensor& out_index, int num_threads);
 
-// Centre (float32 mean of the database rows for L2, zeros for IP) and the float64 radius
+// Centre (float32 mean of the database rows, both metrics) and the float64 radius
 // max_j |y_j - c| used by the exactness certificate. out_center f32 [d], out_radius f64 [1].
 void knn_center_radius_cpu(const Tensor& database, KnnMetric metric, const Tensor& out_center,
                            const Tensor& out_radius, int num_threads);

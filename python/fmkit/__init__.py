@@ -3,16 +3,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# torch first: _C and torch both need libgomp.so.1, and the copy loaded first serves both
-# (one OpenMP runtime); it should be the one torch ships with.
-import torch  # noqa: E402,F401
 
-try:  # a bad FMKIT_SIMD must fail the import, not quietly leave fmkit without its compiled kernels
-    from fmkit import _C  # noqa: F401
-except ImportError as _exc:
-    if "FMKIT_SIMD" in str(_exc):
-        raise
-from fmkit import ops  # noqa: E402
+
+def __getattr__(name):
+    # `fmkit.ops` (and with it torch) loads on first use, so that `fmkit --help` and the CLI's
+    # argument errors do not wait seconds for torch.
+    if name == "ops":
+        import importlib
+
+        return importlib.import_module("fmkit.ops")
+    raise AttributeError(f"module 'fmkit' has no attribute {name!r}")
 
 
 def info() -> dict:

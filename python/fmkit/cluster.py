@@ -37,7 +37,8 @@ from fmkit.ops import _backend
 from fmkit.ops import knn as _knn
 
 _knn_module = sys.modules["fmkit.ops.knn"]
-DTYPES = _knn_module.DTYPES
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPE_HINT = "; convert first, e.g. x.astype(numpy.float32) or x.float() (k-means runs the fp32 kernels)"
 VALUE_LIMIT = _knn_module.VALUE_LIMIT
 METRICS = ("l2", "ip")
 SPLIT_EPS = 1.0 / 1024.0  # relative perturbation when an empty cluster takes over half of another
@@ -57,6 +58,7 @@ def kmeans(
     spherical: bool = False,
     init: Any = None,
     progress: bool = False,
+    validate: bool = True,
 ):
     """Lloyd k-means with exact assignments.
 
@@ -74,6 +76,7 @@ def kmeans(
         init: optional [k, d] initial centroids (same array kind as x) instead of k random
             distinct points of x.
         progress: print one line per iteration (objective, re-seeded clusters, time) to stderr.
+        validate: reject NaN/inf and values too large for float32 accumulation (one pass).
 
     Returns:
         (centroids [k, d] in x's dtype, assignments int64 [N]) of the same array kind and
@@ -81,25 +84,20 @@ def kmeans(
         every point, including points left out by subsampling.
     """
     x, to_kind = _backend.to_torch(x, "x")
-    _backend.check_matrix(x, "x", DTYPES)
+    _backend.check_matrix(x, "x", DTYPES, DTYPE_HINT)
     N, d = x.shape
     if N == 0 or d == 0:
         raise ValueError(f"x: expected at least one row and one column, got shape {list(x.shape)}")
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or not 1 <= n_clusters <= N:
-        raise ValueError(f"n_clusters: expected an integer in [1, N = {N}], got {n_clusters!r}")
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"iters: expected a non-negative integer, got {iters!r}")
+    _backend.check_int(n_clusters, "n_clusters", 1, N, f"N = {N}")
+    _backend.check_int(iters, "iters", 0)
     if metric not in METRICS:
         raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed: expected an integer, got {seed!r}")
-    if max_points_per_centroid is not None and (
-        isinstance(max_points_per_centroid, bool) or not isinstance(max_points_per_centroid, int)
-        or max_points_per_centroid < 1
-    ):
-        raise ValueError(f"max_points_per_centroid: expected None or a positive integer, got {max_points_per_centroid!r}")
+    _backend.check_int(seed, "seed")
+    if max_points_per_centroid is not None:
+        _backend.check_int(max_points_per_centroid, "max_points_per_centroid", 1)
     _backend.resolve_backend(backend, x.device, "kmeans", _knn_module.GPU_BACKEND_ORDER)
-    _backend.check_finite(x, "x", VALUE_LIMIT)
+    if validate:
+        _backend.check_finite(x, "x", VALUE_LIMIT)
     k = n_clusters
     x = x.detach()
     gen = torch.Generator().manual_seed(seed)
@@ -118,9 +116,10 @@ def kmeans(
         if init.dim() != 2 or tuple(init.shape) != (k, d):
             raise ValueError(f"init: expected shape [{k}, {d}] (n_clusters, dim), got {list(init.shape)}")
         if not init.dtype.is_floating_point:
-            raise ValueError(f"init: expected a floating-point array, got {init.dtype}")
+            raise TypeError(f"init: expected a floating-point array, got {_backend.dtype_name(init.dtype)}")
         init = init.detach().to(device=x.device, dtype=torch.float64)
-        _backend.check_finite(init, "init", VALUE_LIMIT)
+        if validate:
+            _backend.check_finite(init, "init", VALUE_LIMIT)
         centroids = (_normalise(init) if spherical else init).to(x.dtype)
     if spherical and init is None:
         centroids = _normalise(centroids.to(torch.float64)).to(x.dtype)
@@ -153,7 +152,7 @@ def _assign(x, centroids, metric, backend):
     out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
     objective = 0.0
     for n0 in range(0, x.shape[0], _ASSIGN_CHUNK):
-        dist, idx = _knn(x[n0 : n0 + _ASSIGN_CHUNK], centroids, 1, metric=metric, backend=backend, check_finite=False)
+        dist, idx = _knn(x[n0 : n0 + _ASSIGN_CHUNK], centroids, 1, metric=metric, backend=backend, validate=False)
         out[n0 : n0 + _ASSIGN_CHUNK] = idx[:, 0]
         objective += float(dist.sum(dtype=torch.float64))
     return out, objective

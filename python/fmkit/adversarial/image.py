@@ -130,7 +130,7 @@ def pgd(loss_fn: Callable, x: torch.Tensor, *, eps, step_size, steps: int, norm:
         if _ == steps or not bool(active.any()):  # the only host sync: stop when every sample is done
             break
         pgd_step_(x_adv, grad, x0, eps=eps_r, step_size=step_r, norm=norm, active=active, clamp=clamp,
-                  backend=backend, check_values=False)
+                  backend=backend, validate=False)
         taken += active.long()
     return _pick_restart(x_adv, succeeded, taken, sign * loss, x0, b, restarts, sign)
 
@@ -173,7 +173,12 @@ def apgd_checkpoints(n_iter: int) -> list[int]:
     return points
 
 
-def _check_apgd_args(norm, steps, restarts):
+APGD_SCHEDULES = ("autoattack", "paper")
+
+
+def _check_apgd_args(norm, steps, restarts, schedule):
+    if schedule not in APGD_SCHEDULES:
+        raise ValueError(f"schedule: expected one of {APGD_SCHEDULES}, got {schedule!r}")
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm: APGD supports 'linf' and 'l2', got {norm!r}")
     if not isinstance(steps, int) or steps < 0:
@@ -188,18 +193,24 @@ def _ce_loss(logits, y, target=None):
 
 def apgd(model: Callable, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", steps: int = 100,
          loss: str = "ce", rho: float = 0.75, restarts: int = 1, seed: int = 0, clamp=(0.0, 1.0),
-         progress: bool = True, backend: str = "auto") -> AttackResult:
+         schedule: str = "autoattack", progress: bool = True, backend: str = "auto") -> AttackResult:
     """Untargeted APGD on a classifier `model(x) -> logits`: per-sample step size (2 eps), momentum
     0.75 after the first step, checkpoint halving (both AutoAttack conditions), best-loss and
     latest-misclassified tracking; restarts only for points not yet fooled. `steps` in the result
-    counts every APGD iteration a sample went through, over all restarts."""
-    _check_apgd_args(norm, steps, restarts)
+    counts every APGD iteration a sample went through, over all restarts.
+
+    schedule: how the first checkpoint counts loss increases (condition 1 of the step-size rule).
+    "autoattack" (default), as AutoAttack's and torchattacks' code: the loss after step 1 is compared
+    with an unfilled slot of their loss history, i.e. with 0 (with the DLR loss, negative until a point
+    is fooled, step 1 then never counts as an increase). "paper": Algorithm 1 read literally, step 1
+    compared with the loss at the starting point. Later checkpoints are the same in both."""
+    _check_apgd_args(norm, steps, restarts, schedule)
     if loss not in ("ce", "dlr"):
         raise ValueError(f"loss: expected 'ce' or 'dlr', got {loss!r}")
     everyone = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     runs = [(seed + r, None) for r in range(restarts)]
     return _apgd_runs(model, x, y, everyone, runs, _ce_loss if loss == "ce" else dlr_loss,
-                      eps, norm, steps, rho, clamp, progress, backend)
+                      eps, norm, steps, rho, clamp, schedule, progress, backend)
 
 
 def _check_targeted(n_classes, n_target_classes):
@@ -226,7 +237,8 @@ def _clean_ranking(model, x, y, n_target_classes):
 
 def apgd_targeted(model: Callable, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", steps: int = 100,
                   n_target_classes: int = 9, rho: float = 0.75, restarts: int = 1, seed: int = 0,
-                  clamp=(0.0, 1.0), progress: bool = True, backend: str = "auto") -> AttackResult:
+                  clamp=(0.0, 1.0), schedule: str = "autoattack", progress: bool = True,
+                  backend: str = "auto") -> AttackResult:
     """APGD-T (AutoAttack's APGDTargetedAttack): APGD on the targeted DLR loss
     -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4)/2), once per target rank t = 2 .. n_target_classes + 1
     (and `restarts` times per rank), where a sample's target is the class with its t-th largest logit
@@ -236,19 +248,20 @@ def apgd_targeted(model: Callable, x: torch.Tensor, y: torch.Tensor, *, eps, nor
     Points misclassified at the clean input are not attacked (their ranking has no meaning as targets):
     success True, x_adv = x, steps 0. For points never fooled, x_adv is the iterate with the highest
     targeted DLR over all runs, and `loss` that value. Needs a model with at least 4 classes and
-    1 <= n_target_classes < n_classes (default 9, AutoAttack's, for 10+ classes).
+    1 <= n_target_classes < n_classes (default 9, AutoAttack's, for 10+ classes). `schedule` as in `apgd`.
     """
-    _check_apgd_args(norm, steps, restarts)
+    _check_apgd_args(norm, steps, restarts, schedule)
     correct, targets = _clean_ranking(model, x, y, n_target_classes)
     runs = [(seed + k * restarts + r, targets[:, k]) for k in range(n_target_classes) for r in range(restarts)]
-    res = _apgd_runs(model, x, y, correct, runs, dlr_loss, eps, norm, steps, rho, clamp, progress, backend)
+    res = _apgd_runs(model, x, y, correct, runs, dlr_loss, eps, norm, steps, rho, clamp, schedule, progress,
+                     backend)
     res.success |= ~correct
     return res
 
 
 def autoattack(model: Callable, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", version: str = "apgd",
                n_target_classes: int = 9, steps: int = 100, rho: float = 0.75, seed: int = 0, clamp=(0.0, 1.0),
-               progress: bool = True, backend: str = "auto") -> AttackResult:
+               schedule: str = "autoattack", progress: bool = True, backend: str = "auto") -> AttackResult:
     """The APGD part of AutoAttack: APGD-CE (1 restart), then APGD-T (`n_target_classes` targets,
     1 restart each) on the points still robust. Robust accuracy = 1 - result.success.mean().
 
@@ -261,16 +274,18 @@ def autoattack(model: Callable, x: torch.Tensor, y: torch.Tensor, *, eps, norm: 
     which other samples are attacked, so this fools every point that `apgd(loss="ce")` or
     `apgd_targeted` with the same seed fools. `steps` sums both attacks' iterations; `loss` is the
     CE of APGD-CE for points it fooled (or skipped) and the targeted DLR of APGD-T for the others.
+    `schedule` as in `apgd`.
     """
     if version != "apgd":
         raise ValueError(f"version: only 'apgd' (APGD-CE then APGD-T) is implemented; FAB-T and Square of "
                          f"AutoAttack's 'standard' are not, got {version!r}")
-    _check_apgd_args(norm, steps, 1)
+    _check_apgd_args(norm, steps, 1, schedule)
     correct, targets = _clean_ranking(model, x, y, n_target_classes)
-    ce = _apgd_runs(model, x, y, correct, [(seed, None)], _ce_loss, eps, norm, steps, rho, clamp, progress, backend)
+    ce = _apgd_runs(model, x, y, correct, [(seed, None)], _ce_loss, eps, norm, steps, rho, clamp, schedule,
+                    progress, backend)
     robust = correct & ~ce.success
     runs = [(seed + k, targets[:, k]) for k in range(n_target_classes)]
-    t = _apgd_runs(model, x, y, robust, runs, dlr_loss, eps, norm, steps, rho, clamp, progress, backend)
+    t = _apgd_runs(model, x, y, robust, runs, dlr_loss, eps, norm, steps, rho, clamp, schedule, progress, backend)
     x_adv = torch.where(_bcast(robust, x), t.x_adv, ce.x_adv)
     return AttackResult(x_adv, ~correct | ce.success | t.success, ce.steps + t.steps,
                         torch.where(robust, t.loss, ce.loss), (x_adv - x).flatten(1).float().norm(dim=1))
@@ -280,7 +295,7 @@ def _bcast(v, like):
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _apgd_runs(model, x, y, attack, runs, loss_of, eps, norm, steps, rho, clamp, progress, backend):
+def _apgd_runs(model, x, y, attack, runs, loss_of, eps, norm, steps, rho, clamp, schedule, progress, backend):
     """The loop shared by APGD's restarts and APGD-T's target ranks. runs: [(seed, targets [B] or None)].
 
     Only the rows in `attack` [B] are attacked, and each run only those not yet fooled. A fooled
@@ -307,7 +322,7 @@ def _apgd_runs(model, x, y, attack, runs, loss_of, eps, norm, steps, rho, clamp,
         # whichever other samples are still being attacked (so autoattack contains apgd's successes).
         noise = _apgd_start_noise(x, norm, seed)[todo]
         res = _apgd_run(model, x[todo], y[todo], None if targets is None else targets[todo], eps_t[todo], norm,
-                        steps, loss_of, rho, noise, clamp, progress, backend)
+                        steps, loss_of, rho, noise, clamp, schedule, progress, backend)
         better = res.success | (res.loss > best_loss[todo])
         x_out[todo] = torch.where(_bcast(better, res.x_adv), res.x_adv, x_out[todo])
         best_loss[todo] = torch.maximum(best_loss[todo], res.loss)
@@ -324,7 +339,7 @@ def _apgd_start_noise(x, norm, seed):
     return torch.randn(x.shape, generator=g, device=x.device)
 
 
-def _apgd_run(model, x, y, target, eps_t, norm, n_iter, loss_of, rho, t, clamp, progress, backend):
+def _apgd_run(model, x, y, target, eps_t, norm, n_iter, loss_of, rho, t, clamp, schedule, progress, backend):
     """One APGD run on every row. loss_of(logits, y, target) -> per-sample loss; target is None
     (untargeted) or this run's per-sample target classes; t is the random-start direction."""
     from tqdm import tqdm
@@ -348,7 +363,7 @@ def _apgd_run(model, x, y, target, eps_t, norm, n_iter, loss_of, rho, t, clamp, 
 
     def project(v):
         v = v.clone()
-        pgd_step_(v, zeros, x0, eps=eps_t, step_size=0.0, norm=norm, clamp=clamp, backend=backend, check_values=False)
+        pgd_step_(v, zeros, x0, eps=eps_t, step_size=0.0, norm=norm, clamp=clamp, backend=backend, validate=False)
         return v
 
     step = 2.0 * eps_t
@@ -357,13 +372,17 @@ def _apgd_run(model, x, y, target, eps_t, norm, n_iter, loss_of, rho, t, clamp, 
     x_fooled = torch.where(_bcast(wrong, x_adv), x_adv, x0)
     fooled = wrong.clone()
     x_prev = x_adv.clone()
+    if schedule == "autoattack":
+        # AutoAttack's history slot before step 1 is loss_steps[-1]: still 0 when step 1 is compared,
+        # or step 1 itself when n_iter == 1 (never an increase).
+        cur_loss = torch.zeros_like(cur_loss) if n_iter > 1 else torch.full_like(cur_loss, float("inf"))
     checkpoints = apgd_checkpoints(n_iter)
     last_k, increases = 0, torch.zeros(b, device=x.device)
     reduced_last = torch.ones(b, dtype=torch.bool, device=x.device)
     best_at_last = best_loss.clone()
     for i in tqdm(range(n_iter), desc=f"apgd-{norm}", disable=not progress, leave=False):
         z = x_adv.clone()
-        pgd_step_(z, grad, x0, eps=eps_t, step_size=step, norm=norm, clamp=clamp, backend=backend, check_values=False)
+        pgd_step_(z, grad, x0, eps=eps_t, step_size=step, norm=norm, clamp=clamp, backend=backend, validate=False)
         a = 1.0 if i == 0 else 0.75
         x_new = project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev))
         x_prev, x_adv = x_adv, x_new

@@ -3,12 +3,15 @@
 A case is a dict with the shape, a `flops` count and a list of (name, callable) contenders:
 fmkit's backends first, then the anchors users would pick instead. Every contender runs in
 the same process on the same inputs; the table reports the median time, the ratio to the
-best anchor, achieved GFLOP/s and % of this machine's fp32 GEMM peak measured in the run.
+best anchor, achieved GFLOP/s and that rate as % of torch.mm's GEMM rate measured in the run
+(torch.mm is not the machine's peak: a kernel can exceed 100%). A contender whose package is
+missing stays in the table as a row saying so (`unavailable`).
 """
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -17,12 +20,22 @@ from typing import Callable
 
 import torch
 
-from fmkit.bench import calibration as _calibration
-from fmkit.bench import contrastive as _contrastive
-from fmkit.bench import flamingo as _flamingo
-from fmkit.bench import kmeans as _kmeans
-from fmkit.bench import knn as _knn
-from fmkit.bench import pgd_step as _pgd_step
+
+def unavailable(reason: str) -> Callable[[], object]:
+    """A contender that cannot run here (e.g. "faiss not installed"): shown as a row with `reason`."""
+    def fn():
+        raise RuntimeError(reason)
+    fn.unavailable = reason
+    return fn
+
+
+# After `unavailable`, which the case modules import from here.
+from fmkit.bench import calibration as _calibration  # noqa: E402
+from fmkit.bench import contrastive as _contrastive  # noqa: E402
+from fmkit.bench import flamingo as _flamingo  # noqa: E402
+from fmkit.bench import kmeans as _kmeans  # noqa: E402
+from fmkit.bench import knn as _knn  # noqa: E402
+from fmkit.bench import pgd_step as _pgd_step  # noqa: E402
 
 REGISTRY = {"knn": _knn, "kmeans": _kmeans, "calibration": _calibration, "contrastive": _contrastive,
             "flamingo": _flamingo, "pgd_step": _pgd_step}
@@ -47,7 +60,7 @@ def quick_contenders(op: str) -> list[tuple[str, str, Callable[[], object]]]:
     """(shape, contender, callable) of the quick cases of `op`, for pytest-benchmark suites."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return [(case["shape"], name, fn) for case in REGISTRY[op].cases(device, quick=True)
-            for name, fn, _ in case["contenders"]]
+            for name, fn, _ in case["contenders"] if not hasattr(fn, "unavailable")]
 
 
 def peak_extra_mib(fn: Callable[[], object], device: torch.device) -> float | None:
@@ -98,6 +111,9 @@ def run(ops: list[str], quick: bool, device: torch.device, json_path: str | None
             results = {}
             for name, fn, is_anchor in case["contenders"]:
                 error = None
+                if hasattr(fn, "unavailable"):
+                    results[name] = (float("nan"), is_anchor, None, None, fn.unavailable)
+                    continue
                 try:
                     ms = timed(fn, device, case.get("repeats", 3))
                     mib = peak_extra_mib(fn, device)
@@ -107,17 +123,17 @@ def run(ops: list[str], quick: bool, device: torch.device, json_path: str | None
                 except Exception as exc:  # one broken contender must not hide the others' numbers
                     ms, mib, error = float("nan"), float("nan"), f"{type(exc).__name__}: {exc}"[:300]
                     print(f"\n{op} {case['shape']} {name} failed: {error}", file=sys.stderr)
-                results[name] = (ms, is_anchor, mib, error)
-            anchors = [ms for ms, is_anchor, _, _ in results.values() if is_anchor and ms == ms]
+                results[name] = (ms, is_anchor, mib, error, None)
+            anchors = [ms for ms, is_anchor, *_ in results.values() if is_anchor and ms == ms]
             best_anchor = min(anchors) if anchors else float("nan")
-            for name, (ms, is_anchor, mib, error) in results.items():
+            for name, (ms, is_anchor, mib, error, why_not) in results.items():
                 gflops = case["flops"] / (ms * 1e-3) / 1e9
                 rows.append({
                     "op": op, "shape": case["shape"], "contender": name, "anchor": is_anchor,
                     "median_ms": ms, "speedup_vs_best_anchor": best_anchor / ms,
                     "gflops": gflops, "pct_peak": 100 * gflops / peaks[dtype], "peak_dtype": str(dtype),
                     "peak_extra_mib": mib,
-                    "exact": case.get("exact", {}).get(name), "error": error,
+                    "exact": case.get("exact", {}).get(name), "error": error, "unavailable": why_not,
                 })
             if json_path:  # after every case, so a run cut short still leaves its numbers
                 write_json(json_path, rows, device, peaks, quick)
@@ -134,23 +150,53 @@ def write_json(path, rows, device, peaks, quick):
         "gemm_peak_gflops": {str(k): v for k, v in peaks.items()},
         "quick": quick,
     }
-    with open(path, "w") as f:
+    from fmkit._output import replace_file
+
+    # Replaced whole each time: a run cut short leaves a complete JSON of the cases so far.
+    with replace_file(path, overwrite=True, what="json_path") as tmp, open(tmp, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 
+TABLE_COLUMNS = ("op", "shape", "contender", "median ms", "vs best anchor", "GFLOP/s", "% torch.mm",
+                 "extra MiB", "exact")
+
+
+def table_cells(r: dict) -> list[str]:
+    """One row of the printed table as strings; a contender that did not run says why instead."""
+    def num(value, fmt):
+        return "-" if value is None or value != value else format(value, fmt)
+
+    mib = "" if r["peak_extra_mib"] is None else num(r["peak_extra_mib"], ".0f")
+    exact = "ERROR" if r.get("error") else "" if r["exact"] is None else ("yes" if r["exact"] else "no")
+    if r.get("unavailable"):
+        return [r["op"], r["shape"], r["contender"], r["unavailable"], "", "", "", "", ""]
+    ratio, ran = r["speedup_vs_best_anchor"], r["median_ms"] == r["median_ms"]
+    return [r["op"], r["shape"], r["contender"], num(r["median_ms"], ".2f"),
+            num(ratio, ".2f") + "x" if ratio == ratio else ("no anchor ran" if ran else "-"),
+            num(r["gflops"], ".1f"), num(r["pct_peak"], ".1f"), mib, exact]
+
+
+def format_table(rows) -> list[str]:
+    """Column widths follow the longest cell, so long shapes and names keep the columns aligned."""
+    cells = [table_cells(r) for r in rows]
+    widths = [max([len(h)] + [len(c[i]) for c, r in zip(cells, rows) if not (r.get("unavailable") and i == 3)])
+              for i, h in enumerate(TABLE_COLUMNS)]
+    left = 3  # op, shape and contender are left-aligned, numbers right-aligned
+
+    def line(c, r=None):
+        if r is not None and r.get("unavailable"):  # the reason spans the number columns
+            return "  ".join(v.ljust(w) for v, w in zip(c[:left], widths[:left])) + "  " + c[3]
+        return "  ".join(v.ljust(w) if i < left else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))).rstrip()
+
+    header = line(list(TABLE_COLUMNS))
+    return [header, "-" * len(header)] + [line(c, r) for c, r in zip(cells, rows)]
+
+
 def print_table(rows, device, peak):
-    print(f"\n{device_name(device)} | fp32 GEMM peak (torch.mm, TF32 off, measured now) {peak:.0f} GFLOP/s | {datetime.date.today()}")
-    header = (f"{'op':<12} {'shape':<34} {'contender':<22} {'median ms':>10} {'vs best anchor':>15} {'GFLOP/s':>9} "
-              f"{'% mm peak':>9} {'extra MiB':>9} {'exact':>6}")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        exact = "" if r["exact"] is None else ("yes" if r["exact"] else "no")
-        if r.get("error"):
-            exact = "ERROR"
-        mib = "" if r["peak_extra_mib"] is None else f"{r['peak_extra_mib']:.0f}"
-        print(f"{r['op']:<12} {r['shape']:<34} {r['contender']:<22} {r['median_ms']:>10.2f} "
-              f"{r['speedup_vs_best_anchor']:>14.2f}x {r['gflops']:>9.1f} {r['pct_peak']:>9.1f} {mib:>9} {exact:>6}")
+    print(f"\n{device_name(device)} | torch.mm fp32 GEMM rate (TF32 off, measured now, the '% torch.mm' "
+          f"denominator) {peak:.0f} GFLOP/s | {datetime.date.today()}")
+    for text in format_table(rows):
+        print(text)
 
 
 def plot(rows, device, path):
@@ -160,6 +206,7 @@ def plot(rows, device, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["median_ms"] == r["median_ms"]]  # only contenders that ran
     cases = list(dict.fromkeys((r["op"], r["shape"]) for r in rows))
     height = 0.8 + sum(0.9 + 0.35 * sum(1 for r in rows if (r["op"], r["shape"]) == c) for c in cases)
     fig, axes = plt.subplots(len(cases), 1, figsize=(8, height), squeeze=False)
@@ -176,7 +223,10 @@ def plot(rows, device, path):
             ax.text(r["median_ms"], y, f" {r['median_ms']:.1f} ms", va="center", fontsize=8)
     fig.suptitle(f"fmkit bench - {device_name(device)} - {datetime.date.today()}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from fmkit._output import replace_file
+
+    with replace_file(path, overwrite=True, what="plot_path") as tmp:
+        fig.savefig(tmp, dpi=120, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(fig)
 
 

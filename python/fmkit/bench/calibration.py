@@ -11,6 +11,7 @@ import importlib.util
 import numpy as np
 import torch
 
+from fmkit.bench import unavailable
 from fmkit.bench._shapes import embedded_shapes
 from fmkit.calibration.procal import DensityRatioCalibrator
 from fmkit.calibration.proximity import proximity
@@ -72,8 +73,10 @@ def cases(device: torch.device, quick: bool, shapes=None):
         cal = synthetic_split(n_cal, d, classes, device, seed=0)
         test = synthetic_split(n_test, d, classes, device, seed=1)
         contenders = [("fmkit ProCal (DR)", lambda cal=cal, test=test: _fmkit(cal, test), False)]
-        if importlib.util.find_spec("faiss") is not None and not on_cuda:
-            contenders.append(("faiss + scipy KDE", lambda cal=cal, test=test: _released_pipeline(cal, test), True))
+        if not on_cuda:  # the released pipeline is CPU code
+            contenders.append(("faiss + scipy KDE", unavailable("faiss not installed")
+                               if importlib.util.find_spec("faiss") is None
+                               else lambda cal=cal, test=test: _released_pipeline(cal, test), True))
         out.append({
             "shape": f"cal={n_cal} test={n_test} d={d} C={classes}",
             "flops": 2.0 * (n_cal * n_cal + n_test * n_cal) * d,

@@ -2,7 +2,7 @@
 naive materialised loss (open_clip's math; bf16 logits and fp32 logits) and inf-cl where importable.
 
 FLOPs are the useful 6 N^2 d of a forward + backward (one logits GEMM, two gradient GEMMs);
-'% mm peak' is against torch.mm in the input dtype measured in the same run. Extra MiB (CUDA)
+'% torch.mm' is against torch.mm's rate in the input dtype measured in the same run. Extra MiB (CUDA)
 is the peak memory one step allocates beyond its inputs.
 """
 from __future__ import annotations

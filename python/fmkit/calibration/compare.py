@@ -7,9 +7,15 @@ calibration split; ProCal adds Density-Ratio on top of the continuous ones (conf
 pts) and Bin-Mean-Shift on top of the binning ones (hb, ir, mir); metrics are computed on the
 test split with confidence taken at the ORIGINAL model prediction. PTSK (new in the paper)
 is PTS fed the top-5 logits and the 5 nearest neighbours' exp(-distance) values.
+
+PTS and PTSK train with lr=1e-2 by default (`pts_settings="release"`: the released code's 5e-5,
+which barely trains and made calibration worse, issue 13.7). A continuous calibrator whose NLL on
+the calibration split ends above the uncalibrated model's gets a CalibrationWarning naming it,
+and its name is listed in `Comparison.worse_than_uncalibrated`.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +24,14 @@ import torch
 
 from fmkit.calibration._arrays import as_tensor, check_labels, check_same_length
 from fmkit.calibration.calibrators import (
+    CalibrationWarning,
     EnsembleTemperatureScaling,
     HistogramBinning,
     IsotonicCalibration,
     MultiIsotonic,
     ParameterizedTemperatureScaling,
     TemperatureScaling,
+    warn_if_nll_rises,
 )
 from fmkit.calibration.metrics import evaluate
 from fmkit.calibration.procal import BinMeanShiftCalibrator, DensityRatioCalibrator
@@ -33,6 +41,7 @@ CONTINUOUS = ("conf", "ts", "ets", "pts", "ptsk")
 BINNING = ("hb", "ir", "mir")
 METHODS = CONTINUOUS + BINNING
 METRIC_KEYS = ("ece", "ace", "mce", "brier", "piece", "accuracy")
+PTS_SETTINGS = ("default", "release")
 
 
 @dataclass
@@ -70,6 +79,7 @@ class Comparison:
     test_confidence: dict[str, np.ndarray] = field(default_factory=dict)
     test_correct: np.ndarray | None = None
     test_proximity: np.ndarray | None = None
+    worse_than_uncalibrated: list[str] = field(default_factory=list)  # methods that raised the val NLL
 
     def table(self) -> str:
         header = f"{'method':<14}" + "".join(f"{k:>10}" for k in METRIC_KEYS)
@@ -79,14 +89,25 @@ class Comparison:
         lines.append("(all values x 100; brier is the top-label form)")
         return "\n".join(lines)
 
-    def save(self, out_dir: str) -> list[str]:
-        """Writes metrics.json, table.txt and the plots into `out_dir`; returns the paths."""
+    def save(self, out_dir: str, overwrite: bool = False) -> list[str]:
+        """Writes metrics.json, table.txt and the plots into `out_dir`; returns the paths.
+
+        `out_dir` must be empty or absent unless `overwrite=True`, and is then replaced whole
+        (no plots of an earlier run's methods are left beside the new ones)."""
+        import os
+
+        from fmkit._output import replace_dir
+
+        with replace_dir(out_dir, overwrite=overwrite, what="out_dir") as tmp:
+            names = self._write(str(tmp))
+        return [os.path.join(out_dir, name) for name in names]
+
+    def _write(self, out_dir: str) -> list[str]:
         import json
         import os
 
         from fmkit.calibration.plots import proximity_bias_plot, reliability_diagram
 
-        os.makedirs(out_dir, exist_ok=True)
         paths = [os.path.join(out_dir, "metrics.json"), os.path.join(out_dir, "table.txt")]
         with open(paths[0], "w") as f:
             json.dump(self.metrics, f, indent=1)
@@ -109,15 +130,16 @@ class Comparison:
         import matplotlib.pyplot as plt
 
         plt.close("all")
-        return paths
+        return [os.path.basename(p) for p in paths]
 
 
-def _base_calibrator(method: str, seed: int):
+def _base_calibrator(method: str, seed: int, pts_settings: str = "default"):
+    pts = ParameterizedTemperatureScaling.released if pts_settings == "release" else ParameterizedTemperatureScaling
     return {
         "ts": TemperatureScaling,
         "ets": EnsembleTemperatureScaling,
-        "pts": lambda: ParameterizedTemperatureScaling(seed=seed),
-        "ptsk": lambda: ParameterizedTemperatureScaling(top_k=5, seed=seed),
+        "pts": lambda: pts(seed=seed),
+        "ptsk": lambda: pts(top_k=5, seed=seed),
         "hb": lambda: HistogramBinning(n_bins=10),
         "ir": IsotonicCalibration,
         "mir": MultiIsotonic,
@@ -125,13 +147,18 @@ def _base_calibrator(method: str, seed: int):
 
 
 def compare_methods(val: Split, test: Split, methods=METHODS, *, k: int = 10, variant: str = "reference",
-                    backend: str = "auto", seed: int = 0, progress: bool = True, device=None) -> Comparison:
-    """Fits every method on `val`, evaluates on `test`, each with and without ProCal."""
+                    backend: str = "auto", seed: int = 0, progress: bool = True, device=None,
+                    pts_settings: str = "default") -> Comparison:
+    """Fits every method on `val`, evaluates on `test`, each with and without ProCal.
+
+    pts_settings: "default" (PTS / PTSK trained with lr=1e-2) or "release" (the released lr=5e-5)."""
     from tqdm import tqdm
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; choose from {list(METHODS)}")
+    if pts_settings not in PTS_SETTINGS:
+        raise ValueError(f"pts_settings: expected one of {PTS_SETTINGS}, got {pts_settings!r}")
     v_logits, v_labels, v_feat = val.tensors("val", device)
     t_logits, t_labels, t_feat = test.tensors("test", v_logits.device)
     if t_logits.shape[1] != v_logits.shape[1]:
@@ -160,12 +187,21 @@ def compare_methods(val: Split, test: Split, methods=METHODS, *, k: int = 10, va
         elif method in BINNING:
             cal = _base_calibrator(method, seed).fit(v_soft, v_labels)
             v_probs, t_probs = cal.transform(v_soft), cal.transform(t_soft)
-        elif method == "ptsk":
-            cal = _base_calibrator(method, seed).fit(v_logits, v_labels, extra=extra["val"])
-            v_probs, t_probs = cal.transform(v_logits, extra=extra["val"]), cal.transform(t_logits, extra=extra["test"])
         else:
-            cal = _base_calibrator(method, seed).fit(v_logits, v_labels)
-            v_probs, t_probs = cal.transform(v_logits), cal.transform(t_logits)
+            with warnings.catch_warnings():  # one warning below, naming the method, instead of the fit's own
+                warnings.simplefilter("ignore", CalibrationWarning)
+                cal = _base_calibrator(method, seed, pts_settings)
+                if method == "ptsk":
+                    cal.fit(v_logits, v_labels, extra=extra["val"])
+                    v_probs = cal.transform(v_logits, extra=extra["val"])
+                    t_probs = cal.transform(t_logits, extra=extra["test"])
+                else:
+                    cal.fit(v_logits, v_labels)
+                    v_probs, t_probs = cal.transform(v_logits), cal.transform(t_logits)
+            # NLL is the yardstick for the continuous methods; binning ones may give a class 0 and an infinite NLL.
+            if warn_if_nll_rises(f"calibration method {method!r}", v_logits, as_tensor(v_probs, method), v_labels,
+                                 "the calibration (val) split"):
+                out.worse_than_uncalibrated.append(method)
         record(method, t_probs)
         if method in BINNING:
             procal = BinMeanShiftCalibrator(_base_calibrator(method, seed)).fit(v_soft, v_labels, v_prox, preds=v_pred)

@@ -33,7 +33,10 @@ def load_dataset(name: str):
         try:
             from sklearn.datasets import load_digits
         except ImportError as exc:
-            raise ValueError("dataset 'digits' needs scikit-learn (pip install 'fmkit[demo]')") from exc
+            from fmkit._extras import install_hint
+
+            raise ModuleNotFoundError(f"dataset 'digits' needs scikit-learn: {install_hint('demo')}",
+                                      name="sklearn") from exc
         digits = load_digits()
         return (digits.data.astype(np.float32) / 16.0, digits.target.astype(np.int64),
                 "scikit-learn digits (1,797 8x8 images, 10 classes)", 0.2)
@@ -80,12 +83,20 @@ def train_and_split(x, y, seed: int, train_fraction: float, epochs: int = 300):
 
 
 def run_demo(out_dir: str, seeds: int = 5, datasets=DATASETS, methods=("conf", "ts", "ets", "hb", "ir", "mir"),
-             variant: str = "reference") -> dict:
+             variant: str = "reference", shown_dir: str | None = None) -> dict:
+    """Runs each dataset and writes its table and plots to out_dir/<dataset> (printed as
+    shown_dir/<dataset> when the caller renames out_dir afterwards). A dataset whose optional
+    package is missing (digits: scikit-learn) is skipped with a message; the others still run."""
     from tqdm import tqdm
 
     report = {}
     for name in datasets:
-        x, y, description, train_fraction = load_dataset(name)
+        try:
+            x, y, description, train_fraction = load_dataset(name)
+        except ModuleNotFoundError as exc:
+            print(f"\n=== {name}: skipped ({exc}) ===")
+            report[name] = {"skipped": str(exc)}
+            continue
         print(f"\n=== {description} ===")
         per_seed, biases, first = [], [], None
         for seed in tqdm(range(seeds), desc=name):
@@ -102,7 +113,10 @@ def run_demo(out_dir: str, seeds: int = 5, datasets=DATASETS, methods=("conf", "
         print("proximity bias of the uncalibrated model (test split):")
         for seed, b in enumerate(biases):
             print(f"  seed {seed}: bias index {b.bias_index:+.3f}, rank-sum p = {b.p_value:.3g}")
-        paths = first.save(os.path.join(out_dir, name))
-        print(f"wrote {len(paths)} files to {os.path.join(out_dir, name)}")
+        paths = first.save(os.path.join(out_dir, name), overwrite=True)
+        print(f"wrote {len(paths)} files to {os.path.join(shown_dir or out_dir, name)}")
         report[name] = {"metrics": mean, "bias": biases, "dataset": description}
+    if report and all("skipped" in r for r in report.values()):
+        raise ModuleNotFoundError("nothing to run: " + "; ".join(r["skipped"] for r in report.values()),
+                                  name="sklearn")
     return report

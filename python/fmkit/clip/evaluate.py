@@ -173,6 +173,13 @@ def recall_from_features(image_features: torch.Tensor, text_features: torch.Tens
     images; "text_retrieval_recall@k": fraction of images with at least one of their captions
     among their k most similar captions (clip_benchmark's names and definitions). k above the
     candidate count counts as that count. "mean_recall@1" is DataComp's main retrieval metric.
+
+    Ties: DataComp runs clip_benchmark, which takes each query's k best with torch.topk and
+    counts a hit when a positive is among them; among equal scores the order is whatever
+    torch.topk returns (unspecified). Here equal scores are ordered by index (fmkit.ops.knn),
+    one of those orders: identical results on tie-free scores, and on tied scores (identical
+    captions or images) a positive is a hit only if the ranking reaches it, never for merely
+    tying with the k-th candidate.
     """
     ks = _check_positive_ints("ks", ks)
     n, m = image_features.shape[0], text_features.shape[0]

@@ -16,15 +16,17 @@ class WordTokenizer:
 
     Ids: 0 pad, 1 unknown, then the vocabulary sorted, and end-of-text as the highest id so
     that CLIP's "argmax id" text pooling finds it (as with the CLIP BPE tokenizer).
+    `context_length` defaults to the longest text plus end-of-text, at least 16.
     """
 
     PAD, UNK = 0, 1
 
-    def __init__(self, texts: Iterable[str], context_length: int = 16):
-        words = sorted({w for t in texts for w in self.split(t)})
+    def __init__(self, texts: Iterable[str], context_length: int | None = None):
+        split = [self.split(t) for t in texts]
+        words = sorted({w for t in split for w in t})
         self.vocab = {w: i + 2 for i, w in enumerate(words)}
         self.eot = len(self.vocab) + 2
-        self.context_length = context_length
+        self.context_length = context_length or max([16] + [len(t) + 1 for t in split])
 
     @staticmethod
     def split(text: str) -> list[str]:

@@ -106,13 +106,18 @@ def write_classification_task(root, images: torch.Tensor, labels: Sequence[int],
 def make_synthetic_eval_tasks(out_dir, *, n: int = 512, seed: int = 1, class_names: Sequence[str] | None = None
                               ) -> dict[str, str]:
     """Two held-out tasks on the classes of `make_synthetic_pool` (clean captions, fresh draws):
-    {"synthetic_classification": image-folder path, "synthetic_retrieval": pool path}."""
+    {"synthetic_classification": image-folder path, "synthetic_retrieval": pool path}.
+
+    The retrieval items carry per-image attributes (make_synthetic_pool(attributes=True):
+    background, and size, colour and corner of a mark), so each caption names its own image:
+    with n <= 64 x classes (512 for the default 8) no two captions are equal. Class names alone
+    would leave n / classes identical captions per class and cap recall@1 at chance among them."""
     from fmkit.datacomp.data import load_pool_samples
     from fmkit.datacomp.pool import make_synthetic_pool
 
     retrieval_dir = os.path.join(out_dir, "retrieval")
     info = make_synthetic_pool(retrieval_dir, n=n, seed=seed, corrupt_frac=0.0, non_english_frac=0.0,
-                               bad_size_frac=0.0, class_names=class_names)
+                               bad_size_frac=0.0, class_names=class_names, attributes=True)
     images, _, _ = load_pool_samples(retrieval_dir)
     classification_dir = os.path.join(out_dir, "classification")
     write_classification_task(classification_dir, images, info.labels, info.class_names,

@@ -26,6 +26,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Unio
 
 import numpy as np
 
+from fmkit._output import replace_dir, replace_file
+
 PathLike = Union[str, os.PathLike]
 
 UID_DTYPE = np.dtype("u8,u8")
@@ -112,11 +114,9 @@ def write_uids(uids: Any, path: PathLike) -> np.ndarray:
     structured array, sorted lexicographically by (upper, lower)). Accepts a structured array or
     an iterable of 32-digit hex strings. Returns the sorted array."""
     arr = np.sort(_as_uid_array(uids, str(path)), order=["f0", "f1"])
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:  # file handle: np.save would append ".npy" to other suffixes
-        np.save(f, arr)
+    # Replaced in one rename: a failure part-way leaves the previous file, never half of one.
+    with replace_file(path, overwrite=True) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)  # a file handle: np.save would append ".npy" to other suffixes
     return arr
 
 
@@ -350,6 +350,31 @@ _NON_ENGLISH_TEMPLATES = (
 
 _SHAPES = ("circle", "square", "triangle", "hstripes", "vstripes", "cross", "diamond", "checker")
 
+# Per-image attributes (make_synthetic_pool(attributes=True)): a background and a corner mark
+# of some size and colour, drawn into the image and named in the caption, so that a caption
+# identifies its own image among others of the same class (what a retrieval task needs).
+# 2 x 2 x 4 x 4 = 64 combinations per class. None of these words is an ImageNet class name.
+_BACKGROUNDS = {"black": (20, 20, 20), "white": (235, 235, 235)}
+_MARK_SIZES = {"small": 0.16, "big": 0.34}
+_MARK_COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 60, 230), "yellow": (240, 220, 20)}
+_MARK_CORNERS = ("top left", "top right", "bottom left", "bottom right")
+N_ATTRIBUTES = len(_BACKGROUNDS) * len(_MARK_SIZES) * len(_MARK_COLOURS) * len(_MARK_CORNERS)
+
+
+def _attribute_parts(index: int) -> tuple[str, str, str, str]:
+    """(background, mark size, mark colour, corner) of attribute combination `index`."""
+    index, corner = divmod(index, len(_MARK_CORNERS))
+    index, colour = divmod(index, len(_MARK_COLOURS))
+    background, size = divmod(index, len(_MARK_SIZES))
+    return (list(_BACKGROUNDS)[background], list(_MARK_SIZES)[size], list(_MARK_COLOURS)[colour],
+            _MARK_CORNERS[corner])
+
+
+def attribute_phrase(index: int) -> str:
+    """The caption words of attribute combination `index`, e.g. "big red mark top left on black"."""
+    background, size, colour, corner = _attribute_parts(index)
+    return f"{size} {colour} mark {corner} on {background}"
+
 
 @dataclass
 class SyntheticPoolInfo:
@@ -370,6 +395,7 @@ class SyntheticPoolInfo:
     target_classes: List[int]     # the "ImageNet-like" classes of `reference_l14`
     reference_l14: np.ndarray     # reference image embeddings (unit-norm) of the target classes
     prototypes: Dict[str, np.ndarray] = field(default_factory=dict)  # "l14"/"b32" -> [K, d]
+    attributes: Optional[np.ndarray] = None  # attribute combination per sample (-1: none)
 
     def uid_array(self, mask: Optional[np.ndarray] = None) -> np.ndarray:
         """Sorted ("u8","u8") array of the uids selected by `mask` (all when None)."""
@@ -377,13 +403,15 @@ class SyntheticPoolInfo:
         return np.sort(uids_to_array(u), order=["f0", "f1"])
 
 
-def _draw_image(label: int, rng: np.random.Generator, size: int, num_classes: int):
+def _draw_image(label: int, rng: np.random.Generator, size: int, num_classes: int, attribute: int | None = None):
     from PIL import Image, ImageDraw
 
     hue = label / max(num_classes, 1)
     base = np.array([0.5 + 0.5 * np.cos(2 * np.pi * (hue + o)) for o in (0, 1 / 3, 2 / 3)])
     fg = tuple(int(255 * v) for v in base)
     bg = tuple(int(255 * (1 - v) * 0.6 + 40) for v in base)
+    if attribute is not None:
+        bg = _BACKGROUNDS[_attribute_parts(attribute)[0]]
     img = Image.new("RGB", (size, size), bg)
     d = ImageDraw.Draw(img)
     j = int(rng.integers(-2, 3))
@@ -413,6 +441,12 @@ def _draw_image(label: int, rng: np.random.Generator, size: int, num_classes: in
             for x in range(0, s, step):
                 if ((x // step) + (y // step)) % 2 == 0:
                     d.rectangle([x, y, x + step - 1, y + step - 1], fill=fg)
+    if attribute is not None:  # drawn last, over the shape, so it is always visible
+        _, mark_size, colour, corner = _attribute_parts(attribute)
+        m = max(int(round(_MARK_SIZES[mark_size] * s)), 2)
+        x0 = 1 if corner.endswith("left") else s - 1 - m
+        y0 = 1 if corner.startswith("top") else s - 1 - m
+        d.rectangle([x0, y0, x0 + m - 1, y0 + m - 1], fill=_MARK_COLOURS[colour])
     return img
 
 
@@ -439,6 +473,8 @@ def make_synthetic_pool(
     noise: float = 0.35,
     embedding_dtype: Any = np.float32,
     caption_template: str = "a photo of a {c} in the garden",
+    attributes: bool = False,
+    overwrite: bool = False,
 ) -> SyntheticPoolInfo:
     """Write a small DataComp-format pool with known ground truth (no network).
 
@@ -457,9 +493,18 @@ def make_synthetic_pool(
     Files: {out_dir}/{shard:08d}.parquet, .npz and (with `write_images`) .tar.
     `reference_l14` are ImageNet-like reference image embeddings drawn around the prototypes of
     `target_classes` (default: classes 0..K/2-1).
+
+    `attributes=True` gives every image one of 64 attribute combinations (black or white
+    background; a small or big red, green, blue or yellow mark in one of the four corners) and
+    appends them to its English caption ("..., big red mark top left on black"); the (class,
+    attributes) pairs are drawn without replacement (cycling after all 64 K), so with n <= 64 K
+    no two clean captions are equal. `info.attributes` holds each sample's combination (-1 without).
+
+    `out_dir` must be empty or absent unless `overwrite=True`; the pool is written beside it and
+    renamed into place when complete, so an old pool is replaced whole, never mixed with the new
+    one, and a failure leaves it as it was.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.parquet  # noqa: F401  (a missing pyarrow fails here, before out_dir is touched)
 
     if n <= 0:
         raise ValueError(f"make_synthetic_pool: n must be positive, got {n}")
@@ -469,11 +514,33 @@ def make_synthetic_pool(
         raise ValueError("make_synthetic_pool: need at least 2 classes")
     dims = dict(dims) if dims is not None else {"l14": 64, "b32": 48}
     targets = list(target_classes) if target_classes is not None else list(range(k // 2))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with replace_dir(out_dir, overwrite=overwrite, what="out_dir") as tmp:
+        info = _write_synthetic_pool(tmp, n, seed, names, shard_size, dims, corrupt_frac, non_english_frac,
+                                     bad_size_frac, targets, n_reference, image_size, write_images, write_scores,
+                                     noise, embedding_dtype, caption_template, attributes)
+    info.pool_dir = Path(out_dir)
+    return info
+
+
+def _write_synthetic_pool(out, n, seed, names, shard_size, dims, corrupt_frac, non_english_frac, bad_size_frac,
+                          targets, n_reference, image_size, write_images, write_scores, noise, embedding_dtype,
+                          caption_template, attributes) -> SyntheticPoolInfo:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    k = len(names)
     rng = np.random.default_rng(seed)
 
     labels = rng.integers(0, k, size=n)
+    attr = np.full(n, -1, dtype=np.int64)
+    if attributes:
+        # (class, attributes) pairs drawn without replacement, so that no two captions are equal
+        # while n <= 64 K; from a separate stream, so that attributes=False pools stay identical
+        # to those written before this option existed.
+        combos = N_ATTRIBUTES * k
+        attr_rng = np.random.default_rng([seed, 1])
+        pairs = np.concatenate([attr_rng.permutation(combos) for _ in range(-(-n // combos))])[:n]
+        labels, attr = pairs // N_ATTRIBUTES, pairs % N_ATTRIBUTES
     r = rng.random(n)
     kind = np.where(r < corrupt_frac, "corrupt",
                     np.where(r < corrupt_frac + non_english_frac, "non_english", "clean")).astype(object)
@@ -486,6 +553,8 @@ def make_synthetic_pool(
         if kind[i] == "non_english":
             captions.append(_NON_ENGLISH_TEMPLATES[int(rng.integers(len(_NON_ENGLISH_TEMPLATES)))]
                             .format(c=c))
+        elif attributes:
+            captions.append(f"{caption_template.format(c=c)}, {attribute_phrase(int(attr[i]))}")
         else:
             captions.append(caption_template.format(c=c))
 
@@ -546,7 +615,8 @@ def make_synthetic_pool(
                 key = f"{stem}{j - start:04d}"
                 samples.append({
                     "key": key,
-                    "jpg": _draw_image(int(labels[j]), rng, image_size, k),
+                    "jpg": _draw_image(int(labels[j]), rng, image_size, k,
+                                       int(attr[j]) if attributes else None),
                     "txt": captions[j],
                     "json": {"uid": uids[j], "key": key, "caption": captions[j],
                              "original_width": int(width[j]), "original_height": int(height[j])},
@@ -559,5 +629,5 @@ def make_synthetic_pool(
         pool_dir=out, uids=uids, captions=captions, labels=labels, caption_labels=caption_labels,
         kind=kind.astype(str), width=width, height=height, english=english, size_ok=size_ok,
         clean=clean, class_names=names, target_classes=targets,
-        reference_l14=reference.astype(np.float32), prototypes=protos,
+        reference_l14=reference.astype(np.float32), prototypes=protos, attributes=attr,
     )

@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import re
+import warnings
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -304,15 +306,52 @@ def create_flamingo(vision_encoder: nn.Module, lang_model: nn.Module, tokenizer,
                     vis_dim=vis_dim, cross_attn_every_n_layers=cross_attn_every_n_layers, backend=backend)
 
 
+_OLD_DECODER_BLOCK = re.compile(r"^lang_encoder\.old_decoder_blocks\.(\d+)\.(.+)$")
+
+
+def _resolve_old_decoder_blocks(model: Flamingo, state_dict: dict) -> tuple[dict, int]:
+    """(state_dict without open_flamingo's `lang_encoder.old_decoder_blocks.*` aliases, how many).
+
+    A live open_flamingo model keeps the LM's original decoder-layer list under a second attribute,
+    `old_decoder_blocks`, so its state_dict() holds every decoder weight twice: as
+    `lang_encoder.<layers>.{i}.decoder_layer.<name>` and as `lang_encoder.old_decoder_blocks.{i}.<name>`
+    (its own checkpoint saver deletes the aliases). An alias whose canonical key is present must
+    hold the same values and is dropped; one whose canonical key is absent is loaded under it.
+    """
+    out, aliases = {}, 0
+    for k, v in state_dict.items():
+        m = _OLD_DECODER_BLOCK.match(k)
+        if m is None:
+            out[k] = v
+            continue
+        aliases += 1
+        canonical = f"lang_encoder.{model.decoder_layers_path}.{m.group(1)}.decoder_layer.{m.group(2)}"
+        if canonical in state_dict:
+            other = state_dict[canonical]
+            if v.shape != other.shape or not (v.data_ptr() == other.data_ptr() or torch.equal(v, other)):
+                raise ValueError(f"state_dict: {k} and {canonical} name the same decoder weight in open_flamingo "
+                                 "but hold different values")
+        else:
+            out[canonical] = v
+    return out, aliases
+
+
 def load_openflamingo_state_dict(model: Flamingo, state_dict: dict, strict_trainable: bool = True):
     """Loads an open_flamingo checkpoint (its parameter names) into `model`.
 
     fmkit keeps the released module names (`perceiver.*`, `lang_encoder.gated_cross_attn_layers.*`,
     decoder layers wrapped as `<path>.{i}.gated_cross_attn_layer` / `.decoder_layer`), so the map
     is by name; the released checkpoints hold only the trained parameters, so frozen LM and
-    vision weights may be absent. Returns (missing, unexpected) key lists; with
+    vision weights may be absent. A live open_flamingo model's `state_dict()` loads too: its
+    `lang_encoder.old_decoder_blocks.*` aliases of the decoder weights are dropped (one warning
+    says how many). Returns (missing, unexpected) key lists, aliases not counted; with
     `strict_trainable`, a missing trainable parameter or any unexpected key raises ValueError.
     """
+    state_dict, aliases = _resolve_old_decoder_blocks(model, state_dict)
+    if aliases:
+        warnings.warn(f"load_openflamingo_state_dict: dropped {aliases} lang_encoder.old_decoder_blocks.* keys, "
+                      "open_flamingo's second name for the decoder-layer weights (a live model's state_dict())",
+                      stacklevel=2)
     own = model.state_dict()
     unexpected = [k for k in state_dict if k not in own]
     loadable = {k: v for k, v in state_dict.items() if k in own}

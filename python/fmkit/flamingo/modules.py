@@ -150,7 +150,7 @@ class MaskedCrossAttention(nn.Module):
         q = _heads(self.to_q(self.norm(x)), self.heads)
         k, v = self.media_kv(media, use_cached_media)
         out = media_cross_attention(q, k, v, media_index, latents_per_media=media.shape[2], scale=self.scale,
-                                    backend=self.backend, check_index=False)
+                                    backend=self.backend, validate=False)
         return self.to_out(_merge_heads(out))
 
 

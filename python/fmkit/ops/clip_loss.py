@@ -45,11 +45,10 @@ def clip_loss(image_features, text_features, logit_scale, *, logit_bias=None, ki
 def _check(x, y, scale, bias, kind, backend):
     for name, t in (("image_features", x), ("text_features", y)):
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 2:
             raise ValueError(f"{name}: expected a 2-D [N, d] tensor, got shape {list(t.shape)}")
-        if t.dtype not in DTYPES:
-            raise ValueError(f"{name}: expected float32, float16, bfloat16 (or float64), got {t.dtype}")
+        _backend.check_dtype(t, name, DTYPES)
     if x.shape[0] == 0:
         raise ValueError("image_features: empty batch (N = 0)")
     if x.shape != y.shape:
@@ -69,7 +68,7 @@ def _check(x, y, scale, bias, kind, backend):
 
 def _check_scalar(t, name, device):
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name}: expected a tensor (a scalar nn.Parameter), got {type(t).__name__}")
+        raise TypeError(f"{name}: expected a tensor (a scalar nn.Parameter), got {type(t).__name__}")
     if t.numel() != 1:
         raise ValueError(f"{name}: expected a scalar (0-d or one element), got shape {list(t.shape)}")
     if t.device != device:
@@ -101,10 +100,16 @@ def _contrastive_loss_op(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, 
     positive_logits = s * pos_dots + b
     # Subtract each positive from its own row (and column) statistic before summing: the terms
     # are O(1) while the statistics are O(scale), so this avoids cancellation in fp32.
+    # Each such term is >= 0 in exact arithmetic (softmax: lse_i - L_ii = log(1 + sum_{j!=i}
+    # exp(L_ij - L_ii)); sigmoid: sum_{j!=i} softplus(L_ij) + softplus(-L_ii)), but the kernel's
+    # statistic and the positive logit here round differently, by a few ulp of |L_ii|. Taking
+    # max(term, 0) projects each term onto its known range: it can only move a term closer to
+    # its true value (never below 0, where the true value cannot be), so the loss is a sum of
+    # non-negative terms. The backward is the analytic gradient and does not see this.
     row_terms = row.clone()
-    row_terms[pos_rows] -= positive_logits
+    row_terms[pos_rows] = (row_terms[pos_rows] - positive_logits).clamp(min=0)
     if symmetric:
-        loss = (row_terms.sum() + (col - positive_logits).sum()) / (2 * m)
+        loss = (row_terms.sum() + (col - positive_logits).clamp(min=0).sum()) / (2 * m)
     else:
         loss = row_terms.sum() / m
     empty = row.new_empty(0)

@@ -19,8 +19,15 @@ from fmkit.reference.gaussian_kde import gaussian_kde_reference
 GPU_BACKEND_ORDER = ("triton",)
 
 
-def gaussian_kde(points, bandwidth, queries, *, backend: str = "auto") -> torch.Tensor:
-    """Density [m] (float64) of the KDE over `points` [n, q] with per-dimension `bandwidth` [q] at `queries` [m, q]."""
+def gaussian_kde(points, bandwidth, queries, *, backend: str = "auto", validate: bool = True):
+    """Density [m] (float64) of the KDE over `points` [n, q] with per-dimension `bandwidth` [q] at `queries` [m, q].
+
+    Any real dtype and array kind (torch, numpy, cupy, lists) is accepted and converted to
+    float64, where the sums run; the result is a numpy array for numpy `points`, else a torch
+    tensor. Backends: "cpu", "triton", "torch" (there is no CUDA kernel: on a GPU "auto" runs
+    Triton). `validate=False` skips the NaN/inf scan of points and queries.
+    """
+    to_input_kind = (lambda t: t.numpy(force=True)) if type(points).__module__ == "numpy" else (lambda t: t)
     points = torch.as_tensor(points)
     queries = torch.as_tensor(queries, device=points.device)
     bandwidth = torch.as_tensor(bandwidth, dtype=torch.float64, device=points.device)
@@ -33,13 +40,17 @@ def gaussian_kde(points, bandwidth, queries, *, backend: str = "auto") -> torch.
     if not bool((bandwidth > 0).all()) or not bool(torch.isfinite(bandwidth).all()):
         raise ValueError(f"bandwidth: must be finite and positive, got {bandwidth.tolist()}")
     for name, t in (("points", points), ("queries", queries)):
-        if t.numel() and not bool(torch.isfinite(t).all()):
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"{name}: expected a real array, got {_backend.dtype_name(t.dtype)}")
+        if validate and t.numel() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: contains NaN or inf")
-    return torch.ops.fmkit.gaussian_kde(points.to(torch.float64), bandwidth, queries.to(torch.float64), backend)
+    _backend.resolve_backend(backend, points.device, "gaussian_kde", GPU_BACKEND_ORDER)
+    args = (points.to(torch.float64), bandwidth, queries.to(torch.float64), backend)
+    op = _gaussian_kde_impl if _backend.plain_eager(*args[:3]) else torch.ops.fmkit.gaussian_kde
+    return to_input_kind(op(*args))
 
 
-@torch.library.custom_op("fmkit::gaussian_kde", mutates_args=())
-def _gaussian_kde_op(points: torch.Tensor, bandwidth: torch.Tensor, queries: torch.Tensor, backend: str) -> torch.Tensor:
+def _gaussian_kde_impl(points: torch.Tensor, bandwidth: torch.Tensor, queries: torch.Tensor, backend: str) -> torch.Tensor:
     name = _backend.resolve_backend(backend, queries.device, "gaussian_kde", GPU_BACKEND_ORDER)
     n, q = points.shape
     if name == "torch" or n == 0:
@@ -57,6 +68,9 @@ def _gaussian_kde_op(points: torch.Tensor, bandwidth: torch.Tensor, queries: tor
 
         out = gaussian_kernel_sum(xs, pts)
     return out / (n * (2 * math.pi) ** (q / 2) * torch.prod(bandwidth))
+
+
+_gaussian_kde_op = torch.library.custom_op("fmkit::gaussian_kde", _gaussian_kde_impl, mutates_args=())
 
 
 @_gaussian_kde_op.register_fake

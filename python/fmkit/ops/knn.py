@@ -4,13 +4,18 @@ How exactness is obtained at GEMM speed
 ---------------------------------------
 1. A backend kernel (cpu / cuda / triton / torch) returns, per query, kprime > k
    *candidates* ranked by a fast fp32 score computed with the GEMM expansion on centred
-   data: |y-c|^2 - 2<x-c, y-c> (L2) or -<x, y> (IP). The kernel guarantees that every
-   database row it did not return has a score >= the largest returned score.
+   data: |y-c|^2 - 2<x-c, y-c> (L2) or -<x, y-c> (IP; for a fixed query <x, c> shifts every
+   score alike, so the ranking is that of <x, y>, and on offset data the rounding error
+   scales with |y - c|, not |y|; the CUDA kernel does not centre IP: c = 0 there). The
+   kernel guarantees that every database row it did not return has a score >= the largest
+   returned score.
 2. The candidates are re-ranked with the direct float64 distance sum((x-y)^2) (or <x,y>),
    sorted by (distance, index).
-3. A rounding-error bound on the fp32 score, (2d+16) * 2^-24 * (|x-c| + max|y-c|)^2,
-   turns the largest candidate score into a lower bound on the distance of every
-   non-candidate. If that bound is above the k-th re-ranked distance, the row is exact;
+3. A rounding-error bound on the fp32 score, (2d+16) * 2^-24 * (|x-c| + max|y-c|)^2
+   (IP: (2d+16) * 2^-24 * |x| max|y-c|), turns the largest candidate score into a lower bound
+   on the distance of every non-candidate; for L2 the triangle inequality
+   |x-y| >= |y-c| - |x-c| covers the rows far from the centre, whose bound is loose (mixed
+   norms). If that bound is above the k-th re-ranked distance, the row is exact;
    otherwise (near-ties at the candidate boundary, rare) the row is searched again with wider
    candidate lists until certified or complete (float64 reference for self-excluded subsets). So results are exact, ties go to the lower index, L2 distances are
    never negative and exactly 0 for identical vectors, and nothing depends on chunking.
@@ -28,10 +33,12 @@ from typing import Any
 import torch
 
 from fmkit.ops import _backend
-from fmkit.reference.knn import knn_reference, sort_by_distance_then_index
+from fmkit.reference.knn import knn_reference, pair_scores, sort_by_distance_then_index
 
 METRICS = ("l2", "ip")
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: the torch backend
+DTYPE_HINT = ("; integers are not accepted: convert them, e.g. x.astype(numpy.float32) or x.float() "
+              "(float64 is accepted as is)")
 GPU_BACKEND_ORDER = ("cuda", "triton")
 VALUE_LIMIT = 1e15  # |x| above this could overflow float32 squared norms
 # Extra candidates beyond k (plus k/16): more make the certificate fail less often, fewer make
@@ -56,35 +63,42 @@ def knn(
     metric: str = "l2",
     exclude_self: bool = False,
     backend: str = "auto",
-    check_finite: bool = True,
+    validate: bool = True,
+    check_finite: bool | None = None,
 ):
     """Exact k nearest neighbours of each query row among the database rows.
 
     Args:
-        queries: [Q, d] float32 / float16 / bfloat16 (torch, numpy or cupy).
+        queries: [Q, d] float32 / float16 / bfloat16 / float64 (torch, numpy or cupy). float64
+            (numpy's default) is searched in float64 on the torch backend, exact for the
+            float64 values (no rounding to float32).
         database: [N, d], same dtype and device as `queries`.
         k: neighbours per query, 1 <= k <= N (N - 1 with `exclude_self`).
         metric: "l2" (squared Euclidean distance, ascending) or "ip" (inner product, descending).
         exclude_self: queries are the database; row i never returns itself (by index, so
             duplicated points still find each other).
-        backend: "auto", "cpu", "cuda", "triton" or "torch".
-        check_finite: reject NaN/inf and values too large for float32 accumulation.
+        backend: "auto", "cpu", "cuda", "triton" or "torch" (float64: "auto" or "torch").
+        validate: reject NaN/inf and values too large for float32 accumulation (one pass
+            over the inputs). `check_finite` is its deprecated old name.
 
     Returns:
-        (distances float32 [Q, k], indices int64 [Q, k]) of the same array kind as the input.
+        (distances float32 [Q, k] (float64 for float64 inputs), indices int64 [Q, k]) of the
+        same array kind as the input.
     """
     q, to_input_kind = _backend.to_torch(queries, "queries")
     db, _ = _backend.to_torch(database, "database")
-    validate(q, db, k, metric, exclude_self, backend, check_finite)
-    dist, idx = torch.ops.fmkit.knn(q, db, int(k), metric, bool(exclude_self), backend)
+    check(q, db, k, metric, exclude_self, backend, _backend.deprecated_switch("knn", validate, check_finite=check_finite))
+    op = _knn_impl if _backend.plain_eager(q, db) else torch.ops.fmkit.knn
+    dist, idx = op(q, db, int(k), metric, bool(exclude_self), backend)
     return to_input_kind(dist), to_input_kind(idx)
 
 
-def validate(q, db, k, metric, exclude_self, backend, check_finite):
-    _backend.check_matrix(q, "queries", DTYPES)
-    _backend.check_matrix(db, "database", DTYPES)
+def check(q, db, k, metric, exclude_self, backend, finite):
+    _backend.check_matrix(q, "queries", DTYPES, DTYPE_HINT)
+    _backend.check_matrix(db, "database", DTYPES, DTYPE_HINT)
     if db.dtype != q.dtype:
-        raise ValueError(f"database: dtype {db.dtype} does not match queries dtype {q.dtype}")
+        raise TypeError(f"database: dtype {_backend.dtype_name(db.dtype)} does not match queries dtype "
+                        f"{_backend.dtype_name(q.dtype)}; expected the same dtype")
     if db.device != q.device:
         raise ValueError(f"database: on {db.device}, but queries are on {q.device}; expected the same device")
     if db.shape[1] != q.shape[1]:
@@ -100,27 +114,32 @@ def validate(q, db, k, metric, exclude_self, backend, check_finite):
             f"exclude_self: queries must be the database (same number of rows), got {q.shape[0]} and {db.shape[0]}"
         )
     eligible = db.shape[0] - (1 if exclude_self else 0)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= eligible:
-        limit = f"N - 1 = {eligible} with exclude_self" if exclude_self else f"N = {eligible}"
-        raise ValueError(f"k: expected an integer in [1, {limit}], got {k!r}")
+    _backend.check_int(k, "k", 1, eligible, f"N - 1 = {eligible} with exclude_self" if exclude_self else f"N = {eligible}")
     _backend.resolve_backend(backend, q.device, "knn", GPU_BACKEND_ORDER)
-    if check_finite:
+    _backend.check_float64_backend("queries", q, backend)
+    if finite:
         _backend.check_finite(q, "queries", VALUE_LIMIT)
         _backend.check_finite(db, "database", VALUE_LIMIT)
 
 
-@torch.library.custom_op("fmkit::knn", mutates_args=())
-def _knn_op(
+def _knn_impl(
     queries: torch.Tensor, database: torch.Tensor, k: int, metric: str, exclude_self: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     dist, idx = exact_knn(queries, database, k, metric, 0 if exclude_self else None, backend)
-    return dist.to(torch.float32), idx
+    return dist.to(_out_dtype(queries)), idx
+
+
+def _out_dtype(queries):
+    return torch.float64 if queries.dtype == torch.float64 else torch.float32
+
+
+_knn_op = torch.library.custom_op("fmkit::knn", _knn_impl, mutates_args=())
 
 
 @_knn_op.register_fake
 def _knn_fake(queries, database, k, metric, exclude_self, backend):
     shape = (queries.shape[0], k)
-    return queries.new_empty(shape, dtype=torch.float32), queries.new_empty(shape, dtype=torch.int64)
+    return queries.new_empty(shape, dtype=_out_dtype(queries)), queries.new_empty(shape, dtype=torch.int64)
 
 
 def exact_knn(queries, database, k, metric, self_offset, backend):
@@ -134,6 +153,8 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
     N = database.shape[0]
     eligible = N - (1 if self_offset is not None else 0)
     name = _backend.resolve_backend(backend, queries.device, "knn", GPU_BACKEND_ORDER)
+    if queries.dtype == torch.float64:  # the float64 tiles: the kernels are fp32 / 16-bit
+        name = "torch"
     kprime = min(eligible, k + CANDIDATE_MARGIN + k // 16)
     max_width = eligible
     if name == "cuda":
@@ -148,11 +169,24 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
         return (queries.new_empty((0, k), dtype=torch.float64), queries.new_empty((0, k), dtype=torch.int64))
 
     cpu_kernels = name == "cpu"
-    center, radius = database_center_and_radius(database, metric, cpu_kernels)
+    center, radius = database_center_and_radius(database, metric, name)
 
-    def search(rows_q, width):
-        """(distances, indices, exact) for the query rows `rows_q` with `width` candidates each."""
-        score, cand = CANDIDATES[name](rows_q, database, center, metric, width, self_offset)
+    def search(rows, width, offset=self_offset):
+        """(distances, indices, exact) for the query rows `rows` (a slice or an index tensor)
+        with `width` candidates each; `offset`: the kernels' self-exclusion, which holds for
+        whole row ranges only."""
+        rows_q = queries[rows]
+        if offset is None and self_offset is not None:
+            # A subset of rows loses the offset form of self-exclusion: take one more candidate
+            # without it, then drop self (or, where self is not among them, the worst-scored
+            # candidate, whose score still bounds every row left out).
+            score, cand = CANDIDATES[name](rows_q, database, center, metric, width + 1, None)
+            drop = cand == (torch.arange(Q, device=cand.device)[rows] + self_offset)[:, None]
+            missing = ~drop.any(1)
+            drop[missing.nonzero().flatten(), score[missing].argmax(1)] = True
+            score, cand = score[~drop].view(-1, width), cand[~drop].view(-1, width)
+        else:
+            score, cand = CANDIDATES[name](rows_q, database, center, metric, width, offset)
         dist, idx = rerank(rows_q, database, cand, k, metric, cpu_kernels)
         if width == eligible:  # every eligible row is a candidate: nothing left to miss
             return dist, idx, torch.ones(dist.shape[0], dtype=torch.bool, device=dist.device)
@@ -165,22 +199,24 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
         pending = (~exact).nonzero().flatten()
         nearest_fallback_rows += int(pending.numel())
         if pending.numel():
-            d2, i2, ok = search(queries[pending], kprime)
+            d2, i2, ok = search(pending, kprime)
             dist[pending], idx[pending], exact[pending] = d2, i2, ok
     else:
-        dist, idx, exact = search(queries, kprime)
+        dist, idx, exact = search(slice(None), kprime)
     if bool(exact.all()):
         return dist, idx
     # Rows the bound could not certify (near-ties at the candidate boundary): search them again
     # with ever wider candidate lists on the same fast kernels; with every eligible row as a
-    # candidate a row is exact by construction. Self-exclusion is an offset from the query's row
-    # number, which a subset of rows does not keep, so those rows go to the float64 reference.
+    # candidate a row is exact by construction. Rows past the CUDA kernel's widest list go to
+    # the float64 reference.
     rows = (~exact).nonzero().flatten()
     fallback_rows += int(rows.numel())
     width = kprime
-    while rows.numel() and self_offset is None and width < max_width:
-        width = min(max_width, 4 * width + 64)
-        d2, i2, ok = search(queries[rows], width)
+    # A self-excluding subset search takes one candidate more than it keeps.
+    widest = max_width if self_offset is None or name != "cuda" else min(eligible, max_width - 1)
+    while rows.numel() and width < widest:
+        width = min(widest, 4 * width + 64)
+        d2, i2, ok = search(rows, width, offset=None)
         dist[rows[ok]], idx[rows[ok]] = d2[ok], i2[ok]
         rows = rows[~ok]
     if rows.numel():
@@ -189,28 +225,36 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
     return dist, idx
 
 
-def database_center_and_radius(database, metric, cpu_kernels):
-    """Centre c (float32: the database mean for L2, 0 for IP) and max_j |y_j - c| (a float)."""
+def database_center_and_radius(database, metric, backend):
+    """Centre c (the database mean in the score dtype; 0 for IP on the CUDA kernel, which does
+    not centre) and max_j |y_j - c| (a float)."""
     N, d = database.shape
-    if cpu_kernels:
+    if backend == "cpu":
         center = torch.empty(d, dtype=torch.float32)
         radius = torch.empty(1, dtype=torch.float64)
         dl = _backend.dlpack
         _backend._C.knn_center_radius_cpu(dl(database), metric, dl(center), dl(radius), _backend.cpu_threads())
         return center, float(radius) * (1 + 1e-6)
     chunk = max(1, (1 << 22) // d)
-    if metric == "l2":
+    work = score_dtype(database)
+    if metric == "l2" or backend != "cuda":
         total = torch.zeros(d, dtype=torch.float64, device=database.device)
         for n0 in range(0, N, chunk):
             total += database[n0 : n0 + chunk].sum(0, dtype=torch.float64)
-        center = (total / N).to(torch.float32)
+        center = (total / N).to(work)
     else:
-        center = torch.zeros(d, dtype=torch.float32, device=database.device)
+        center = torch.zeros(d, dtype=work, device=database.device)
     radius = torch.zeros((), dtype=torch.float64, device=database.device)
     for n0 in range(0, N, chunk):
-        y = database[n0 : n0 + chunk].to(torch.float32) - center
+        y = database[n0 : n0 + chunk].to(work) - center
         radius = torch.maximum(radius, y.to(torch.float64).norm(dim=1).max())
     return center, float(radius) * (1 + 1e-6)
+
+
+def score_dtype(x):
+    """The dtype of the candidate scores and of the centre: float32, float64 for float64 inputs
+    (the certificate's unit roundoff follows it)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def rerank(queries, database, cand, k, metric, cpu_kernels):
@@ -230,10 +274,7 @@ def rerank(queries, database, cand, k, metric, cpu_kernels):
         x64 = queries[q0 : q0 + chunk].to(torch.float64)
         c = cand[q0 : q0 + chunk]
         y = database[c.reshape(-1)].to(torch.float64).view(c.shape[0], kprime, d)
-        if metric == "ip":
-            dist = torch.einsum("qd,qkd->qk", x64, y)
-        else:
-            dist = ((x64[:, None, :] - y) ** 2).sum(-1)
+        dist = pair_scores(x64[:, None, :], y, metric)  # the reference's fixed order: duplicates tie exactly
         dist, idx = sort_by_distance_then_index(dist, c, descending=metric == "ip")
         dist_out[q0 : q0 + chunk] = dist[:, :k]
         idx_out[q0 : q0 + chunk] = idx[:, :k]
@@ -264,19 +305,32 @@ def certify(queries, center, radius, threshold, kth, metric, qnorm=None):
     """True where no non-candidate can beat the k-th re-ranked distance `kth`.
 
     `threshold` is the largest candidate score per row; every non-candidate scored at least
-    that much, and an fp32 score is within (2d+16) * 2^-24 * (|x-c| + radius)^2 of the truth.
+    that much, and an fp32 score is within (2d+16) * 2^-24 * (|x-c| + radius)^2 of the truth
+    (IP: (2d+16) * 2^-24 * |x| * radius).
     `qnorm`, if given, is |x - c| (IP: |x|) in float64, saving a pass over the queries.
     """
     d = queries.shape[1]
-    slack = (2 * d + 16) * 2.0**-24
+    slack = (2 * d + 16) * (2.0**-53 if center.dtype == torch.float64 else 2.0**-24)
     threshold = threshold.to(torch.float64)
     if metric == "ip":
-        xn = queries.to(torch.float64).norm(dim=1) if qnorm is None else qnorm
-        # Every non-candidate has <x, y> <= -threshold + err; it must lose to the k-th.
-        return (-threshold + slack * xn * radius) < kth - 1e-12 * xn * radius
-    xn = (queries.to(torch.float32) - center).to(torch.float64).norm(dim=1) if qnorm is None else qnorm
-    # Every non-candidate has |x - y|^2 >= |x - c|^2 + threshold - err.
-    return (xn**2 + threshold - slack * (xn + radius) ** 2) > kth * (1 + 1e-12)
+        x64 = queries.to(torch.float64)
+        xn = x64.norm(dim=1) if qnorm is None else qnorm
+        c64 = center.to(torch.float64)
+        shift = x64 @ c64  # the scores are -<x, y - c>
+        # Every non-candidate has <x, y> <= <x, c> - threshold + err; it must lose to the k-th.
+        # The margin covers float64 rounding of <x, y> and <x, c>, which scales with |y|, not |y - c|.
+        margin = 1e-12 * xn * (radius + float(c64.norm()))
+        return (shift - threshold + slack * xn * radius) < kth - margin
+    xn = (queries.to(center.dtype) - center).to(torch.float64).norm(dim=1) if qnorm is None else qnorm
+    kth = kth * (1 + 1e-12)
+    # A non-candidate y at r = |y - c| has |x - y|^2 >= |x - c|^2 + threshold - slack (|x - c| + r)^2,
+    # which falls as r grows, and (triangle inequality) |x - y|^2 >= (r - |x - c|)^2, which grows.
+    # r_max: the largest r the first bound certifies; every r above it is certified by the second
+    # when r_max - |x - c| > sqrt(kth). (1 -+ 1e-6: fp32 centring moved r and |x - c| by <= 2^-24.)
+    by_score = (xn**2 + threshold - slack * (xn + radius) ** 2) > kth
+    r_max = ((xn**2 + threshold - kth).clamp(min=0) / slack).sqrt() - xn
+    by_triangle = r_max * (1 - 1e-6) - xn * (1 + 1e-6) > kth.clamp(min=0).sqrt()
+    return by_score | by_triangle
 
 
 # ---- candidate generators: (queries, database, center, metric, kprime, self_offset) -> (score, index) ----
@@ -318,7 +372,7 @@ def tiled_candidates(queries, database, center, metric, kprime, self_offset, sco
     scores, indices = [], []
     for q0 in range(0, Q, q_chunk):
         x = queries[q0 : q0 + q_chunk]
-        best_s = torch.empty((x.shape[0], 0), dtype=torch.float32, device=x.device)
+        best_s = torch.empty((x.shape[0], 0), dtype=center.dtype, device=x.device)
         best_i = torch.empty((x.shape[0], 0), dtype=torch.int64, device=x.device)
         for n0 in range(0, N, n_chunk):
             y = database[n0 : n0 + n_chunk]
@@ -334,14 +388,15 @@ def tiled_candidates(queries, database, center, metric, kprime, self_offset, sco
 
 
 def torch_score_tile(x, y, center, metric, self_col):
-    """The score of the candidate contract in float64 torch ops (any device, no TF32)."""
+    """The score of the candidate contract in float64 torch ops (any device, no TF32), rounded
+    to the score dtype (float32; float64 for float64 inputs, centred in float64)."""
     if metric == "l2":
-        xc = (x.to(torch.float32) - center).to(torch.float64)
-        yc = (y.to(torch.float32) - center).to(torch.float64)
+        xc = (x.to(center.dtype) - center).to(torch.float64)
+        yc = (y.to(center.dtype) - center).to(torch.float64)
         s = (yc * yc).sum(1)[None, :] - 2.0 * (xc @ yc.T)
     else:
-        s = -(x.to(torch.float64) @ y.to(torch.float64).T)
-    s = s.to(torch.float32)
+        s = -(x.to(torch.float64) @ (y.to(center.dtype) - center).to(torch.float64).T)
+    s = s.to(center.dtype)
     if self_col is not None:
         rows = torch.arange(x.shape[0], device=x.device)
         cols = rows + self_col
@@ -377,7 +432,8 @@ def knn_sharded(
     metric: str = "l2",
     exclude_self: bool = False,
     backend: str = "auto",
-    check_finite: bool = True,
+    validate: bool = True,
+    check_finite: bool | None = None,
 ):
     """Exact kNN over a database sharded across the ranks of a torch.distributed group.
 
@@ -389,16 +445,18 @@ def knn_sharded(
     """
     import torch.distributed as dist
 
+    queries, to_input_kind = _backend.to_torch(queries, "queries")
+    database_shard, _ = _backend.to_torch(database_shard, "database_shard")
     world = dist.get_world_size(group)
-    validate(queries, database_shard, 1, metric, False, backend, check_finite)
+    check(queries, database_shard, 1, metric, False, backend,
+          _backend.deprecated_switch("knn_sharded", validate, check_finite=check_finite))
     sizes = [torch.zeros(1, dtype=torch.int64, device=queries.device) for _ in range(world)]
     dist.all_gather(sizes, torch.tensor([database_shard.shape[0]], device=queries.device), group=group)
     sizes = [int(s) for s in sizes]
     total = sum(sizes)
     offset = sum(sizes[: dist.get_rank(group)])
     eligible = total - (1 if exclude_self else 0)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= eligible:
-        raise ValueError(f"k: expected an integer in [1, {eligible}] (global database rows), got {k!r}")
+    _backend.check_int(k, "k", 1, eligible, f"{eligible} (global database rows)")
     if exclude_self and queries.shape[0] != total:
         raise ValueError(f"exclude_self: queries must be the whole database ({total} rows), got {queries.shape[0]}")
     # Search one extra neighbour so that dropping self after the merge still leaves k.
@@ -422,4 +480,4 @@ def knn_sharded(
         # Stable compaction: the first k kept entries of each row, in order.
         order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
         d_cat, i_cat = torch.gather(d_cat, 1, order), torch.gather(i_cat, 1, order)
-    return d_cat[:, :k].to(torch.float32), i_cat[:, :k]
+    return to_input_kind(d_cat[:, :k].to(_out_dtype(queries))), to_input_kind(i_cat[:, :k])

@@ -21,20 +21,29 @@ GPU_BACKEND_ORDER = ("triton",)
 
 
 def media_cross_attention(q, k, v, media_index, *, latents_per_media=64, scale=None, backend="auto",
-                          check_index=True):
+                          validate=True, check_index=None):
     """Attention of each query (b, t) over the `latents_per_media` keys of image media_index[b, t].
 
     q [B, H, T, D]; k, v [B, H, n_media * latents_per_media, D]; media_index int [B, T] in
     0..n_media. scale defaults to 1/sqrt(D). Returns [B, H, T, D] in q's dtype; differentiable
-    in q, k and v. `check_index=False` skips the range check (one reduction and host sync).
+    in q, k and v (torch tensors). q, k, v: float32, float16, bfloat16 or float64 (the torch
+    reference); torch, numpy or cupy arrays, the output in q's kind. `validate=False` skips the
+    range check of media_index (one reduction and host sync); `check_index` is its deprecated
+    old name.
     """
+    validate = _backend.deprecated_switch("media_cross_attention", validate, check_index=check_index)
+    q, to_input_kind = _backend.to_torch(q, "q")
+    k, _ = _backend.to_torch(k, "k")
+    v, _ = _backend.to_torch(v, "v")
+    media_index, _ = _backend.to_torch(media_index, "media_index")
+    _backend.check_dtype(q, "q", DTYPES)
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name}: expected a 4-D [B, H, rows, D] tensor")
-        if t.dtype != q.dtype or t.device != q.device:
-            raise ValueError(f"{name}: expected {q.dtype} on {q.device} like q, got {t.dtype} on {t.device}")
-    if q.dtype not in DTYPES:
-        raise ValueError(f"q: expected float32, float16 or bfloat16, got {q.dtype}")
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D [B, H, rows, D] tensor, got shape {list(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}: expected dtype {_backend.dtype_name(q.dtype)} like q, got {_backend.dtype_name(t.dtype)}")
+        if t.device != q.device:
+            raise ValueError(f"{name}: expected device {q.device} like q, got {t.device}")
     B, H, T, D = q.shape
     if k.shape != v.shape or k.shape[0] != B or k.shape[1] != H or k.shape[3] != D:
         raise ValueError(f"k, v: expected equal shapes [{B}, {H}, n_media * P, {D}], got {list(k.shape)} and "
@@ -42,20 +51,19 @@ def media_cross_attention(q, k, v, media_index, *, latents_per_media=64, scale=N
     if not isinstance(latents_per_media, int) or latents_per_media < 1 or k.shape[2] % latents_per_media:
         raise ValueError(f"latents_per_media: expected a positive divisor of k's {k.shape[2]} rows, "
                          f"got {latents_per_media!r}")
-    if not isinstance(media_index, torch.Tensor) or media_index.shape != (B, T):
-        raise ValueError(f"media_index: expected an integer tensor of shape [{B}, {T}], got "
-                         f"{list(media_index.shape) if isinstance(media_index, torch.Tensor) else type(media_index)}")
     if media_index.dtype.is_floating_point or media_index.dtype == torch.bool:
-        raise ValueError(f"media_index: expected an integer dtype, got {media_index.dtype}")
+        raise TypeError(f"media_index: expected an integer dtype, got {_backend.dtype_name(media_index.dtype)}")
+    if media_index.shape != (B, T):
+        raise ValueError(f"media_index: expected an integer tensor of shape [{B}, {T}], got {list(media_index.shape)}")
     media_index = media_index.to(device=q.device, dtype=torch.int64)
     n_media = k.shape[2] // latents_per_media
-    if check_index and media_index.numel():
+    if validate and media_index.numel():
         check_media_index(media_index, n_media)
     _backend.resolve_backend(backend, q.device, "media_cross_attention", GPU_BACKEND_ORDER)
     _backend.check_float64_backend("q", q, backend)
     scale = float(D ** -0.5 if scale is None else scale)
     out, _ = torch.ops.fmkit.media_cross_attention(q, k, v, media_index, latents_per_media, scale, backend)
-    return out
+    return to_input_kind(out)
 
 
 def check_media_index(media_index, n_media):

@@ -23,19 +23,23 @@ def perceiver_attention(q, k_media, v_media, k_latents, v_latents, *, scale=None
     """softmax(scale q [k_media; k_latents]^T) [v_media; v_latents], without the concatenation.
 
     q [B, H, L, D]; k_media, v_media [B, H, M, D]; k_latents, v_latents [B, H, L2, D]; same dtype
-    (fp32 / bf16 / fp16; fp64 on the torch backend) and device. scale defaults to 1/sqrt(D).
-    Returns [B, H, L, D] in the input dtype. Differentiable in every input.
+    (float32, float16, bfloat16 or float64; float64 runs the torch reference) and device; torch,
+    numpy or cupy arrays. scale defaults to 1/sqrt(D). Returns [B, H, L, D] in the input dtype
+    and array kind. Differentiable in every input (torch tensors).
     """
     names = ("q", "k_media", "v_media", "k_latents", "v_latents")
-    tensors = (q, k_media, v_media, k_latents, v_latents)
+    converted = [_backend.to_torch(t, name) for name, t in zip(names, (q, k_media, v_media, k_latents, v_latents))]
+    tensors = tuple(t for t, _ in converted)
+    q, k_media, v_media, k_latents, v_latents = tensors
+    to_input_kind = converted[0][1]
+    _backend.check_dtype(q, "q", DTYPES)
     for name, t in zip(names, tensors):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name}: expected a 4-D [B, H, rows, D] tensor, got "
-                             f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-        if t.dtype != q.dtype or t.device != q.device:
-            raise ValueError(f"{name}: expected {q.dtype} on {q.device} like q, got {t.dtype} on {t.device}")
-    if q.dtype not in DTYPES:
-        raise ValueError(f"q: expected float32, float16 or bfloat16, got {q.dtype}")
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D [B, H, rows, D] tensor, got shape {list(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}: expected dtype {_backend.dtype_name(q.dtype)} like q, got {_backend.dtype_name(t.dtype)}")
+        if t.device != q.device:
+            raise ValueError(f"{name}: expected device {q.device} like q, got {t.device}")
     B, H, _, D = q.shape
     for name, t in zip(names[1:], tensors[1:]):
         if t.shape[0] != B or t.shape[1] != H or t.shape[3] != D:
@@ -50,7 +54,7 @@ def perceiver_attention(q, k_media, v_media, k_latents, v_latents, *, scale=None
     _backend.check_float64_backend("q", q, backend)
     scale = float(D ** -0.5 if scale is None else scale)
     out, _ = torch.ops.fmkit.perceiver_attention(q, k_media, v_media, k_latents, v_latents, scale, backend)
-    return out
+    return to_input_kind(out)
 
 
 @torch.library.custom_op("fmkit::perceiver_attention", mutates_args=())

@@ -22,8 +22,12 @@ made contiguous (a copy when they are not), and a non-contiguous x_adv is update
 contiguous copy written back with copy_.
 
 No host synchronisation on the kernel path, so a fixed-shape attack loop can be captured in a
-CUDA graph. The one exception is `check_values=True` (the default) with tensor eps / step_size:
-checking that they are >= 0 reads them on the host. Pass check_values=False inside graphs.
+CUDA graph. The one exception is `validate=True` (the default) with tensor eps / step_size:
+checking that they are >= 0 reads them on the host. Pass validate=False inside graphs.
+
+Arrays: torch tensors, or numpy / cupy arrays, which are updated in place through a zero-copy
+DLPack view (so x_adv must be writable) and returned as they came. float64 is not accepted:
+the kernels are fp32 / 16-bit (convert with x.astype(numpy.float32) or x.float()).
 """
 from __future__ import annotations
 
@@ -41,47 +45,55 @@ GPU_BACKEND_ORDER = ("cuda", "triton")
 
 
 def pgd_step_(x_adv, grad, x_orig, *, eps, step_size, norm="linf", active=None, clamp=(0.0, 1.0), backend="auto",
-              check_values=True):
+              validate=True, check_values=None):
     """One projected-gradient ascent step, in place on x_adv [B, ...]; returns x_adv.
 
     grad, x_orig: same shape, dtype (float32, float16, bfloat16) and device as x_adv.
     eps, step_size: Python floats (>= 0; eps may be inf: unbounded) or per-sample tensors [B]
     on x_adv's device. active: optional bool [B]; inactive samples are not touched.
     clamp: (lo, hi) with lo <= hi, or None for no box constraint.
-    check_values: validate tensor eps / step_size values (>= 0, not NaN); this synchronises
-    the host, so pass False in CUDA-graph captures. Python floats are always validated.
+    validate: check tensor eps / step_size values (>= 0, not NaN); this synchronises the host,
+    so pass False in CUDA-graph captures. Python floats are always checked. `check_values` is
+    its deprecated old name.
     Ascent on `grad`: minimising attacks pass the negated gradient.
     """
+    check_values = _backend.deprecated_switch("pgd_step_", validate, check_values=check_values)
+    given = x_adv
+    x_adv, _ = _backend.to_torch(x_adv, "x_adv")
+    grad, _ = _backend.to_torch(grad, "grad")
+    x_orig, _ = _backend.to_torch(x_orig, "x_orig")
     B = _check_tensors(x_adv, grad, x_orig)
     if norm not in NORMS:
         raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
     eps_t = _per_sample(eps, "eps", x_adv, B, check_values)
     step_t = _per_sample(step_size, "step_size", x_adv, B, check_values)
     if active is not None:
-        if not isinstance(active, torch.Tensor) or active.dtype != torch.bool or active.shape != (B,):
-            got = f"{active.dtype} {list(active.shape)}" if isinstance(active, torch.Tensor) else type(active).__name__
-            raise ValueError(f"active: expected a bool tensor of shape [{B}], got {got}")
+        if not isinstance(active, torch.Tensor) or active.dtype != torch.bool:
+            got = _backend.dtype_name(active.dtype) if isinstance(active, torch.Tensor) else type(active).__name__
+            raise TypeError(f"active: expected a bool tensor of shape [{B}], got {got}")
+        if active.shape != (B,):
+            raise ValueError(f"active: expected a bool tensor of shape [{B}], got shape {list(active.shape)}")
         if active.device != x_adv.device:
             raise ValueError(f"active: on {active.device}, but x_adv is on {x_adv.device}")
     lo, hi = _check_clamp(clamp)
     _backend.resolve_backend(backend, x_adv.device, "pgd_step_", GPU_BACKEND_ORDER)
-    torch.ops.fmkit.pgd_step(x_adv, grad, x_orig, eps_t, step_t, active, norm, lo, hi, backend)
-    return x_adv
+    if _backend.plain_eager(x_adv, grad, x_orig, eps_t, step_t, active):
+        _pgd_step_impl(x_adv, grad, x_orig, eps_t, step_t, active, norm, lo, hi, backend)
+    else:
+        torch.ops.fmkit.pgd_step(x_adv, grad, x_orig, eps_t, step_t, active, norm, lo, hi, backend)
+    return given
 
 
 def _check_tensors(x, g, x0):
     for name, t in (("x_adv", x), ("grad", g), ("x_orig", x0)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in DTYPES:
-            raise ValueError(f"{name}: expected float32, float16 or bfloat16, got {str(t.dtype).replace('torch.', '')}")
+        _backend.check_dtype(t, name, DTYPES, "; convert first, e.g. x.astype(numpy.float32) or x.float()")
     if x.dim() < 1:
         raise ValueError("x_adv: expected a batched tensor [B, ...], got a 0-d tensor")
     for name, t in (("grad", g), ("x_orig", x0)):
         if t.shape != x.shape:
             raise ValueError(f"{name}: shape {list(t.shape)} does not match x_adv {list(x.shape)}")
         if t.dtype != x.dtype:
-            raise ValueError(f"{name}: dtype {t.dtype} does not match x_adv {x.dtype}")
+            raise TypeError(f"{name}: dtype {_backend.dtype_name(t.dtype)} does not match x_adv {_backend.dtype_name(x.dtype)}")
         if t.device != x.device:
             raise ValueError(f"{name}: on {t.device}, but x_adv is on {x.device}")
     return x.shape[0]
@@ -93,14 +105,14 @@ def _per_sample(v, name, x, B, check_values):
         if v.dim() > 1 or (v.dim() == 1 and v.shape[0] != B):
             raise ValueError(f"{name}: expected a Python float or a tensor of shape [{B}], got shape {list(v.shape)}")
         if not v.is_floating_point():
-            raise ValueError(f"{name}: expected a floating-point tensor, got {v.dtype}")
+            raise TypeError(f"{name}: expected a floating-point tensor, got {_backend.dtype_name(v.dtype)}")
         if v.device != x.device:
             raise ValueError(f"{name}: on {v.device}, but x_adv is on {x.device}")
         if check_values and bool(((v < 0) | torch.isnan(v)).any()):
             raise ValueError(f"{name}: expected values >= 0 (inf allowed for eps), got a negative or NaN entry")
         return v.detach().to(torch.float32).expand(B).contiguous()
     if isinstance(v, bool) or not isinstance(v, Real):
-        raise ValueError(f"{name}: expected a Python float or a [B] tensor, got {type(v).__name__}")
+        raise TypeError(f"{name}: expected a Python float or a [B] tensor, got {type(v).__name__}")
     v = float(v)
     if not v >= 0 or (name == "step_size" and math.isinf(v)):
         raise ValueError(f"{name}: expected a finite value >= 0{' (or inf)' if name == 'eps' else ''}, got {v}")
@@ -119,10 +131,9 @@ def _check_clamp(clamp):
     return lo, hi
 
 
-@torch.library.custom_op("fmkit::pgd_step", mutates_args=("x_adv",))
-def _pgd_step_op(x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, eps: torch.Tensor,
-                 step_size: torch.Tensor, active: torch.Tensor | None, norm: str, lo: float, hi: float,
-                 backend: str) -> None:
+def _pgd_step_impl(x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, eps: torch.Tensor,
+                   step_size: torch.Tensor, active: torch.Tensor | None, norm: str, lo: float, hi: float,
+                   backend: str) -> None:
     name = "torch" if norm == "l1" else _backend.resolve_backend(backend, x_adv.device, "pgd_step_",
                                                                  GPU_BACKEND_ORDER)
     if name == "torch":
@@ -148,6 +159,9 @@ def _pgd_step_op(x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, 
                 _backend._C.pgd_step_cuda(*args, dl(ws), _backend.current_stream(x.device))
     if x is not x_adv:
         x_adv.copy_(x)
+
+
+_pgd_step_op = torch.library.custom_op("fmkit::pgd_step", _pgd_step_impl, mutates_args=("x_adv",))
 
 
 @_pgd_step_op.register_fake

@@ -1,15 +1,37 @@
 """Exact k-nearest-neighbour search in plain PyTorch: the test oracle and the fallback.
 
-Every distance is computed directly as sum((x - y)^2) (or <x, y>) in float64, so there is
-no cancellation, identical vectors are at distance exactly 0, and ties are broken by the
+Every distance is computed directly as sum((x - y)^2) (or <x, y>) in float64, summed over
+the coordinates in index order (`pair_scores`), so there is no cancellation, identical
+vectors are at distance exactly 0 and have exactly equal scores against any query (a GEMM
+does not promise that: its edge tiles sum in another order), and ties are broken by the
 lower database index. Work is chunked over queries and database rows, so memory stays
-bounded (about 64 MB of float64 temporaries) whatever Q and N are. It is slow by design.
+bounded (under 1 MB of float64 temporaries) whatever Q and N are. It is slow by design.
 """
 from __future__ import annotations
 
 import torch
 
-_CHUNK_ELEMENTS = 1 << 23  # float64 elements per temporary: 64 MB
+# (query, database row) pairs per chunk: 256 KB of float64 per temporary, below torch's
+# parallel grain, so the d small ops per chunk stay single-threaded (no OpenMP barrier each).
+_CHUNK_PAIRS = 1 << 15
+
+
+def pair_scores(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+    """sum_j (x_j - y_j)^2 (l2) or sum_j x_j y_j (ip) over the last dim of broadcastable x, y.
+
+    One fixed order for every pair: coordinate 0, 1, ..., d-1, each term rounded before it is
+    added (separate ops, so no fused multiply-add can apply to some positions and not to
+    others). The result of a pair therefore depends only on the two vectors, never on where
+    they sit in the batch. x and y must already be in the accumulation dtype (float64).
+    """
+    xs, ys = x.movedim(-1, 0).contiguous(), y.movedim(-1, 0).contiguous()
+    acc = None
+    for xj, yj in zip(xs, ys):
+        term = xj - yj if metric == "l2" else xj * yj
+        if metric == "l2":
+            term = term * term
+        acc = term if acc is None else acc.add_(term)
+    return acc
 
 
 def sort_by_distance_then_index(dist: torch.Tensor, idx: torch.Tensor, descending: bool):
@@ -33,7 +55,7 @@ def knn_reference(
     Returns float64 distances [Q, k] (squared L2 ascending, or inner product descending)
     and int64 indices [Q, k].
     """
-    Q, d = queries.shape
+    Q = queries.shape[0]
     N = database.shape[0]
     descending = metric == "ip"
     worst = float("-inf") if descending else float("inf")
@@ -41,18 +63,15 @@ def knn_reference(
     best_d = torch.full((Q, 0), worst, dtype=torch.float64, device=device)
     best_i = torch.zeros((Q, 0), dtype=torch.int64, device=device)
     q_chunk = max(1, min(Q, 256))
-    n_chunk = max(1, _CHUNK_ELEMENTS // (q_chunk * max(d, 1)))
+    n_chunk = max(1, _CHUNK_PAIRS // q_chunk)
     out_d, out_i = [], []
     for q0 in range(0, Q, q_chunk):
-        x = queries[q0 : q0 + q_chunk].to(torch.float64)
+        x = queries[q0 : q0 + q_chunk].to(torch.float64)[:, None, :]
         rows = torch.arange(q0, q0 + x.shape[0], device=device)
         bd, bi = best_d[q0 : q0 + x.shape[0]], best_i[q0 : q0 + x.shape[0]]
         for n0 in range(0, N, n_chunk):
             y = database[n0 : n0 + n_chunk].to(torch.float64)
-            if descending:
-                dist = x @ y.T
-            else:
-                dist = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+            dist = pair_scores(x, y[None], metric)
             cols = torch.arange(n0, n0 + y.shape[0], device=device)
             if self_index is not None:
                 dist = dist.masked_fill(cols[None, :] == self_index[rows][:, None], worst)

@@ -1,7 +1,7 @@
 """Triton score tiles for kNN candidate search (contract in csrc/ops/knn.h).
 
 `score_tile` computes, for a block of queries x and database rows y,
-    L2: |y - c|^2 - 2 <x - c, y - c>        IP: -<x, y>
+    L2: |y - c|^2 - 2 <x - c, y - c>        IP: -<x, y - c>
 with `tl.dot` in IEEE fp32 (no TF32: the exactness certificate in ops/knn.py assumes
 fp32 rounding). Inputs of any float dtype and any strides are converted on load.
 `fmkit.ops.knn.tiled_candidates` merges the tiles with a running top-kprime.
@@ -35,11 +35,11 @@ def _score_tile_kernel(
                     mask=(rq[:, None] < Q) & (rd[None, :] < D), other=0.0).to(tl.float32)
         y = tl.load(y_ptr + rn[:, None] * stride_yn + rd[None, :] * stride_yd,
                     mask=(rn[:, None] < N) & (rd[None, :] < D), other=0.0).to(tl.float32)
+        c = tl.load(c_ptr + rd, mask=rd < D, other=0.0)
+        # Padding lanes must stay exactly zero after centring; IP centres the database only.
+        y = tl.where(rd[None, :] < D, y - c[None, :], 0.0)
         if IS_L2:
-            c = tl.load(c_ptr + rd, mask=rd < D, other=0.0)
-            # Padding lanes must stay exactly zero after centring.
             x = tl.where(rd[None, :] < D, x - c[None, :], 0.0)
-            y = tl.where(rd[None, :] < D, y - c[None, :], 0.0)
             ynorm += tl.sum(y * y, axis=1)
         acc += tl.dot(x, tl.trans(y), input_precision="ieee")
     if IS_L2:
