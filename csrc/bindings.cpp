@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "cpu/dispatch.h"
 #include "ops/clip_loss.h"
 #include "ops/gaussian_kde.h"
 #include "ops/knn.h"
@@ -76,6 +77,14 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_archs") = "";
   m.attr("with_cuda") = false;
 #endif
+  // The CPU kernels' SIMD level (cpu/dispatch.h). A bad FMKIT_SIMD fails the import here, with
+  // a message naming FMKIT_SIMD, the requested and the supported levels.
+  const fmkit::SimdInfo& simd = fmkit::simd_select();
+  m.attr("simd_detected") = simd.detected;
+  m.attr("simd_selected") = simd.selected;
+  py::list compiled;
+  for (const auto& level : simd.compiled) compiled.append(level);
+  m.attr("simd_compiled") = py::tuple(compiled);
 #ifdef _OPENMP
   m.attr("with_openmp") = true;
 #else
@@ -90,7 +99,7 @@ PYBIND11_MODULE(_C, m) {
         auto s = borrow(out_score, "out_score"), i = borrow(out_index, "out_index");
         const auto m = parse_metric(metric);
         py::gil_scoped_release release;
-        fmkit::knn_candidates_cpu(q.tensor(), db.tensor(), c.tensor(), m, kprime, self_offset, s.tensor(), i.tensor(),
+        fmkit::cpu_kernels().knn_candidates_cpu(q.tensor(), db.tensor(), c.tensor(), m, kprime, self_offset, s.tensor(), i.tensor(),
                                   num_threads);
       },
       py::arg("queries"), py::arg("database"), py::arg("center"), py::arg("metric"), py::arg("kprime"),
@@ -104,7 +113,7 @@ PYBIND11_MODULE(_C, m) {
         auto db = borrow(database, "database"), c = borrow(out_center, "out_center"), r = borrow(out_radius, "out_radius");
         const auto m = parse_metric(metric);
         py::gil_scoped_release release;
-        fmkit::knn_center_radius_cpu(db.tensor(), m, c.tensor(), r.tensor(), num_threads);
+        fmkit::cpu_kernels().knn_center_radius_cpu(db.tensor(), m, c.tensor(), r.tensor(), num_threads);
       },
       py::arg("database"), py::arg("metric"), py::arg("out_center"), py::arg("out_radius"), py::arg("num_threads"),
       "Centre and float64 radius max|y - c| of the database (see csrc/ops/knn.h).");
@@ -116,7 +125,7 @@ PYBIND11_MODULE(_C, m) {
         auto d = borrow(out_dist, "out_dist"), i = borrow(out_index, "out_index");
         const auto m = parse_metric(metric);
         py::gil_scoped_release release;
-        fmkit::knn_rerank_cpu(q.tensor(), db.tensor(), c.tensor(), m, d.tensor(), i.tensor(), num_threads);
+        fmkit::cpu_kernels().knn_rerank_cpu(q.tensor(), db.tensor(), c.tensor(), m, d.tensor(), i.tensor(), num_threads);
       },
       py::arg("queries"), py::arg("database"), py::arg("candidates"), py::arg("metric"), py::arg("out_dist"),
       py::arg("out_index"), py::arg("num_threads"), "Float64 re-rank of kNN candidates, sorted by (distance, index).");
@@ -130,7 +139,7 @@ PYBIND11_MODULE(_C, m) {
         auto d = borrow(out_dist, "out_dist"), n = borrow(out_qnorm, "out_qnorm");
         const auto m = parse_metric(metric);
         py::gil_scoped_release release;
-        fmkit::knn_nearest_cpu(q.tensor(), db.tensor(), c.tensor(), m, i.tensor(), s.tensor(), d.tensor(), n.tensor(),
+        fmkit::cpu_kernels().knn_nearest_cpu(q.tensor(), db.tensor(), c.tensor(), m, i.tensor(), s.tensor(), d.tensor(), n.tensor(),
                                num_threads);
       },
       py::arg("queries"), py::arg("database"), py::arg("center"), py::arg("metric"), py::arg("out_index"),
@@ -143,7 +152,7 @@ PYBIND11_MODULE(_C, m) {
         auto xs = borrow(x, "x"), a = borrow(assign, "assign");
         auto s = borrow(out_sums, "out_sums"), c = borrow(out_counts, "out_counts");
         py::gil_scoped_release release;
-        fmkit::kmeans_cluster_sums_cpu(xs.tensor(), a.tensor(), s.tensor(), c.tensor(), num_threads);
+        fmkit::cpu_kernels().kmeans_cluster_sums_cpu(xs.tensor(), a.tensor(), s.tensor(), c.tensor(), num_threads);
       },
       py::arg("x"), py::arg("assign"), py::arg("out_sums"), py::arg("out_counts"), py::arg("num_threads"),
       "float64 per-cluster sums (row order within each cluster) and counts for the k-means update.");
@@ -153,7 +162,7 @@ PYBIND11_MODULE(_C, m) {
       [](py::capsule queries, py::capsule points_t, py::capsule out, int num_threads) {
         auto q = borrow(queries, "queries"), p = borrow(points_t, "points_t"), o = borrow(out, "out");
         py::gil_scoped_release release;
-        fmkit::gaussian_kernel_sum_cpu(q.tensor(), p.tensor(), o.tensor(), num_threads);
+        fmkit::cpu_kernels().gaussian_kernel_sum_cpu(q.tensor(), p.tensor(), o.tensor(), num_threads);
       },
       py::arg("queries"), py::arg("points_t"), py::arg("out"), py::arg("num_threads"),
       "out[m] = sum_i exp(-|queries[m] - points[i]|^2), float64 (see csrc/ops/gaussian_kde.h).");
@@ -166,7 +175,7 @@ PYBIND11_MODULE(_C, m) {
         auto xh = borrow(x, "x"), yh = borrow(y, "y"), r = borrow(out_row, "out_row");
         auto c = borrow_optional(out_col, "out_col");
         py::gil_scoped_release release;
-        fmkit::contrastive_forward_cpu(xh.tensor(), yh.tensor(), scale, bias, k, r.tensor(), tensor_or_null(c),
+        fmkit::cpu_kernels().contrastive_forward_cpu(xh.tensor(), yh.tensor(), scale, bias, k, r.tensor(), tensor_or_null(c),
                                        num_threads);
       },
       py::arg("x"), py::arg("y"), py::arg("scale"), py::arg("bias"), py::arg("kind"), py::arg("out_row"),
@@ -182,7 +191,7 @@ PYBIND11_MODULE(_C, m) {
         auto c = borrow_optional(col, "col"), wc = borrow_optional(w_col, "w_col");
         auto dx = borrow(out_dx, "out_dx"), dy = borrow(out_dy, "out_dy"), st = borrow(out_stats, "out_stats");
         py::gil_scoped_release release;
-        fmkit::contrastive_backward_cpu(xh.tensor(), yh.tensor(), scale, bias, k, r.tensor(), tensor_or_null(c),
+        fmkit::cpu_kernels().contrastive_backward_cpu(xh.tensor(), yh.tensor(), scale, bias, k, r.tensor(), tensor_or_null(c),
                                         wr.tensor(), tensor_or_null(wc), dx.tensor(), dy.tensor(), st.tensor(),
                                         num_threads);
       },
@@ -198,7 +207,7 @@ PYBIND11_MODULE(_C, m) {
         auto qh = borrow(q, "q"), kmh = borrow(km, "km"), vmh = borrow(vm, "vm"), klh = borrow(kl, "kl"),
              vlh = borrow(vl, "vl"), oh = borrow(out, "out"), lh = borrow(lse, "lse");
         py::gil_scoped_release release;
-        fmkit::perceiver_attention_forward_cpu(qh.tensor(), kmh.tensor(), vmh.tensor(), klh.tensor(), vlh.tensor(),
+        fmkit::cpu_kernels().perceiver_attention_forward_cpu(qh.tensor(), kmh.tensor(), vmh.tensor(), klh.tensor(), vlh.tensor(),
                                                scale, oh.tensor(), lh.tensor(), num_threads);
       },
       py::arg("q"), py::arg("km"), py::arg("vm"), py::arg("kl"), py::arg("vl"), py::arg("scale"), py::arg("out"),
@@ -214,7 +223,7 @@ PYBIND11_MODULE(_C, m) {
         auto dqh = borrow(dq, "dq"), dkmh = borrow(dkm, "dkm"), dvmh = borrow(dvm, "dvm"), dklh = borrow(dkl, "dkl"),
              dvlh = borrow(dvl, "dvl");
         py::gil_scoped_release release;
-        fmkit::perceiver_attention_backward_cpu(qh.tensor(), kmh.tensor(), vmh.tensor(), klh.tensor(), vlh.tensor(),
+        fmkit::cpu_kernels().perceiver_attention_backward_cpu(qh.tensor(), kmh.tensor(), vmh.tensor(), klh.tensor(), vlh.tensor(),
                                                 oh.tensor(), lh.tensor(), gh.tensor(), scale, dqh.tensor(),
                                                 dkmh.tensor(), dvmh.tensor(), dklh.tensor(), dvlh.tensor(),
                                                 num_threads);
@@ -231,7 +240,7 @@ PYBIND11_MODULE(_C, m) {
         auto qh = borrow(q, "q"), kh = borrow(k, "k"), vh = borrow(v, "v"), mh = borrow(media_index, "media_index"),
              oh = borrow(out, "out"), lh = borrow(lse, "lse");
         py::gil_scoped_release release;
-        fmkit::media_cross_attention_forward_cpu(qh.tensor(), kh.tensor(), vh.tensor(), mh.tensor(), latents_per_media,
+        fmkit::cpu_kernels().media_cross_attention_forward_cpu(qh.tensor(), kh.tensor(), vh.tensor(), mh.tensor(), latents_per_media,
                                                  scale, oh.tensor(), lh.tensor(), num_threads);
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("media_index"), py::arg("latents_per_media"), py::arg("scale"),
@@ -246,7 +255,7 @@ PYBIND11_MODULE(_C, m) {
              oh = borrow(out, "out"), lh = borrow(lse, "lse"), gh = borrow(dout, "dout");
         auto dqh = borrow(dq, "dq"), dkh = borrow(dk, "dk"), dvh = borrow(dv, "dv");
         py::gil_scoped_release release;
-        fmkit::media_cross_attention_backward_cpu(qh.tensor(), kh.tensor(), vh.tensor(), mh.tensor(),
+        fmkit::cpu_kernels().media_cross_attention_backward_cpu(qh.tensor(), kh.tensor(), vh.tensor(), mh.tensor(),
                                                   latents_per_media, oh.tensor(), lh.tensor(), gh.tensor(), scale,
                                                   dqh.tensor(), dkh.tensor(), dvh.tensor(), num_threads);
       },
@@ -264,7 +273,7 @@ PYBIND11_MODULE(_C, m) {
         auto eh = borrow(eps, "eps"), ah = borrow(alpha, "step_size");
         auto act = borrow_optional(active, "active");
         py::gil_scoped_release release;
-        fmkit::pgd_step_cpu(xh.tensor(), gh.tensor(), x0h.tensor(), eh.tensor(), ah.tensor(), tensor_or_null(act), nm,
+        fmkit::cpu_kernels().pgd_step_cpu(xh.tensor(), gh.tensor(), x0h.tensor(), eh.tensor(), ah.tensor(), tensor_or_null(act), nm,
                             lo, hi, num_threads);
       },
       py::arg("x"), py::arg("grad"), py::arg("x_orig"), py::arg("eps"), py::arg("alpha"), py::arg("active"),

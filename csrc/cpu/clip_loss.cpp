@@ -34,9 +34,11 @@
 
 #include "cpu/simd.h"
 #include "cpu/tile.h"
+#include "cpu/dispatch.h"
 #include "ops/clip_loss.h"
 
 namespace fmkit {
+namespace FMKIT_CPU_NS {  // one copy per SIMD level (cpu/dispatch.h)
 namespace {
 
 using namespace simd;  // vector width and micro-tile shape, vector helpers, 16-bit loads
@@ -500,4 +502,5 @@ void contrastive_backward_cpu(const Tensor& x, const Tensor& y, float scale, flo
   stats[stats_stride] = st[1];
 }
 
+}  // namespace FMKIT_CPU_NS
 }  // namespace fmkit

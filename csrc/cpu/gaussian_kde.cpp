@@ -9,9 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "cpu/dispatch.h"
 #include "ops/gaussian_kde.h"
 
 namespace fmkit {
+namespace FMKIT_CPU_NS {  // one copy per SIMD level (cpu/dispatch.h)
 
 void gaussian_kernel_sum_cpu(const Tensor& queries, const Tensor& points_t, const Tensor& out, int num_threads) {
   queries.check_dim(2).check_device(DeviceKind::cpu).check_dtype({DType::f64});
@@ -59,4 +61,5 @@ void gaussian_kernel_sum_cpu(const Tensor& queries, const Tensor& points_t, cons
   }
 }
 
+}  // namespace FMKIT_CPU_NS
 }  // namespace fmkit

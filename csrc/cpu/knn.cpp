@@ -21,14 +21,16 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX512F__) || defined(__AVX__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
 #include "cpu/simd.h"
+#include "cpu/dispatch.h"
 #include "ops/knn.h"
 
 namespace fmkit {
+namespace FMKIT_CPU_NS {  // one copy per SIMD level (cpu/dispatch.h)
 namespace {
 
 using simd::MR;
@@ -43,11 +45,11 @@ constexpr int kMaxQueryBlock = 64 * MR;
 // True if any lane of a or b is below t. This runs once per row of every micro-tile, so it
 // must be a compare + mask test, not a loop over lanes.
 inline bool any_below(vfloat a, vfloat b, float t) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && !defined(FMKIT_SIMD_SCALAR)
   const __m512 vt = _mm512_set1_ps(t);
   return (_mm512_cmp_ps_mask(reinterpret_cast<__m512&>(a), vt, _CMP_LT_OQ) |
           _mm512_cmp_ps_mask(reinterpret_cast<__m512&>(b), vt, _CMP_LT_OQ)) != 0;
-#elif defined(__AVX__)
+#elif defined(__AVX2__) && !defined(FMKIT_SIMD_SCALAR)
   const __m256 vt = _mm256_set1_ps(t);
   return _mm256_movemask_ps(_mm256_or_ps(_mm256_cmp_ps(reinterpret_cast<__m256&>(a), vt, _CMP_LT_OQ),
                                          _mm256_cmp_ps(reinterpret_cast<__m256&>(b), vt, _CMP_LT_OQ))) != 0;
@@ -61,11 +63,11 @@ inline bool any_below(vfloat a, vfloat b, float t) {
 
 // Bit c set where lane c of (a, b) (NR = 2 * VW lanes) is below t.
 inline uint64_t below_mask(vfloat a, vfloat b, float t) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && !defined(FMKIT_SIMD_SCALAR)
   const __m512 vt = _mm512_set1_ps(t);
   return static_cast<uint64_t>(_mm512_cmp_ps_mask(reinterpret_cast<__m512&>(a), vt, _CMP_LT_OQ)) |
          static_cast<uint64_t>(_mm512_cmp_ps_mask(reinterpret_cast<__m512&>(b), vt, _CMP_LT_OQ)) << VW;
-#elif defined(__AVX__)
+#elif defined(__AVX2__) && !defined(FMKIT_SIMD_SCALAR)
   const __m256 vt = _mm256_set1_ps(t);
   return static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(reinterpret_cast<__m256&>(a), vt, _CMP_LT_OQ))) |
          static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(reinterpret_cast<__m256&>(b), vt, _CMP_LT_OQ))) << VW;
@@ -339,7 +341,7 @@ __attribute__((noinline)) void best2_update(Best2& b, const float* scores, uint6
     return;
   }
   const float inf = std::numeric_limits<float>::infinity();
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && !defined(FMKIT_SIMD_SCALAR)
   // Columns outside `lanes` (>= b.s2, or NaN padding) become +inf: they cannot change the
   // merged result. At least two lanes are set, so both minima are finite.
   const __m512 vinf = _mm512_set1_ps(inf);
@@ -684,4 +686,5 @@ void knn_nearest_cpu(const Tensor& queries, const Tensor& database, const Tensor
   }
 }
 
+}  // namespace FMKIT_CPU_NS
 }  // namespace fmkit

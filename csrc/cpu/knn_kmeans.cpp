@@ -13,9 +13,11 @@
 #endif
 
 #include "cpu/simd.h"
+#include "cpu/dispatch.h"
 #include "ops/knn.h"
 
 namespace fmkit {
+namespace FMKIT_CPU_NS {  // one copy per SIMD level (cpu/dispatch.h)
 namespace {
 
 using simd::load_as_float;
@@ -71,4 +73,5 @@ void kmeans_cluster_sums_cpu(const Tensor& x, const Tensor& assign, const Tensor
   }
 }
 
+}  // namespace FMKIT_CPU_NS
 }  // namespace fmkit

@@ -29,9 +29,11 @@
 
 #include "cpu/simd.h"
 #include "cpu/tile.h"
+#include "cpu/dispatch.h"
 #include "ops/media_cross_attention.h"
 
 namespace fmkit {
+namespace FMKIT_CPU_NS {  // one copy per SIMD level (cpu/dispatch.h)
 namespace {
 
 using namespace simd;  // vector width, vector helpers, 16-bit loads / stores
@@ -363,4 +365,5 @@ void media_cross_attention_backward_cpu(const Tensor& q, const Tensor& k, const 
   }
 }
 
+}  // namespace FMKIT_CPU_NS
 }  // namespace fmkit

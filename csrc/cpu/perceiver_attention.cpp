@@ -33,9 +33,11 @@
 
 #include "cpu/simd.h"
 #include "cpu/tile.h"
+#include "cpu/dispatch.h"
 #include "ops/perceiver_attention.h"
 
 namespace fmkit {
+namespace FMKIT_CPU_NS {  // one copy per SIMD level (cpu/dispatch.h)
 namespace {
 
 using namespace simd;  // vector width, vector helpers, 16-bit loads / stores
@@ -421,4 +423,5 @@ void perceiver_attention_backward_cpu(const Tensor& q, const Tensor& km, const T
   }
 }
 
+}  // namespace FMKIT_CPU_NS
 }  // namespace fmkit

@@ -9,17 +9,35 @@
 #include "../tensor.h"
 
 namespace fmkit {
+namespace FMKIT_CPU_NS {  // one copy per SIMD level (cpu/dispatch.h)
 namespace simd {
 
-#if defined(__AVX512F__)
+#ifndef FMKIT_CPU_NS
+#error "csrc/cpu sources are compiled once per SIMD level with -DFMKIT_CPU_NS=cpu_<level> (see CMakeLists.txt)"
+#endif
+
+// The level follows the compiler flags of this translation unit. "scalar" is the baseline
+// build with one-lane vectors and auto-vectorisation off: a true scalar reference path.
+#if defined(FMKIT_SIMD_SCALAR)
+constexpr int VW = 1;
+constexpr int MR = 6;
+constexpr const char* kLevelName = "scalar";
+#elif defined(__AVX512F__)
 constexpr int VW = 16;  // floats per vector register
 constexpr int MR = 12;  // micro-tile rows: 24 accumulators + 2 panel loads + 1 broadcast fit in 32 zmm registers
-#elif defined(__AVX__) || defined(__ARM_NEON)
+constexpr const char* kLevelName = "avx512";
+#elif defined(__AVX2__)
 constexpr int VW = 8;
 constexpr int MR = 6;   // 12 accumulators in 16 ymm registers
+constexpr const char* kLevelName = "avx2";
+#elif defined(__ARM_NEON)
+constexpr int VW = 8;   // two q registers per vector: 24 of the 32 hold the accumulators
+constexpr int MR = 6;
+constexpr const char* kLevelName = "neon";
 #else
 constexpr int VW = 4;
 constexpr int MR = 6;
+constexpr const char* kLevelName = "sse2";
 #endif
 constexpr int NR = 2 * VW;  // micro-tile columns: two vector registers per row
 typedef float vfloat __attribute__((vector_size(VW * sizeof(float))));
@@ -114,4 +132,5 @@ inline vfloat vexp(vfloat x) {
 }
 
 }  // namespace simd
+}  // namespace FMKIT_CPU_NS
 }  // namespace fmkit

@@ -17,6 +17,7 @@
 #include "cpu/simd.h"
 
 namespace fmkit {
+namespace FMKIT_CPU_NS {  // one copy per SIMD level (cpu/dispatch.h)
 namespace cpu {
 
 // OpenMP thread count from Python's torch.get_num_threads(); anything below 1 means 1.
@@ -161,4 +162,5 @@ inline void softmax_grad_row(float* s, float* dp, float* ds_t, int64_t ldq, int6
 inline int64_t query_ld(int64_t rows) { return std::max<int64_t>(MR, std::max(round_up(rows, MR), round_up(rows, VW))); }
 
 }  // namespace cpu
+}  // namespace FMKIT_CPU_NS
 }  // namespace fmkit

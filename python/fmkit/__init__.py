@@ -27,6 +27,10 @@ def info() -> dict:
         "compiled_backends": _backend.compiled_backends(),
         "cuda_archs": (c.cuda_archs.split(",") if c is not None and c.with_cuda else []),
         "openmp": bool(c is not None and c.with_openmp),
+        # CPU kernels' SIMD level: best the CPU supports, in use (FMKIT_SIMD overrides), built in
+        "simd_detected": c.simd_detected if c is not None else None,
+        "simd_selected": c.simd_selected if c is not None else None,
+        "simd_compiled": list(c.simd_compiled) if c is not None else [],
         "triton": _backend.triton_available(),
         "torch": torch.__version__,
         "torch_cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

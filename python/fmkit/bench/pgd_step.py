@@ -39,6 +39,13 @@ def eager_l2(x, g, x0, eps, alpha):
     return torch.clamp(x0 + delta * factor.view(B, 1, 1, 1), min=0, max=1)
 
 
+def _inductor_cpu_available() -> bool:
+    """torch.compile's CPU backend (inductor) needs a C++ compiler at run time."""
+    import shutil
+
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
 def cases(device: torch.device, quick: bool, shapes=None):
     shapes = embedded_shapes(SHAPES, device, quick, shapes)
     return [_case(*s, device) for s in shapes]
@@ -58,7 +65,7 @@ def _case(B, C, H, W, dtype, norm, device):
         contenders.append((f"fmkit pgd_step_ ({norm}, triton)",
                            lambda: pgd_step_(xf, g, x0, eps=eps, step_size=alpha, norm=norm, backend="triton"), False))
     contenders.append((f"eager torchattacks {norm}", lambda: eager(x, g, x0, eps, alpha), True))
-    if device.type == "cuda":
+    if device.type == "cuda" or _inductor_cpu_available():
         compiled = torch.compile(eager)
         contenders.append((f"torch.compile torchattacks {norm}", lambda: compiled(x, g, x0, eps, alpha), True))
     return {

@@ -44,6 +44,8 @@ try:
 
     _C_ERROR = None
 except ImportError as exc:  # a source checkout that was never built
+    if "FMKIT_SIMD" in str(exc):  # a bad FMKIT_SIMD fails loudly, not by falling back to torch
+        raise
     _C = None
     _C_ERROR = exc
 
