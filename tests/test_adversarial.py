@@ -266,6 +266,7 @@ def test_bad_arguments():
         pgd(lambda xa: xa.sum(), x, eps=0.1, step_size=0.01, steps=1, progress=False)
 
 
+@pytest.mark.slow
 def test_target_string_attack_on_a_tiny_flamingo():
     pytest.importorskip("transformers")
     from test_flamingo import batch, tiny_flamingo
@@ -302,6 +303,7 @@ def _live_tensors() -> int:
         return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ["pgd", "apgd"])
 def test_memory_stays_flat_over_1000_steps(attack):
     """Spec §4 row 5 (EAD / GCG OOMs from graphs kept across iterations): the number of live

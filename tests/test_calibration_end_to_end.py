@@ -21,6 +21,7 @@ def synthetic_split(n, seed, d=8, classes=4):
     return Split(logits.astype(np.float32), y, feats.astype(np.float32))
 
 
+@pytest.mark.slow
 def test_compare_methods_covers_every_method_with_and_without_procal():
     result = compare_methods(synthetic_split(600, 0), synthetic_split(500, 1), METHODS, progress=False)
     assert set(result.metrics) == {m for base in METHODS for m in (base, f"{base}+procal")}
@@ -30,6 +31,7 @@ def test_compare_methods_covers_every_method_with_and_without_procal():
     assert "conf+procal" in result.table()
 
 
+@pytest.mark.slow
 def test_calibrate_cli_writes_table_json_and_plots(tmp_path, capsys):
     for name, seed in (("val", 0), ("test", 1)):
         s = synthetic_split(400, seed)
@@ -57,6 +59,7 @@ def test_calibrate_rejects_bad_files(tmp_path):
         compare_methods(s, s, ("platt",), progress=False)
 
 
+@pytest.mark.slow
 def test_demo_runs_offline(tmp_path, capsys):
     pytest.importorskip("sklearn")
     assert cli.main(["demo", "calibration", "--dataset", "digits", "--seeds", "1", "--out", str(tmp_path)]) == 0

@@ -255,6 +255,7 @@ def _ddp_worker(rank, world, port, results):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_two_process_step_equals_single_process():
     import torch.multiprocessing as mp
 
@@ -284,6 +285,7 @@ def test_distributed_two_process_step_equals_single_process():
 
 # ---- evaluation ----
 
+@pytest.mark.slow
 def test_zero_shot_accuracy_after_brief_training():
     model = tiny()
     train_clip(model, batches(40, 32, seed=1), steps=40, batch_size=32, progress=False, lr=2e-3, warmup=4)

@@ -171,6 +171,7 @@ def _distributed_worker(rank, world, port, results):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_gradients_equal_full_batch():
     """Per-rank gradients, averaged over ranks as DDP does, equal the single-process ones."""
     import torch.multiprocessing as mp

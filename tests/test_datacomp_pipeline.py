@@ -10,6 +10,7 @@ from fmkit import cli  # noqa: E402
 from fmkit.datacomp.data import WordTokenizer, load_pool_samples  # noqa: E402
 
 
+@pytest.mark.slow
 def test_cli_make_filter_train_evaluate(tmp_path, capsys):
     pool, uids, ckpt = tmp_path / "pool", tmp_path / "u.npy", tmp_path / "ckpt"
     assert cli.main(["datacomp", "make-pool", str(pool), "--n", "256"]) == 0
@@ -38,6 +39,7 @@ def test_cli_make_filter_train_evaluate(tmp_path, capsys):
     assert (ckpt / "model.pt").exists() and (ckpt / "fmkit_clip.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_train_scale_preset_picks_its_model(tmp_path):
     """`--scale small` trains DataComp's small-scale model (ViT-B/32 at 224 px); flags override
     the preset's steps and batch size so that one step runs on the CPU."""
@@ -174,6 +176,7 @@ def test_word_tokenizer_puts_end_of_text_last():
     assert ids[1].tolist()[:4] == [tok.UNK, tok.UNK, tok.UNK, tok.eot]
 
 
+@pytest.mark.slow
 def test_demo_filtering_beats_no_filtering(tmp_path):
     from fmkit.datacomp.demo import run_demo
 

@@ -112,6 +112,7 @@ def test_freeze_for_training_policy():
 
 # ---- activation checkpointing ----
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lm_too", [False, True])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(lm_too):
     def run(enabled):
@@ -197,6 +198,7 @@ def _fsdp_worker(rank, world, port, results):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_fsdp2_two_process_step_equals_single_process():
     import torch.multiprocessing as mp
 
@@ -222,6 +224,7 @@ def test_fsdp2_two_process_step_equals_single_process():
 
 # ---- precisions, device and dtype ----
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,tol", [("bfloat16", 2e-2), ("float16", 5e-3), ("autocast_bf16", 2e-2)])
 def test_precision_end_to_end(mode, tol):
     reference, tok = tiny()

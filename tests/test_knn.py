@@ -466,6 +466,7 @@ def _sharded_worker(rank, world, port, results):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_equals_single_process():
     import torch.multiprocessing as mp
 
