@@ -9,6 +9,8 @@ import pytest
 from fmkit.cluster import kmeans
 from fmkit.ops import knn
 
+pytestmark = pytest.mark.slow  # differential tests: CI runs them with the peers installed (.ci/run)
+
 faiss = pytest.importorskip("faiss", reason="faiss-cpu not installed (pip install faiss-cpu)")
 
 K = 10

@@ -9,6 +9,8 @@ import pytest
 
 from fmkit.calibration.metrics import ece, mce
 
+pytestmark = pytest.mark.slow  # differential tests: CI runs them with the peers installed (.ci/run)
+
 netcal_metrics = pytest.importorskip("netcal.metrics", reason="netcal not installed (pip install --no-deps netcal)")
 
 

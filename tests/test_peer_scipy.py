@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from fmkit.calibration.calibrators import TemperatureScaling
 
+pytestmark = pytest.mark.slow  # differential tests: CI runs them with the peers installed (.ci/run)
+
 optimize = pytest.importorskip("scipy.optimize", reason="scipy not installed (pip install scipy)")
 
 

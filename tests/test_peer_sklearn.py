@@ -5,6 +5,8 @@ import pytest
 from fmkit.calibration.calibrators import IsotonicCalibration, pool_adjacent_violators
 from fmkit.calibration.metrics import brier
 
+pytestmark = pytest.mark.slow  # differential tests: CI runs them with the peers installed (.ci/run)
+
 isotonic = pytest.importorskip("sklearn.isotonic", reason="scikit-learn not installed (pip install scikit-learn)")
 sk_metrics = pytest.importorskip("sklearn.metrics")
 

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from fmkit.adversarial import apgd, pgd
 
+pytestmark = pytest.mark.slow  # differential tests: CI runs them with the peers installed (.ci/run)
+
 torchattacks = pytest.importorskip("torchattacks", reason="torchattacks not installed (pip install --no-deps torchattacks)")
 
 CLASSES, SIDE = 10, 6
