@@ -304,3 +304,17 @@ def recompute_grads(fn, inputs, grad_output):
         wrt = [t for t in leaves if t.requires_grad]
         grads = iter(torch.autograd.grad(out, wrt, grad_output, allow_unused=True))
     return [next(grads) if t.requires_grad else None for t in leaves]
+
+
+def check_heads_like_q(named_tensors) -> None:
+    """Attention inputs: each (name, tensor) is 4-D [B, H, rows, D] with the dtype and device of
+    the first one, q."""
+    named_tensors = list(named_tensors)
+    q = named_tensors[0][1]
+    for name, t in named_tensors:
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D [B, H, rows, D] tensor, got shape {list(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}: expected dtype {dtype_name(q.dtype)} like q, got {dtype_name(t.dtype)}")
+        if t.device != q.device:
+            raise ValueError(f"{name}: expected device {q.device} like q, got {t.device}")

@@ -37,13 +37,7 @@ def media_cross_attention(q, k, v, media_index, *, latents_per_media=64, scale=N
     v, _ = _backend.to_torch(v, "v")
     media_index, _ = _backend.to_torch(media_index, "media_index")
     _backend.check_dtype(q, "q", DTYPES)
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise ValueError(f"{name}: expected a 4-D [B, H, rows, D] tensor, got shape {list(t.shape)}")
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name}: expected dtype {_backend.dtype_name(q.dtype)} like q, got {_backend.dtype_name(t.dtype)}")
-        if t.device != q.device:
-            raise ValueError(f"{name}: expected device {q.device} like q, got {t.device}")
+    _backend.check_heads_like_q((("q", q), ("k", k), ("v", v)))
     B, H, T, D = q.shape
     if k.shape != v.shape or k.shape[0] != B or k.shape[1] != H or k.shape[3] != D:
         raise ValueError(f"k, v: expected equal shapes [{B}, {H}, n_media * P, {D}], got {list(k.shape)} and "

@@ -33,13 +33,7 @@ def perceiver_attention(q, k_media, v_media, k_latents, v_latents, *, scale=None
     q, k_media, v_media, k_latents, v_latents = tensors
     to_input_kind = converted[0][1]
     _backend.check_dtype(q, "q", DTYPES)
-    for name, t in zip(names, tensors):
-        if t.dim() != 4:
-            raise ValueError(f"{name}: expected a 4-D [B, H, rows, D] tensor, got shape {list(t.shape)}")
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name}: expected dtype {_backend.dtype_name(q.dtype)} like q, got {_backend.dtype_name(t.dtype)}")
-        if t.device != q.device:
-            raise ValueError(f"{name}: expected device {q.device} like q, got {t.device}")
+    _backend.check_heads_like_q(zip(names, tensors))
     B, H, _, D = q.shape
     for name, t in zip(names[1:], tensors[1:]):
         if t.shape[0] != B or t.shape[1] != H or t.shape[3] != D:
