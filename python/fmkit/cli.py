@@ -1,7 +1,8 @@
 """fmkit: fused kernels and foundation-model methods from the command line.
 
 Commands: info, bench, calibrate (ProCal), datacomp (make-pool, filter, train, make-eval,
-evaluate), demo (calibration, datacomp). `fmkit COMMAND --help` describes each.
+evaluate), demo, and one command per paper package (fingerprint, factscore, paradox, augment,
+diversity, equity, flamingo). `fmkit COMMAND --help` describes each.
 
 Expected errors (a missing or unreadable file, a bad value, an output that already holds data,
 an unavailable device, a missing optional package) are reported as one line naming the flag;
@@ -16,7 +17,21 @@ import sys
 
 # Kept here rather than imported so that `fmkit --help` does not import torch (a test checks
 # that it equals fmkit.bench.REGISTRY).
-BENCH_OPS = ("knn", "kmeans", "calibration", "contrastive", "flamingo", "pgd_step")
+CORE_BENCH_OPS = ("knn", "kmeans", "calibration", "contrastive", "flamingo", "pgd_step")
+# The papers after the kernel families plug in by file: fmkit/<name>/cli.py (a `fmkit <name>`
+# command), fmkit/<name>/demo.py (`fmkit demo <name>`) and fmkit/bench/<name>.py
+# (`fmkit bench --op <name>`). Files are looked up, not imported, so that --help stays torch-free.
+PAPER_PACKAGES = ("fingerprint", "factscore", "paradox", "augment", "diversity", "equity", "flamingo")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _has(*parts: str) -> bool:
+    return os.path.isfile(os.path.join(_HERE, *parts))
+
+
+BENCH_OPS = CORE_BENCH_OPS + tuple(n for n in PAPER_PACKAGES if n not in CORE_BENCH_OPS and _has("bench", f"{n}.py"))
+DEMOS = ("calibration", "datacomp") + tuple(n for n in PAPER_PACKAGES if _has(n, "demo.py"))
+PACKAGE_COMMANDS = tuple(n for n in PAPER_PACKAGES if _has(n, "cli.py"))
 CALIBRATION_METHODS = ("conf", "ts", "ets", "pts", "ptsk", "hb", "ir", "mir")  # tested == compare.METHODS
 CLIP_SCALES = ("tiny", "small", "medium", "large", "xlarge")
 
@@ -238,14 +253,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="end-to-end demonstrations on offline data",
                           description="Runs a method end to end on generated or bundled data and prints its table.")
-    demo.add_argument("what", choices=["calibration", "datacomp"], help="which demonstration")
+    demo.add_argument("what", choices=DEMOS, help="which demonstration")
     demo.add_argument("--out", default=None, metavar="DIR", help="output folder (default: fmkit_demo_WHAT)")
     demo.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     demo.add_argument("--seeds", type=_positive_int, default=5,
                       help="calibration: random splits to average (the paper uses 5)")
     demo.add_argument("--dataset", action="append", choices=["digits", "mixture"],
                       help="calibration: dataset to run, repeatable (default: both)")
+    for name in PACKAGE_COMMANDS:
+        _package_cli(name).add_parser(sub)
     return parser
+
+
+def _package_cli(name: str):
+    """fmkit/<name>/cli.py, loaded from its file so that its package's __init__ (torch) is not run;
+    its top level imports argparse and fmkit.cli only, the work is imported inside its run(args)."""
+    import importlib.util
+
+    module_name = f"fmkit._cli_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, os.path.join(_HERE, name, "cli.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -337,11 +368,20 @@ def _demo(args) -> int:
 
         with replace_dir(out, overwrite=True, what="--out") as tmp:
             run_datacomp_demo(str(tmp))
-    else:
+    elif args.what == "calibration":
         from fmkit.calibration.demo import run_demo
 
         with replace_dir(out, overwrite=True, what="--out") as tmp:
             run_demo(str(tmp), seeds=args.seeds, datasets=args.dataset or ("digits", "mixture"), shown_dir=out)
+    else:  # a paper package's demo: fmkit/<name>/demo.py, run_demo(out_dir) writes its table and plots
+        import importlib
+
+        if args.dataset:
+            raise UsageError("--dataset: applies to `fmkit demo calibration` only")
+        module = importlib.import_module(f"fmkit.{args.what}.demo")
+        _require(*getattr(module, "REQUIRES", ()))
+        with replace_dir(out, overwrite=True, what="--out") as tmp:
+            module.run_demo(str(tmp))
     print(f"outputs in {out}")
     return 0
 
@@ -385,8 +425,11 @@ def _expected_error(exc: BaseException) -> tuple[int, str] | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    prog = " ".join(["fmkit", args.command] + ([args.datacomp_command] if args.command == "datacomp" else []))
+    step = getattr(args, f"{args.command}_command", None)  # datacomp's and the packages' sub-steps
+    prog = " ".join(["fmkit", args.command] + ([step] if isinstance(step, str) else []))
     try:
+        if args.command in PACKAGE_COMMANDS:
+            return _package_cli(args.command).run(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         if args.debug:

@@ -41,6 +41,20 @@ REGISTRY = {"knn": _knn, "kmeans": _kmeans, "calibration": _calibration, "contra
             "flamingo": _flamingo, "pgd_step": _pgd_step}
 
 
+def _register_paper_benches() -> None:
+    """fmkit/bench/<package>.py for each paper package that has one (the list lives in fmkit.cli)."""
+    import importlib
+
+    from fmkit.cli import BENCH_OPS
+
+    for name in BENCH_OPS:
+        if name not in REGISTRY:
+            REGISTRY[name] = importlib.import_module(f"fmkit.bench.{name}")
+
+
+_register_paper_benches()
+
+
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Median wall time in ms after one warm-up call (CUDA: synchronised around each call)."""
     fn()
