@@ -1,0 +1,17 @@
+"""Equity audits (Pierson et al., "Use large language models to promote equity", arXiv:2312.14804).
+
+The paper is a perspective: it proposes research directions, not an algorithm. This package makes
+the measurable steps those directions rely on computable (spec §3):
+
+    subgroup_audit(...)          per-group accuracy, FPR/FNR, ECE, PIECE, Brier with bootstrap CIs
+                                 (fast: sufficient statistics), gaps, ratios, worst group, Holm/BH,
+                                 intersectional and multiple group maps, cluster bootstrap
+    StructuredExtractor          schema-constrained extraction with any HF causal LM (log-likelihood
+                                 choice among the allowed values and "not mentioned")
+    validate_extraction(...)     per field x subgroup precision/recall/sens/spec, missing vs absent
+    corrected_prevalence(...)    Rogan-Gladen; corrected_disparity(...) with bootstrap CIs
+    plot_audit(...)              group metrics with their intervals
+"""
+from fmkit.equity.audit import AuditResult, EquityWarning, MapAudit, subgroup_audit
+
+__all__ = ["subgroup_audit", "AuditResult", "MapAudit", "EquityWarning"]
