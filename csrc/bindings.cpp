@@ -13,6 +13,7 @@
 #include "ops/media_cross_attention.h"
 #include "ops/perceiver_attention.h"
 #include "ops/pgd_step.h"
+#include "ops/stain_jitter.h"
 #include "tensor.h"
 
 namespace py = pybind11;
@@ -279,6 +280,16 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("grad"), py::arg("x_orig"), py::arg("eps"), py::arg("alpha"), py::arg("active"),
       py::arg("norm"), py::arg("lo"), py::arg("hi"), py::arg("num_threads"),
       "In-place fused PGD step on [B, N] x (linf / l2; contract in csrc/ops/pgd_step.h).");
+
+  m.def(
+      "stain_jitter_cpu",
+      [](py::capsule images, py::capsule coef, py::capsule out, float scale, float eps, int num_threads) {
+        auto ih = borrow(images, "images"), ch = borrow(coef, "coef"), oh = borrow(out, "out");
+        py::gil_scoped_release release;
+        fmkit::cpu_kernels().stain_jitter_cpu(ih.tensor(), ch.tensor(), oh.tensor(), scale, eps, num_threads);
+      },
+      py::arg("images"), py::arg("coef"), py::arg("out"), py::arg("scale"), py::arg("eps"), py::arg("num_threads"),
+      "Fused HED stain jitter of [B, 3, H, W] uint8/float32 images (contract in csrc/ops/stain_jitter.h).");
 
 #ifdef FMKIT_WITH_CUDA
   m.def("pgd_step_workspace_floats_cuda", &fmkit::pgd_step_workspace_floats_cuda, py::arg("B"), py::arg("N"));

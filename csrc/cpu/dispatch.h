@@ -20,12 +20,14 @@
 #include "ops/media_cross_attention.h"
 #include "ops/perceiver_attention.h"
 #include "ops/pgd_step.h"
+#include "ops/stain_jitter.h"
 
 #define FMKIT_CPU_ENTRY_POINTS(X)                                                                     \
   X(knn_candidates_cpu) X(knn_center_radius_cpu) X(knn_rerank_cpu) X(knn_nearest_cpu)               \
   X(kmeans_cluster_sums_cpu) X(gaussian_kernel_sum_cpu) X(contrastive_forward_cpu)                  \
   X(contrastive_backward_cpu) X(perceiver_attention_forward_cpu) X(perceiver_attention_backward_cpu) \
-  X(media_cross_attention_forward_cpu) X(media_cross_attention_backward_cpu) X(pgd_step_cpu)
+  X(media_cross_attention_forward_cpu) X(media_cross_attention_backward_cpu) X(pgd_step_cpu) \
+  X(stain_jitter_cpu)
 
 #define FMKIT_CPU_DECLARE_ONE(fn) decltype(::fmkit::fn) fn;
 // The entry points of one level, plus the level's name as its compiler flags define it

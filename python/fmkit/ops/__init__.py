@@ -5,5 +5,6 @@ from fmkit.ops.knn import knn, knn_sharded
 from fmkit.ops.media_cross_attention import media_cross_attention
 from fmkit.ops.perceiver_attention import perceiver_attention
 from fmkit.ops.pgd_step import pgd_step_
+from fmkit.ops.stain_jitter import stain_jitter
 
-__all__ = ["clip_loss", "gaussian_kde", "media_cross_attention", "perceiver_attention", "pgd_step_", "knn", "knn_sharded"]
+__all__ = ["clip_loss", "gaussian_kde", "media_cross_attention", "perceiver_attention", "pgd_step_", "stain_jitter", "knn", "knn_sharded"]

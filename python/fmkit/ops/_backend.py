@@ -37,6 +37,7 @@ OP_BACKENDS = {
     "clip_loss": ("triton", "cpu", "torch"),
     "perceiver_attention": ("triton", "cpu", "torch"),
     "media_cross_attention": ("triton", "cpu", "torch"),
+    "stain_jitter": ("triton", "cpu", "torch"),
 }
 
 try:
