@@ -13,5 +13,17 @@ the measurable steps those directions rely on computable (spec §3):
     plot_audit(...)              group metrics with their intervals
 """
 from fmkit.equity.audit import AuditResult, EquityWarning, MapAudit, subgroup_audit
+from fmkit.equity.extraction import (
+    NOT_MENTIONED,
+    Extraction,
+    Field,
+    StructuredExtractor,
+    ValidationResult,
+    validate_extraction,
+)
+from fmkit.equity.plots import plot_audit
+from fmkit.equity.prevalence import DisparityResult, corrected_disparity, corrected_prevalence
 
-__all__ = ["subgroup_audit", "AuditResult", "MapAudit", "EquityWarning"]
+__all__ = ["subgroup_audit", "AuditResult", "MapAudit", "EquityWarning", "StructuredExtractor", "Field",
+           "Extraction", "NOT_MENTIONED", "validate_extraction", "ValidationResult", "corrected_prevalence",
+           "corrected_disparity", "DisparityResult", "plot_audit"]

@@ -455,8 +455,8 @@ def _audit_map(name, codes, labels, pr, prox, cl, layout, reference, n_boot, alp
     has_worst = np.array([x not in NO_WORST for x in names])
 
     values = np.stack([pr.conf, (pr.conf - pr.correct) ** 2]) if layout.has_conf else np.zeros((0, len(atom)))
-    sums = np.stack([np.bincount(atom, weights=v, minlength=G * A) for v in values]).reshape(-1, G, A)
-    sq = np.stack([np.bincount(atom, weights=v * v, minlength=G * A) for v in values]).reshape(-1, G, A)
+    sums = np.array([np.bincount(atom, weights=v, minlength=G * A) for v in values]).reshape(-1, G, A)
+    sq = np.array([np.bincount(atom, weights=v * v, minlength=G * A) for v in values]).reshape(-1, G, A)
 
     def flat(mv):  # group metrics [..., M, G] -> every reported quantity [..., P]
         d, r, gap, worst = disparities(mv, ref, eligible, worse_low, has_worst)
