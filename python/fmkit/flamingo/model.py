@@ -259,15 +259,21 @@ class Flamingo(nn.Module):
 
     # ---- generation ----
     @torch.no_grad()
-    def generate(self, vision_x: torch.Tensor, lang_x: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 *, use_media_cache: bool = True, **kwargs) -> torch.Tensor:
+    def generate(self, vision_x: torch.Tensor | None, lang_x: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 *, use_media_cache: bool = True, media: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """HF `generate` conditioned on the images; eos defaults to `<|endofchunk|>`.
 
         Each image is encoded once and its latents are repeated across `num_beams`; with
-        `use_media_cache` each block projects the media K/V once, at prefill.
+        `use_media_cache` each block projects the media K/V once, at prefill. `media` takes
+        latents [B, T_img, 64, d_vis] encoded earlier (`encode_vision_x`) instead of `vision_x`
+        (few-shot evaluation encodes each demonstration image once for all queries).
         """
         num_beams = kwargs.get("num_beams", 1)
-        latents = self.encode_vision_x(vision_x)
+        if (media is None) == (vision_x is None):
+            raise ValueError("vision_x, media: give exactly one of them")
+        if media is not None and (media.dim() != 4 or media.shape[0] != lang_x.shape[0]):
+            raise ValueError(f"media: expected latents [B={lang_x.shape[0]}, T_img, n, d_vis], got {list(media.shape)}")
+        latents = self.encode_vision_x(vision_x) if media is None else media
         if num_beams > 1:
             latents = latents.repeat_interleave(num_beams, dim=0)
         kwargs.setdefault("eos_token_id", self.end_of_chunk_token_id)
@@ -370,9 +376,12 @@ def load_openflamingo_state_dict(model: Flamingo, state_dict: dict, strict_train
 
 
 @contextmanager
-def conditioned(model: Flamingo, vision_x: torch.Tensor):
-    """Conditions the LM on `vision_x` for several calls (log-likelihood evaluation), then clears."""
-    model._condition(model.encode_vision_x(vision_x))
+def conditioned(model: Flamingo, vision_x: torch.Tensor | None = None, *, media: torch.Tensor | None = None):
+    """Conditions the LM on `vision_x` (or on latents `media` from `encode_vision_x`) for several
+    calls (log-likelihood evaluation), then clears."""
+    if (media is None) == (vision_x is None):
+        raise ValueError("vision_x, media: give exactly one of them")
+    model._condition(model.encode_vision_x(vision_x) if media is None else media)
     try:
         yield model.lang_encoder
     finally:
