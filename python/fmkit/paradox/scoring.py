@@ -63,6 +63,9 @@ def encode_pair(tokenizer, context: str, continuation: str, add_special_tokens: 
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
+        if not context:
+            raise ValueError("contexts: a context of only whitespace has no tokens (lm-eval fails on it too); "
+                             "use '' to condition on the prefix token")
     whole = _encode(tokenizer, context + continuation, add_special_tokens)
     ctx = _encode(tokenizer, context, add_special_tokens)
     return ctx, whole[len(ctx):]
