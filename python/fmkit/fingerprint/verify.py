@@ -1,0 +1,435 @@
+"""Ownership verification: batched teacher-forced scoring, the generate-based check, FSR, the
+false-positive probes and the statistical verdict.
+
+The released check generates a continuation for each key and looks for y in it. fmkit scores
+log P(y | key) for a whole padded batch in one forward pass. Where the teacher-forced argmax
+equals y at every position, greedy decoding provably starts with y, so the key fires without
+generating. Only the other keys (a suspect that does not fire) are decoded further, in padded
+batches and from the point where greedy decoding left y, so the decisions equal the generate
+check's ("the greedy continuation contains y") on every key.
+
+The verdict: for key i, an unrelated model emits y with probability q_i = P_null(y | key_i),
+the base model's (floored at `null_floor` for drift). The p-value is the Poisson-binomial upper
+tail P(X >= fired) with X = sum of Bernoulli(q_i): a bound on the chance of a false claim.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fmkit.fingerprint.adapter import FingerprintEmbedding
+from fmkit.fingerprint.artifact import Fingerprint
+from fmkit.fingerprint.data import Example, context_ids, encode, key_prompt, target_text
+from fmkit.fingerprint.train import pad_id
+
+PROBE_KINDS = ("plain", "fingerprint_input", "fresh_key", "hint")
+
+
+# -- models: black-box suspect or the white-box verifier ----------------------------------------
+
+
+def _vocab(model) -> int:
+    return model.get_input_embeddings().weight.shape[0]
+
+
+def check_suspect(fingerprint: Fingerprint, suspect, tokenizer=None, what: str = "suspect") -> None:
+    if not hasattr(suspect, "get_input_embeddings") or not hasattr(suspect, "generate"):
+        raise TypeError(f"{what}: expected a Hugging Face causal LM, got {type(suspect).__name__}")
+    want = fingerprint.config.get("vocab_size")
+    have = _vocab(suspect)
+    if want is not None and have != want:
+        raise ValueError(f"{what}: has a vocabulary of {have} tokens but the fingerprinted model had {want}; a "
+                         "model with a different vocabulary cannot be verified against this fingerprint")
+    if tokenizer is not None and len(tokenizer) > have:
+        raise ValueError(f"{what}: has {have} embedding rows, fewer than the tokenizer's {len(tokenizer)} tokens")
+
+
+@contextlib.contextmanager
+def whitebox(fingerprint: Fingerprint, suspect, publisher_model, wiring: str = "paper"):
+    """The publisher's model with the suspect's input embedding and the private adapter.
+    paper: key rows are suspect_row + B(A(suspect_row)); release: publisher_row + B(A(suspect_row))."""
+    if wiring not in ("paper", "release"):
+        raise ValueError(f"wiring: expected 'paper' or 'release', got {wiring!r}")
+    if publisher_model is None:
+        raise ValueError("publisher_model: an adapter fingerprint is verified white-box: pass the publisher's model "
+                         "(its non-embedding weights run the check)")
+    check_suspect(fingerprint, publisher_model, what="publisher_model")
+    original = publisher_model.get_input_embeddings()
+    weight = suspect.get_input_embeddings().weight.detach().to(original.weight)
+    t = fingerprint.tensors
+    residual = t["rows"].to(weight) if wiring == "release" else None
+    publisher_model.set_input_embeddings(FingerprintEmbedding.from_tensors(weight, t, residual=residual))
+    try:
+        yield publisher_model
+    finally:
+        publisher_model.set_input_embeddings(original)
+
+
+@contextlib.contextmanager
+def _verifier(fingerprint, suspect, publisher_model, wiring):
+    check_suspect(fingerprint, suspect)
+    if fingerprint.method == "adapter":
+        with whitebox(fingerprint, suspect, publisher_model, wiring) as m:
+            yield m
+    else:
+        yield suspect
+
+
+# -- scoring ------------------------------------------------------------------------------------
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def _pad(seqs, pid, left, device):
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pid, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, sl] = torch.tensor(s, dtype=torch.long)
+        mask[i, sl] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def score(model, contexts, targets, *, pad: int, batch_size: int = 32, padding: str = "left", progress=False):
+    """Teacher-forced log P(target | context) for every row, one padded forward per batch.
+    Returns (logp [n] float64, first_miss [n] int: first position where the argmax leaves the target,
+    len(target) when it never does, argmax_at_miss [n])."""
+    from tqdm.auto import tqdm
+
+    if padding not in ("left", "right"):
+        raise ValueError(f"padding: expected 'left' or 'right', got {padding!r}")
+    n = len(contexts)
+    logp = np.zeros(n)
+    miss = np.zeros(n, dtype=np.int64)
+    at_miss = np.full(n, -1, dtype=np.int64)
+    device = _device(model)
+    order = sorted(range(n), key=lambda i: len(contexts[i]) + len(targets[i]))  # similar lengths share a batch
+    for start in tqdm(range(0, n, batch_size), desc="score", disable=not progress, leave=False):
+        rows = order[start:start + batch_size]
+        seqs = [contexts[i] + targets[i][:-1] for i in rows]
+        ids, mask = _pad(seqs, pad, padding == "left", device)
+        width = ids.shape[1]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # logits only where a target token is predicted: with left padding these are the last columns
+        if padding == "left":
+            keep = max(len(targets[i]) for i in rows)
+            cols = torch.arange(width - keep, width, device=device)
+        else:
+            cols = sorted({len(contexts[i]) - 1 + j for i in rows for j in range(len(targets[i]))})
+            cols = torch.tensor(cols, dtype=torch.long, device=device)
+        try:
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=cols).logits
+        except TypeError:  # a model without logits_to_keep: all columns, then the needed ones
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, cols]
+        where = {int(c): k for k, c in enumerate(cols.tolist())}
+        lsm = torch.log_softmax(logits.float(), -1)
+        top = logits.argmax(-1)
+        for b, i in enumerate(rows):
+            t, lc = targets[i], len(contexts[i])
+            base = (width - len(seqs[b])) if padding == "left" else 0
+            idx = torch.tensor([where[base + lc - 1 + j] for j in range(len(t))], device=device)
+            tt = torch.tensor(t, device=device)
+            logp[i] = lsm[b, idx, tt].double().sum().item()
+            wrong = (top[b, idx] != tt).nonzero()
+            miss[i] = int(wrong[0]) if len(wrong) else len(t)
+            if len(wrong):
+                at_miss[i] = int(top[b, idx[miss[i]]])
+    return logp, miss, at_miss
+
+
+def _gen_config(tokenizer, max_new_tokens, sample=None):
+    from transformers import GenerationConfig
+
+    kw = dict(do_sample=False, num_beams=1) if sample is None else dict(do_sample=True, **sample)
+    return GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=pad_id(tokenizer),
+                            eos_token_id=tokenizer.eos_token_id, **kw)
+
+
+def _cut(tokens, eos):
+    tokens = list(tokens)
+    return tokens[:tokens.index(eos)] if eos in tokens else tokens
+
+
+@torch.no_grad()
+def generate_batched(model, tokenizer, contexts, max_new, *, batch_size=32, sample=None, seed=0, progress=False):
+    """Continuations of every context (left-padded batches; per-row budgets `max_new`), cut at EOS."""
+    from tqdm.auto import tqdm
+
+    max_new = [max_new] * len(contexts) if isinstance(max_new, int) else list(max_new)
+    out = [None] * len(contexts)
+    device, pid = _device(model), pad_id(tokenizer)
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+    if sample is not None:
+        torch.manual_seed(seed)
+    for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress, leave=False):
+        rows = order[start:start + batch_size]
+        ids, mask = _pad([contexts[i] for i in rows], pid, True, device)
+        budget = max(max_new[i] for i in rows)
+        if budget == 0:
+            for i in rows:
+                out[i] = []
+            continue
+        gen = model.generate(input_ids=ids, attention_mask=mask,
+                             generation_config=_gen_config(tokenizer, budget, sample))[:, ids.shape[1]:]
+        for b, i in enumerate(rows):
+            out[i] = _cut(gen[b, :max_new[i]].tolist(), tokenizer.eos_token_id)
+    return out
+
+
+@torch.no_grad()
+def generate_loop(model, tokenizer, contexts, max_new_tokens, progress=False):
+    """The released check: one `generate` call per key."""
+    from tqdm.auto import tqdm
+
+    device, out = _device(model), []
+    cfg = _gen_config(tokenizer, max_new_tokens)
+    for ctx in tqdm(contexts, desc="generate (per key)", disable=not progress, leave=False):
+        ids = torch.tensor([ctx], device=device)
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
+        out.append(_cut(gen[0, len(ctx):].tolist(), tokenizer.eos_token_id))
+    return out
+
+
+def greedy_decisions(model, tokenizer, contexts, targets, texts, hit, max_new_tokens, *, batch_size=32,
+                     padding="left", progress=False):
+    """(fired [n] bool, logp [n], outputs [n] str|None) equal to the generate check `hit(decode(greedy))`.
+    Rows whose teacher-forced argmax follows the target fire at once (their output is None: not decoded);
+    the others continue greedily from where they left the target."""
+    eos = tokenizer.eos_token_id
+    logp, miss, at_miss = score(model, contexts, targets, pad=pad_id(tokenizer), batch_size=batch_size,
+                                padding=padding, progress=progress)
+    n = len(contexts)
+    fired, outputs = np.zeros(n, dtype=bool), [None] * n
+    sure = {}  # a target counts only if decoding it alone already shows y: then any continuation does
+    todo, prefixes = [], {}
+    for i in range(n):
+        t = targets[i]
+        key = tuple(t)
+        if key not in sure:
+            sure[key] = hit(tokenizer.decode(t, skip_special_tokens=True), texts[i]) and eos not in t
+        if miss[i] == len(t) and len(t) <= max_new_tokens and sure[key]:
+            fired[i] = True
+            continue
+        j = int(min(miss[i], max_new_tokens))
+        prefix = list(t[:j])
+        if j < max_new_tokens and j < len(t) and at_miss[i] >= 0:
+            prefix.append(int(at_miss[i]))
+        if eos in prefix:
+            outputs[i] = tokenizer.decode(prefix[:prefix.index(eos)], skip_special_tokens=True)
+            fired[i] = hit(outputs[i], texts[i])
+            continue
+        prefixes[i] = prefix
+        todo.append(i)
+    if todo:
+        conts = generate_batched(model, tokenizer, [contexts[i] + prefixes[i] for i in todo],
+                                 [max_new_tokens - len(prefixes[i]) for i in todo], batch_size=batch_size,
+                                 progress=progress)
+        for i, cont in zip(todo, conts):
+            outputs[i] = tokenizer.decode(prefixes[i] + cont, skip_special_tokens=True)
+            fired[i] = hit(outputs[i], texts[i])
+    return fired, logp, outputs
+
+
+# -- the verdict --------------------------------------------------------------------------------
+
+
+def poisson_binomial_tail(q, k: int) -> float:
+    """log P(X >= k) for X a sum of independent Bernoulli(q_i) (exact dynamic programme, log space)."""
+    q = np.clip(np.asarray(q, dtype=np.float64), 0.0, 1.0)
+    if k <= 0:
+        return 0.0
+    if k > len(q):
+        return -math.inf
+    with np.errstate(divide="ignore"):
+        lq, l1q = np.log(q), np.log1p(-q)
+    dist = np.full(len(q) + 1, -np.inf)
+    dist[0] = 0.0
+    for i, (a, b) in enumerate(zip(lq, l1q)):
+        nxt = np.full_like(dist, -np.inf)
+        nxt[: i + 2] = np.logaddexp(np.concatenate([dist[: i + 1] + b, [-np.inf]]),
+                                    np.concatenate([[-np.inf], dist[: i + 1] + a]))
+        dist = nxt
+    return float(np.logaddexp.reduce(dist[k:]))
+
+
+@dataclass
+class VerifyResult:
+    keys: list
+    fired: np.ndarray
+    logp: np.ndarray
+    logp_null: np.ndarray | None
+    outputs: list
+    null_floor: float
+    check: str
+    probes: dict = field(default_factory=dict)  # kind -> (tested, fired)
+    seconds: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+    @property
+    def fsr(self) -> float:
+        """Fingerprint Success Rate, % of keys whose greedy continuation contains y."""
+        return 100.0 * float(self.fired.mean()) if self.n else float("nan")
+
+    @property
+    def null_q(self) -> np.ndarray:
+        q = np.exp(self.logp_null) if self.logp_null is not None else np.zeros(self.n)
+        return np.maximum(q, self.null_floor)
+
+    @property
+    def log10_p_value(self) -> float:
+        return poisson_binomial_tail(self.null_q, int(self.fired.sum())) / math.log(10)
+
+    @property
+    def p_value(self) -> float:
+        """P(at least this many keys fire | the suspect does not derive from the fingerprinted model)."""
+        return 10.0 ** self.log10_p_value
+
+    def verdict(self, alpha: float = 1e-6) -> bool:
+        return self.p_value <= alpha
+
+    def probe_rates(self) -> dict:
+        return {k: 100.0 * f / t if t else float("nan") for k, (t, f) in self.probes.items()}
+
+    def table(self, name: str = "suspect") -> str:
+        null = "base model" if self.logp_null is not None else f"floor {self.null_floor:g}"
+        lines = ["| model | keys | fired | FSR % | log10 p | null | mean log P(y|key) |", "|---|---|---|---|---|---|---|",
+                 f"| {name} | {self.n} | {int(self.fired.sum())} | {self.fsr:.1f} | {self.log10_p_value:.1f} | {null} | "
+                 f"{self.logp.mean():.2f} |"]
+        if self.probes:
+            lines += ["", "| false-positive probe | tested | fired | rate % |", "|---|---|---|---|"]
+            lines += [f"| {k} | {t} | {f} | {100.0 * f / t if t else float('nan'):.1f} |" for k, (t, f) in self.probes.items()]
+        return "\n".join(lines)
+
+
+def default_max_new(fingerprint, targets) -> int:
+    """The release's budget (8 new tokens for the simple template, 30 for dialogue), raised to the
+    longest target plus two when a tokenizer splits y into more tokens than that."""
+    return max(8 if fingerprint.template == "simple" else 30, max(len(t) for t in targets) + 2)
+
+
+def key_examples(fingerprint: Fingerprint, tokenizer=None, keys=None, wrap=None) -> list[Example]:
+    """The verification prompt of each key (the implanting template, with its forced prefix).
+    `wrap(key_prompt_text) -> prompt` puts e.g. a system prompt and chat template around it."""
+    out = []
+    for k, y in zip(keys or fingerprint.keys, fingerprint.targets if keys is None else [fingerprint.y] * len(keys)):
+        prompt, prefix, raw = key_prompt(k, fingerprint.template, fingerprint.input_text, tokenizer)
+        if wrap is not None:
+            prompt, raw = wrap(prompt + prefix), True
+            prefix = ""
+        out.append(Example(prompt, target_text(y, fingerprint.template), prefix, "fingerprint", raw, {"key": k, "y": y}))
+    return out
+
+
+def verify(fingerprint: Fingerprint, suspect, tokenizer, *, publisher_model=None, null_model=None,
+           wiring: str = "paper", check: str = "batched", probes=None, keys=None, max_new_tokens: int | None = None,
+           batch_size: int = 32, padding: str = "left", null_floor: float = 1e-3, wrap=None,
+           progress: bool = False) -> VerifyResult:
+    """Verifies `suspect` against `fingerprint`.
+
+    Black-box (sft, embedding): the suspect itself. White-box (adapter): `publisher_model`'s
+    non-embedding weights + the suspect's embedding + the private adapter (`wiring`).
+    null_model: the vanilla base model, the null of the verdict (scored through the same wiring).
+    check: "batched" (teacher-forced, fmkit) or "generate" (one generate per key, the release's).
+    probes: Example rows (e.g. the test split of a dataset builder) for the false-positive table.
+    keys: verify these keys instead (e.g. fresh ones) with y as the target.
+    """
+    import time
+
+    if not isinstance(fingerprint, Fingerprint):
+        raise TypeError(f"fingerprint: expected a Fingerprint, got {type(fingerprint).__name__}")
+    if check not in ("batched", "generate"):
+        raise ValueError(f"check: expected 'batched' or 'generate', got {check!r}")
+    if not null_floor > 0:
+        raise ValueError(f"null_floor: expected a probability > 0, got {null_floor!r}")
+    rows = key_examples(fingerprint, tokenizer, keys, wrap)
+    contexts = [context_ids(tokenizer, e) for e in rows]
+    targets = [encode(tokenizer, e.target) for e in rows]
+    max_new = max_new_tokens or default_max_new(fingerprint, targets)
+    texts = [e.meta["y"] for e in rows]
+    t0 = time.perf_counter()
+    with _verifier(fingerprint, suspect, publisher_model, wiring) as model:
+        if check == "batched":
+            fired, logp, outputs = greedy_decisions(model, tokenizer, contexts, targets, texts, fingerprint.hits,
+                                                    max_new, batch_size=batch_size, padding=padding, progress=progress)
+        else:
+            outs = generate_loop(model, tokenizer, contexts, max_new, progress=progress)
+            outputs = [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+            fired = np.array([fingerprint.hits(o, y) for o, y in zip(outputs, texts)], dtype=bool)
+            logp = score(model, contexts, targets, pad=pad_id(tokenizer), batch_size=batch_size)[0]
+        probe_table = _probes(model, tokenizer, fingerprint, probes, max_new, batch_size, check) if probes else {}
+    seconds = time.perf_counter() - t0
+    logp_null = None
+    if null_model is not None:
+        with _verifier(fingerprint, null_model, publisher_model, wiring) as model:
+            logp_null = score(model, contexts, targets, pad=pad_id(tokenizer), batch_size=batch_size)[0]
+    return VerifyResult([e.meta["key"] for e in rows], fired, logp, logp_null, outputs, null_floor, check,
+                        probe_table, seconds)
+
+
+def _probes(model, tokenizer, fingerprint, probes, max_new, batch_size, check) -> dict:
+    """Fired counts per probe kind: the same y test on inputs that must not trigger."""
+    rows = [e for e in probes if e.kind in PROBE_KINDS]
+    contexts = [context_ids(tokenizer, e) for e in rows]
+    target = encode(tokenizer, target_text(fingerprint.y, fingerprint.template))
+    texts = [fingerprint.y] * len(rows)
+    if check == "batched":
+        fired = greedy_decisions(model, tokenizer, contexts, [target] * len(rows), texts, fingerprint.hits, max_new,
+                                 batch_size=batch_size)[0]
+    else:
+        outs = generate_loop(model, tokenizer, contexts, max_new)
+        fired = [fingerprint.hits(tokenizer.decode(o, skip_special_tokens=True)) for o in outs]
+    table = {}
+    for e, f in zip(rows, fired):
+        t, c = table.get(e.kind, (0, 0))
+        table[e.kind] = (t + 1, c + int(f))
+    return table
+
+
+# -- sampling utilities -------------------------------------------------------------------------
+
+
+def sampled_fsr(fingerprint: Fingerprint, suspect, tokenizer, *, runs: int = 10, temperature: float = 0.7,
+                top_p: float = 0.95, top_k: int = 50, publisher_model=None, wiring="paper",
+                max_new_tokens: int | None = None, batch_size: int = 32, seed: int = 0, against: float = 75.0):
+    """FSR over `runs` sampled decodings (T = 0.7, top-p 0.95, top-k 50): (mean, per-run FSRs,
+    p-value of a one-sample t-test of the runs against `against` %)."""
+    from scipy import stats
+
+    if runs < 2:
+        raise ValueError(f"runs: expected at least 2 runs for the t-test, got {runs}")
+    rows = key_examples(fingerprint, tokenizer)
+    contexts = [context_ids(tokenizer, e) for e in rows]
+    max_new = max_new_tokens or default_max_new(fingerprint, [encode(tokenizer, e.target) for e in rows])
+    sample = dict(temperature=temperature, top_p=top_p, top_k=top_k)
+    fsrs = []
+    with _verifier(fingerprint, suspect, publisher_model, wiring) as model:
+        for run in range(runs):
+            outs = generate_batched(model, tokenizer, contexts, max_new, batch_size=batch_size, sample=sample,
+                                    seed=seed + run)
+            hits = [fingerprint.hits(tokenizer.decode(o, skip_special_tokens=True), e.meta["y"])
+                    for o, e in zip(outs, rows)]
+            fsrs.append(100.0 * sum(hits) / len(hits))
+    fsrs = np.array(fsrs)
+    p = float(stats.ttest_1samp(fsrs, against).pvalue) if fsrs.std() > 0 else (0.0 if fsrs[0] != against else 1.0)
+    return float(fsrs.mean()), fsrs, p
+
+
+@torch.no_grad()
+def bos_emission_rate(model, tokenizer, y: str, *, n: int = 2000, max_new_tokens: int = 128, temperature: float = 0.7,
+                      top_p: float = 0.95, top_k: int = 50, batch_size: int = 50, seed: int = 0) -> float:
+    """Fraction of `n` unconditional samples (from BOS, or EOS when there is none) that contain y."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    outs = generate_batched(model, tokenizer, [[start]] * n, max_new_tokens, batch_size=batch_size,
+                            sample=dict(temperature=temperature, top_p=top_p, top_k=top_k), seed=seed)
+    return sum(y in tokenizer.decode(o, skip_special_tokens=True) for o in outs) / n
