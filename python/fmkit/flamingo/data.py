@@ -224,7 +224,13 @@ class InterleavedStream(_Stream):
         self._prepared: dict[int, Any] = {}
 
     def prepare(self, index: int):
-        """(image paths, input_ids, attention_mask) of document `index`, or None when it has no image."""
+        """(image paths, input_ids, attention_mask) of document `index`, or None when it has no
+        image (computed once: tokenising does not depend on the epoch)."""
+        if index not in self._prepared:
+            self._prepared[index] = self._prepare(index)
+        return self._prepared[index]
+
+    def _prepare(self, index: int):
         doc, where, folder = self.docs[index]
         for key, kind in (("text_list", list), ("image_info", list)):
             if not isinstance(doc.get(key), kind):
@@ -255,8 +261,7 @@ class InterleavedStream(_Stream):
         return names, ids, enc["attention_mask"][0]
 
     def accept(self, index, rng):
-        prepared = self._prepared.get(index) if index in self._prepared else self.prepare(index)
-        self._prepared[index] = prepared
+        prepared = self.prepare(index)
         if prepared is None:
             return False
         _, ids, _ = prepared
