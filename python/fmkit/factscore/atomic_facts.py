@@ -174,6 +174,11 @@ class AtomicFactGenerator:
 
     def batch(self, generations: Sequence[str]) -> list[list[tuple[str, list[str]]]]:
         """All sentences of all generations go to the LM in one call (it batches them)."""
+        for i, g in enumerate(generations):
+            if not isinstance(g, str):
+                raise TypeError(f"generations[{i}]: expected a str, got {type(g).__name__}")
+            if not g.strip():  # FactScorer counts these as abstentions before getting here
+                raise ValueError(f"generations[{i}] is empty: there are no facts to extract")
         per_gen = [self.sentences(g) for g in generations]
         prompts = [self.prompt(s) for sents in per_gen for s in sents]
         if self.cache is not None:
