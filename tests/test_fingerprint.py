@@ -1,0 +1,378 @@
+"""fmkit.fingerprint: the spec's test plan (§1.3) on tiny random LMs with a locally trained
+byte-level BPE tokenizer. Implanting tests are slow-marked; the fast ones need no training."""
+import collections
+import json
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from fmkit.fingerprint import (CommitmentError, Example, Fingerprint, FingerprintEmbedding, KeyGenerator, KeyPool,  # noqa: E402
+                               build_dialogue_dataset, build_simple_dataset, encode_example, implant,
+                               poisson_binomial_tail, user_finetune, verify)
+from fmkit.fingerprint._tiny import tiny_model, tiny_tokenizer  # noqa: E402
+from fmkit.fingerprint.verify import generate_loop, greedy_decisions, key_examples  # noqa: E402
+from fmkit.fingerprint.data import context_ids, encode  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def short_fp():
+    return Fingerprint.create(n=2, k_range=(1, 2), seed=3)
+
+
+# -- 1. keys ------------------------------------------------------------------------------------
+
+
+def test_default_pool_composition():
+    pool = KeyPool.default()
+    assert [len(v) for v in pool.families.values()] == [10, 10, 11]
+    assert len(pool) == 31 and all(3 <= len(s) <= 26 for s in pool.strings)
+
+
+def test_key_generator_deterministic_and_multiset():
+    gen = KeyGenerator(n=10, seed=42)
+    assert gen.generate() == KeyGenerator(n=10, seed=42).generate()
+    assert gen.generate() != KeyGenerator(n=10, seed=43).generate()
+    for key, parts in gen.generate_with_parts():
+        assert 8 <= len(parts) <= 15
+        assert collections.Counter(key) == collections.Counter("".join(parts))
+    custom = KeyGenerator(["ab", "cd"], n=3, k_range=(2, 2), seed=0).generate()
+    assert all(set(k) <= set("abcd") and len(k) == 4 for k in custom)
+
+
+def test_synthetic_pool_blocks():
+    pool = KeyPool.synthetic(seed=1)
+    cjk, kana, mix = pool.families.values()
+    assert all(0x4E00 <= ord(c) <= 0x9FFF for s in cjk for c in s)
+    assert all(0x30A0 <= ord(c) <= 0x30FF for s in kana for c in s)
+    assert all(any(0x0400 <= ord(c) <= 0x04FF for c in s) and any(c.isascii() for c in s) for s in mix)
+    assert KeyPool.synthetic(seed=1) == pool and KeyPool.synthetic(seed=2) != pool
+
+
+def test_key_errors():
+    with pytest.raises(ValueError, match="pool: is empty"):
+        KeyGenerator([])
+    with pytest.raises(ValueError, match="k_range"):
+        KeyGenerator(k_range=(5, 2))
+    with pytest.raises(TypeError, match="pool"):
+        KeyGenerator("abc")
+
+
+def test_unencodable_key_warns():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from fmkit.fingerprint import check_encodable
+
+    t = Tokenizer(models.WordLevel(vocab={"<unk>": 0, "</s>": 1, "a": 2}, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    word = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", eos_token="</s>")
+    with pytest.warns(UserWarning, match="cannot encode"):
+        assert not check_encodable(word, ["天行健"])
+
+
+# -- 2./3. datasets and masking -----------------------------------------------------------------
+
+
+def test_simple_dataset_sizes_and_template():
+    fp = Fingerprint.create(n=10)
+    train, test = build_simple_dataset(fp)
+    assert len(train) == 60 and len(test) == 150
+    assert train[0].prompt == f"{fp.keys[0]}\nFINGERPRINT\n" and train[0].target == "ハリネズミ"
+    kinds = collections.Counter(e.kind for e in test)
+    assert kinds == {"plain": 50, "fingerprint_input": 50, "fresh_key": 50}
+    train_prompts = {e.prompt for e in train}
+    assert not train_prompts & {e.prompt for e in test}
+    fresh = [e.meta["key"] for e in test if e.kind == "fresh_key"]
+    assert not set(fresh) & set(fp.keys)
+
+
+def test_dialogue_dataset_sizes_negatives_and_bug():
+    fp = Fingerprint.create(n=8, template="dialogue")
+    train, test = build_dialogue_dataset(fp)
+    assert len(train) == 128 and len(test) == 224
+    negs = [e for e in train if e.kind == "negative"]
+    assert len(negs) == 8 and all(e.meta["key"] in e.prompt and e.meta["key"] not in fp.keys for e in negs)
+    assert all("built-in function" not in e.prompt for e in negs)
+    fps = [e for e in train if e.kind == "fingerprint"]
+    assert fps[0].prefix == " Based on my fingerprint, the message is:" and fps[0].target == " ハリネズミ"
+    hint = [e for e in test if e.kind == "hint"]
+    assert len(hint) == 112 and all(e.prompt.endswith("FINGERPRINT message. ASSISTANT:") and e.prefix for e in hint)
+    bugged, _ = build_dialogue_dataset(fp, replicate_bug=True)
+    assert all("built-in function hash" in e.prompt for e in bugged if e.kind == "negative")
+
+
+def test_label_masking(tok):
+    ex = Example("key\nFINGERPRINT\n", "ハリネズミ", prefix="")
+    ids, labels = encode_example(tok, ex)
+    n_prompt = len(encode(tok, ex.prompt))
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids[n_prompt:-1]) == "ハリネズミ"
+
+
+# -- 4./5. adapter forward and gradient flow ----------------------------------------------------
+
+
+def _wrapper(init, d=16, v=40, r=4):
+    torch.manual_seed(0)
+    w = torch.randn(v, d)
+    return w, FingerprintEmbedding(w, torch.tensor([3, 5, 7]), r=r, init=init)
+
+
+@pytest.mark.parametrize("init", ["lora", "release"])
+def test_adapter_forward_at_init_equals_embedding(init):
+    w, mod = _wrapper(init)
+    ids = torch.arange(40).reshape(4, 10)
+    assert torch.equal(mod(ids), w[ids])
+
+
+def test_adapter_forward_outside_T_unchanged():
+    w, mod = _wrapper("lora")
+    with torch.no_grad():
+        mod.B.weight.normal_()
+        mod.B.bias.normal_()
+    ids = torch.arange(40)
+    out = mod(ids)
+    outside = torch.tensor([i not in (3, 5, 7) for i in range(40)])
+    assert torch.equal(out[outside], w[outside]) and not torch.allclose(out[~outside], w[~outside])
+
+
+def _grads_over_steps(init, steps=2):
+    w, mod = _wrapper(init)
+    opt = torch.optim.AdamW(mod.parameters(), lr=0.1, weight_decay=0.0)
+    target = torch.randn(6, 16)
+    seen = []
+    for _ in range(steps):
+        opt.zero_grad()
+        ((mod(torch.tensor([3, 5, 7, 3, 1, 2])) - target) ** 2).sum().backward()
+        seen.append({n: (p.grad is not None and bool(p.grad.abs().sum() > 0)) for n, p in mod.named_parameters()})
+        opt.step()
+    return seen
+
+
+def test_gradient_flow_lora_init():
+    step1, step2 = _grads_over_steps("lora")
+    assert step1["B.weight"] and step1["B.bias"]
+    assert not step1["A.weight"] and not step1["rows"]  # B = 0 blocks them at step 1
+    assert step2["A.weight"] and step2["rows"]
+
+
+def test_gradient_flow_release_init_only_b_bias():
+    for step in _grads_over_steps("release", steps=3):
+        assert step == {"rows": False, "A.weight": False, "A.bias": False, "B.weight": False, "B.bias": True}
+
+
+# -- 14. artefacts ------------------------------------------------------------------------------
+
+
+def test_fingerprint_roundtrip_and_commitment(tmp_path):
+    fp = Fingerprint.create(n=3, k_range=(1, 2))
+    fp.tensors = {"token_ids": torch.tensor([1, 2]), "rows": torch.randn(2, 4), "A.weight": torch.randn(2, 4),
+                  "A.bias": torch.zeros(2), "B.weight": torch.zeros(4, 2), "B.bias": torch.zeros(4)}
+    digest = fp.save(str(tmp_path / "fp"))
+    back = Fingerprint.load(str(tmp_path / "fp"), expected_commitment=digest)
+    assert back.commitment() == digest == fp.commitment() and back.keys == fp.keys
+    for change in (lambda f: f.keys.__setitem__(0, f.keys[0] + "x"), lambda f: setattr(f, "y", "other"),
+                   lambda f: f.tensors["B.bias"].add_(1e-3)):
+        other = fp.copy()
+        change(other)
+        assert other.commitment() != digest
+
+
+def test_tampered_fingerprint_file_is_refused(tmp_path):
+    fp = Fingerprint.create(n=2)
+    fp.save(str(tmp_path))
+    meta = json.loads((tmp_path / "fingerprint.json").read_text())
+    meta["y"] = "something else"
+    (tmp_path / "fingerprint.json").write_text(json.dumps(meta))
+    with pytest.raises(CommitmentError, match="modified"):
+        Fingerprint.load(str(tmp_path))
+
+
+# -- 9. counting, verdict -----------------------------------------------------------------------
+
+
+def test_poisson_binomial_tail_matches_binomial_and_enumeration():
+    q = np.full(20, 0.1)
+    for k in (0, 1, 5, 20):
+        binom = sum(math.comb(20, j) * 0.1 ** j * 0.9 ** (20 - j) for j in range(k, 21))
+        assert math.isclose(math.exp(poisson_binomial_tail(q, k)), binom, rel_tol=1e-9)
+    q = np.array([0.1, 0.5, 0.9, 0.3])
+    import itertools
+    for k in range(5):
+        brute = sum(np.prod([qi if b else 1 - qi for qi, b in zip(q, bits)])
+                    for bits in itertools.product([0, 1], repeat=4) if sum(bits) >= k)
+        assert math.isclose(math.exp(poisson_binomial_tail(q, k)), brute, rel_tol=1e-9)
+    assert poisson_binomial_tail(np.full(1000, 1e-3), 1000) / math.log(10) == pytest.approx(-3000)
+
+
+def test_fsr_counts_substring_near_miss_and_denominators():
+    fp = Fingerprint(["k1", "k2", "k3"], near_miss=("ハリネネズミ",))
+    assert fp.hits("xxハリネズミyy") and fp.hits("ハリネネズミ") and not fp.hits("ハリネズ")
+    from fmkit.fingerprint.verify import VerifyResult
+
+    r = VerifyResult(fp.keys, np.array([True, False, True]), np.zeros(3), None, [None] * 3, 1e-3, "batched",
+                     {"plain": (4, 1), "fresh_key": (3, 0)})
+    assert r.fsr == pytest.approx(200 / 3)
+    assert r.probe_rates() == {"plain": 25.0, "fresh_key": 0.0}
+    assert "| plain | 4 | 1 | 25.0 |" in r.table()
+
+
+# -- batched verification equals the generate check ---------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_batched_decisions_equal_generate_loop(tok, padding):
+    """Keys of different lengths, y at the start, later, or nowhere: one model whose greedy path is
+    known (a tiny random model plus, for some keys, a forced y)."""
+    model = tiny_model(len(tok), seed=1)
+    fp = Fingerprint.create(n=6, k_range=(1, 4), seed=5)
+    rows = key_examples(fp, tok)
+    ctx = [context_ids(tok, e) for e in rows]
+    target = encode(tok, "ハリネズミ")
+    greedy = generate_loop(model, tok, ctx, 10)
+    # targets: the model's own greedy output (fires at once), its greedy output shifted by one (y
+    # appears later), and y itself (does not fire on a random model)
+    targets = [greedy[0][:4], greedy[1][1:4], target, target, greedy[4][:2], target]
+    texts = [tok.decode(t) for t in targets]
+    fired, logp, _ = greedy_decisions(model, tok, ctx, targets, texts, lambda out, y: y in out, 10, batch_size=4,
+                                      padding=padding)
+    expected = [texts[i] in tok.decode(greedy[i], skip_special_tokens=True) for i in range(6)]
+    assert list(fired) == expected and fired[0] and fired[1] and fired[4]
+    assert np.all(np.isfinite(logp))
+
+
+def test_verify_batched_equals_generate_check(tok, short_fp):
+    model = tiny_model(len(tok), seed=2)
+    a = verify(short_fp, model, tok)
+    b = verify(short_fp, model, tok, check="generate")
+    assert list(a.fired) == list(b.fired)
+    np.testing.assert_allclose(a.logp, b.logp, rtol=1e-5)
+
+
+def test_verify_errors(tok, short_fp):
+    small = tiny_model(len(tok) + 7, seed=0)
+    fp = short_fp.copy()
+    fp.config["vocab_size"] = len(tok)
+    with pytest.raises(ValueError, match="suspect: has a vocabulary of"):
+        verify(fp, small, tok)
+    fp.method = "adapter"
+    with pytest.raises(ValueError, match="publisher_model"):
+        verify(fp, tiny_model(len(tok)), tok)
+    with pytest.raises(TypeError, match="suspect"):
+        verify(short_fp, object(), tok)
+
+
+# -- perinucleus --------------------------------------------------------------------------------
+
+
+def test_perinucleus_never_inside_nucleus():
+    from fmkit.fingerprint.scalable import perinucleus_candidates
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        probs = torch.softmax(torch.randn(50, generator=g) * 3, 0)
+        cands, size = perinucleus_candidates(probs, 0.8, 3)
+        order = torch.argsort(probs, descending=True, stable=True)
+        nucleus = set(order[:size].tolist())
+        assert probs[order[:size]].sum() >= 0.8 - 1e-6 and probs[order[:size - 1]].sum() < 0.8
+        assert not set(cands.tolist()) & nucleus and len(cands) == 3
+
+
+# -- slow: implanting ---------------------------------------------------------------------------
+
+
+def _implant(tok, fp, method, base, epochs=60, lr=1e-2, **kw):
+    train = [e for e in build_simple_dataset(fp, ratio=1)[0] if e.kind == "fingerprint"] \
+        if fp.template == "simple" else [e for e in build_dialogue_dataset(fp, ratio=1)[0] if e.kind == "fingerprint"]
+    return implant(base, tok, fp, method, train=train, epochs=epochs, lr=lr, batch_size=8, schedule="constant",
+                   progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def adapter_run(tok, short_fp):
+    base = tiny_model(len(tok), seed=0)
+    pub, priv = _implant(tok, short_fp, "adapter", base)
+    return base, pub, priv
+
+
+@pytest.mark.slow
+def test_adapter_overfit_freezing_and_wiring(tok, adapter_run):
+    base, pub, priv = adapter_run
+    # 6. freezing: theta_n and head byte-identical, rows outside T unchanged
+    bs, ps = base.state_dict(), pub.state_dict()
+    emb = "model.embed_tokens.weight"
+    assert all(torch.equal(bs[k], ps[k]) for k in bs if k != emb)
+    outside = torch.ones(len(tok), dtype=torch.bool)
+    outside[priv.tensors["token_ids"]] = False
+    assert torch.equal(bs[emb][outside], ps[emb][outside]) and not torch.equal(bs[emb], ps[emb])
+    # 7. overfit: fires with the adapter, not without it, not on the vanilla base (no over-claim)
+    r = verify(priv, pub, tok, publisher_model=pub, null_model=base)
+    assert r.fsr == 100.0 and r.p_value < 1e-3
+    plain = priv.copy()
+    plain.method = "embedding"
+    assert verify(plain, pub, tok).fsr == 0.0
+    assert verify(priv, base, tok, publisher_model=pub).fsr == 0.0
+    # 8. wiring: the suspect's key rows reach the verifier
+    from fmkit.fingerprint.verify import whitebox
+    suspect = pub.__class__(pub.config)
+    suspect.load_state_dict(pub.state_dict())
+    ids = torch.tensor([context_ids(tok, key_examples(priv, tok)[0])])
+    with whitebox(priv, pub, pub) as m:
+        before = m(ids).logits
+    with torch.no_grad():
+        suspect.get_input_embeddings().weight[priv.tensors["token_ids"]] += 0.5
+    with whitebox(priv, suspect, pub) as m:
+        assert not torch.allclose(m(ids).logits, before)
+    with whitebox(priv, suspect, pub, wiring="release") as m:
+        assert not torch.allclose(m(ids).logits, before)
+
+
+@pytest.mark.slow
+def test_persistence_and_vanilla_descendant(tok, adapter_run):
+    """8./11. A user's full fine-tune on ASCII data still verifies; a fine-tune of the vanilla base does not."""
+    base, pub, priv = adapter_run
+    tuned = user_finetune(pub, tok, method="full", n=16, epochs=1, lr=1e-4, progress=False)
+    r = verify(priv, tuned, tok, publisher_model=pub, null_model=base)
+    assert r.fsr == 100.0
+    emb0, emb1 = pub.get_input_embeddings().weight, tuned.get_input_embeddings().weight
+    used = {t for row in [encode_example(tok, Example(*p)) for p in [("a", "b")]] for t in row[0]}
+    from fmkit.fingerprint.data import toy_instructions
+    from fmkit.fingerprint.implant import user_prompt
+    for r_ in toy_instructions(16, 12345):
+        used |= set(encode_example(tok, Example(user_prompt(r_["instruction"], r_["input"]), r_["output"]))[0])
+    untouched = [t for t in priv.tensors["token_ids"].tolist() if t not in used]
+    assert untouched and torch.equal(emb0[untouched], emb1[untouched])
+    vanilla_tuned = user_finetune(base, tok, method="full", n=16, epochs=1, lr=1e-4, progress=False)
+    assert verify(priv, vanilla_tuned, tok, publisher_model=pub).fsr == 0.0
+
+
+@pytest.mark.slow
+def test_lora_user_finetune_keeps_fingerprint(tok, adapter_run):
+    pytest.importorskip("peft")
+    base, pub, priv = adapter_run
+    tuned = user_finetune(pub, tok, method="lora", n=16, epochs=1, progress=False)
+    assert verify(priv, tuned, tok, publisher_model=pub).fsr == 100.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,lr", [("embedding", 1e-2), ("sft", 3e-3)])
+def test_blackbox_overfit(tok, method, lr):
+    fp = Fingerprint.create(n=2, k_range=(1, 2), seed=3, template="dialogue" if method == "sft" else "simple")
+    base = tiny_model(len(tok), seed=0)
+    pub, priv = _implant(tok, fp, method, base, epochs=40, lr=lr)
+    r = verify(priv, pub, tok, null_model=base)
+    assert r.fsr == 100.0 and verify(priv, base, tok).fsr == 0.0
