@@ -113,23 +113,28 @@ def acceleration(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def _nanquantile(reps: np.ndarray, qs: np.ndarray) -> np.ndarray:
-    if not np.isnan(reps).any():
-        return np.quantile(reps, qs, axis=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (e.g. an FPR without negatives)
-        return np.nanquantile(reps, qs, axis=0)
+    """Quantiles qs of every column [len(qs), P], NaN ignored (np.nanquantile loops over columns)."""
+    srt, nv = _sort(reps)
+    return np.stack([_pick(srt, nv, np.full(reps.shape[1], q)) for q in qs])
 
 
 def _nanquantile_cols(reps: np.ndarray, qs: np.ndarray) -> np.ndarray:
     """Quantile qs[j] of column j (numpy's linear rule on the non-NaN values)."""
-    srt = np.sort(reps, axis=0)  # NaN sorts last
-    nv = (~np.isnan(reps)).sum(0)
+    return _pick(*_sort(reps), qs)
+
+
+def _sort(reps):
+    return np.sort(reps, axis=0), (~np.isnan(reps)).sum(0)  # NaN sorts last
+
+
+def _pick(srt, nv, qs):
     pos = np.clip(np.nan_to_num(qs), 0, 1) * np.maximum(nv - 1, 0)
     lo = np.floor(pos).astype(np.int64)
     hi = np.minimum(lo + 1, np.maximum(nv - 1, 0))
-    cols = np.arange(reps.shape[1])
+    cols = np.arange(srt.shape[1])
     frac = pos - lo
-    out = srt[lo, cols] * (1 - frac) + srt[hi, cols] * frac
+    with np.errstate(invalid="ignore"):
+        out = srt[lo, cols] * (1 - frac) + srt[hi, cols] * frac
     return np.where((nv > 0) & ~np.isnan(qs), out, np.nan)
 
 

@@ -416,15 +416,15 @@ def _proximity(proximity, features, n):
 
 
 def _atoms(codes, n_groups, pr: Predictions, prox, layout: _Layout) -> np.ndarray:
-    import torch
-
-    from fmkit.calibration.metrics import _equal_width_bins, _quantile_bins
-
     cb = np.zeros(len(codes), dtype=np.int64)
-    if layout.has_conf:
-        cb = _equal_width_bins(torch.from_numpy(pr.conf), layout.n_conf).numpy()
+    if layout.has_conf:  # fmkit.calibration's equal-width bins: numpy edges, [lo, hi), 1.0 in the last bin
+        cb = np.searchsorted(np.linspace(0.0, 1.0, layout.n_conf + 1)[1:-1], pr.conf, side="right")
     pb = np.zeros(len(codes), dtype=np.int64)
     if layout.has_prox:  # quantile edges fit within each group, as piece() on that group would
+        import torch
+
+        from fmkit.calibration.metrics import _quantile_bins
+
         for g in range(n_groups):
             m = codes == g
             pb[m] = _quantile_bins(torch.from_numpy(prox[m]), layout.n_prox).numpy()
