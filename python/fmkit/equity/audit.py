@@ -332,10 +332,10 @@ class AuditResult:
                 "min_count": self.min_count, "scheme": self.scheme, "adjust": self.adjust,
                 "groups": self.group_rows(), "disparities": self.disparity_rows()}
 
-    def plot(self, metrics: tuple[str, ...] | None = None, path: str | None = None):
+    def plot(self, metrics: tuple[str, ...] | None = None, path: str | None = None, maps=None):
         from fmkit.equity.plots import plot_audit
 
-        return plot_audit(self, metrics=metrics, path=path)
+        return plot_audit(self, metrics=metrics, path=path, maps=maps)
 
 
 def _fmt(e, lo, hi, digits):
