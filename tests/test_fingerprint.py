@@ -375,4 +375,5 @@ def test_blackbox_overfit(tok, method, lr):
     base = tiny_model(len(tok), seed=0)
     pub, priv = _implant(tok, fp, method, base, epochs=40, lr=lr)
     r = verify(priv, pub, tok, null_model=base)
-    assert r.fsr == 100.0 and verify(priv, base, tok).fsr == 0.0
+    # a random base can emit the (single-token) y somewhere in 30 greedy tokens; it must not answer with it
+    assert r.fsr == 100.0 and verify(priv, base, tok, max_new_tokens=4).fsr == 0.0
