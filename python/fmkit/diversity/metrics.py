@@ -44,9 +44,12 @@ class ClassDiversity:
 
 def vendi_from_eigenvalues(w: torch.Tensor, q: float | str = 1.0) -> torch.Tensor:
     """exp of the order-q Rényi entropy of each row of eigenvalues `w` [..., m] (vendi-score's
-    `entropy_q`): negative round-off eigenvalues count as zero, as vendi-score drops them."""
+    `entropy_q`). Eigenvalues within round-off of zero (|λ| <= m·eps·max λ; duplicates and
+    n > d leave many) count as zero: for q < 1 their ±1e-17 noise would otherwise add ~1e-9 each
+    to Σ λ^q (vendi-score keeps the positive ones)."""
     q = check_q(q)
-    p = w.clamp_min(0)
+    floor = w.shape[-1] * torch.finfo(w.dtype).eps * w.amax(-1, keepdim=True).clamp_min(0)
+    p = torch.where(w > floor, w, torch.zeros_like(w))
     if q == "inf":
         return 1.0 / p.amax(-1)
     if q == 1:

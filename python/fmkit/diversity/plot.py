@@ -26,15 +26,19 @@ def plot_diversity_fit(fit: DiversityFit, results, N_target: int | None = None, 
     if N_target:
         hi_n = max(hi_n, np.log(N_target) - lo_k)
         hi_k = max(hi_k, np.log(min(fit.K_star_at(N_target), N_target)) + 0.3)
-    gk, gn = np.meshgrid(np.linspace(lo_k, hi_k, 120), np.linspace(lo_n, hi_n, 120))
+    gk, gn = np.meshgrid(np.linspace(lo_k, hi_k, 60), np.linspace(lo_n, hi_n, 60))
     surface = fit.predict(np.exp(gk), np.exp(gn))
     cells = np.unique(obs.cell)
     mean_err = np.array([obs.err[obs.cell == c].mean() for c in cells])
     first = np.array([np.flatnonzero(obs.cell == c)[0] for c in cells])
     vmin, vmax = min(mean_err.min(), surface.min()), max(mean_err.max(), np.quantile(surface, 0.95))
-    mesh = heat.pcolormesh(gk, gn, surface, cmap="viridis", vmin=vmin, vmax=vmax, shading="auto", alpha=0.85)
+    heat.pcolormesh(gk, gn, surface, cmap="viridis", vmin=vmin, vmax=vmax, shading="auto", alpha=0.85)
     heat.scatter(logK[first], logn[first], c=mean_err, cmap="viridis", vmin=vmin, vmax=vmax, edgecolors="white", s=60,
                  zorder=3, label="observed cells")
+    # The cells' values as text instead of a colour bar: the figure keeps exactly its two panels.
+    for x, y, e in zip(logK[first], logn[first], mean_err):
+        heat.annotate(f"{e:.3g}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=6,
+                      color="white", zorder=5)
     for N in budgets:
         heat.plot([lo_k, hi_k], [np.log(N) - lo_k, np.log(N) - hi_k], "w--", lw=0.8)
         k = fit.K_star_at(N)
@@ -44,8 +48,7 @@ def plot_diversity_fit(fit: DiversityFit, results, N_target: int | None = None, 
     heat.set_ylim(lo_n, hi_n)
     heat.set_xlabel("log K (classes)")
     heat.set_ylabel("log n (examples per class)")
-    heat.set_title("error over (log K, log n); dashed: fixed N, star: K*", fontsize=9)
-    fig.colorbar(mesh, ax=heat, label="error")
+    heat.set_title("fitted error (colour), observed cells (dots, values);\ndashed: fixed N, star: K*(N)", fontsize=9)
     # Right: error against log(K/n) per budget.
     colours = [f"C{i}" for i in range(len(budgets))]
     for N, colour in zip(budgets, colours):
@@ -72,5 +75,5 @@ def plot_diversity_fit(fit: DiversityFit, results, N_target: int | None = None, 
     curves.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.84 if title else 0.88, wspace=0.25)
     return fig
