@@ -165,3 +165,12 @@ def test_cpu_kernel_rejects_bad_arguments_itself():
         _backend._C.stain_jitter_cpu(dl(x), dl(torch.zeros(2, 9)), dl(torch.empty_like(x)), 1.0, 1e-6, 1)
     with pytest.raises(ValueError, match="out: unsupported dtype"):
         _backend._C.stain_jitter_cpu(dl(x), dl(torch.zeros(2, 12)), dl(torch.empty_like(x).double()), 1.0, 1e-6, 1)
+
+
+def test_haematoxylin_scaling_follows_beer_lambert():
+    from fmkit.reference.stain_jitter import HED_MATRIX
+
+    od = 0.4 * np.array(HED_MATRIX[0])  # a pure-haematoxylin pixel of concentration 0.4
+    x = torch.tensor(np.exp(-od), dtype=torch.float32).view(1, 3, 1, 1)
+    out = stain_jitter(x, torch.tensor([[1.5, 1.0, 1.0]]), torch.zeros(1, 3)).double().flatten().numpy()
+    np.testing.assert_allclose(-np.log(out + 1e-6), 1.5 * od, atol=1e-4)
