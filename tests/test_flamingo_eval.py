@@ -280,3 +280,69 @@ def test_rank_classification_and_classification_metrics(evaluator_items):
         assert ll[0, 1].item() == pytest.approx(expected.item(), abs=1e-4)
         score = ev.evaluate(shots=(2,))[2]
         assert 0.0 <= score <= 1.0
+
+
+# ---- the CLI (fmkit flamingo train | eval) ----
+
+def _cli(argv, capsys):
+    from fmkit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_cli_errors(tmp_path, capsys):
+    code, err = _cli(["flamingo", "train", "--lm", str(tmp_path), "--vision", str(tmp_path), "--out",
+                      str(tmp_path / "o"), "--steps", "1"], capsys)
+    assert code == 2 and "give --mmc4 and/or --laion" in err
+    code, err = _cli(["flamingo", "eval", "--checkpoint", str(tmp_path), "--task", "coco", "--data", str(tmp_path),
+                      "--shots", "0,x"], capsys)
+    assert code == 2 and "--shots: expected comma-separated integers" in err
+    code, err = _cli(["flamingo", "eval", "--checkpoint", str(tmp_path), "--task", "coco", "--data", str(tmp_path)],
+                     capsys)
+    assert code == 2 and "karpathy.json" in err
+    code, err = _cli(["flamingo", "eval", "--checkpoint", str(tmp_path), "--task", "mnist", "--data", str(tmp_path)],
+                     capsys)
+    assert code == 2 and "invalid choice: 'mnist'" in err
+
+
+@pytest.mark.slow
+def test_cli_train_then_eval(tmp_path, capsys):
+    from fmkit.cli import main
+    from fmkit.flamingo.demo import make_demo_data, pretrain_lm, train_clip_tower
+
+    data = make_demo_data(str(tmp_path / "data"), n_train=24, n_test=4)
+    train_clip_tower(str(tmp_path / "clip"), data["train"], data["train_dir"], steps=2, progress=False)
+    pretrain_lm(str(tmp_path / "lm"), data["texts"], steps=2, progress=False)
+    out = tmp_path / "run"
+    assert main(["flamingo", "train", "--lm", str(tmp_path / "lm"), "--vision", str(tmp_path / "clip"),
+                 "--mmc4", data["mmc4"], "--laion", data["laion"], "--out", str(out), "--steps", "2",
+                 "--batch-size-mmc4", "2", "--batch-size-laion", "2", "--warmup", "0",
+                 "--loss-multiplier-laion", "0.2"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    results = tmp_path / "r.json"
+    assert main(["flamingo", "eval", "--checkpoint", str(out), "--task", "coco", "--data", data["coco"],
+                 "--shots", "0,2", "--limit", "2", "--num-beams", "1", "--rices", "--out", str(results)]) == 0
+    saved = json.loads(results.read_text())
+    assert saved["metric"] == "CIDEr" and set(saved["scores"]) == {"0", "2"}
+    assert main(["flamingo", "eval", "--checkpoint", str(out), "--task", "vqav2", "--data", data["vqa"],
+                 "--shots", "2", "--limit", "2", "--num-beams", "1"]) == 0
+    assert "VQA accuracy" in capsys.readouterr().out
+
+
+def test_a_generated_image_token_starts_no_new_image():
+    """A generated <image> token neither raises nor moves to a new image (the reference keeps the
+    prompt's media locations while generating); it used to raise 'more <image> tokens than images'."""
+    model, tok = tiny_flamingo()
+    _open_gates(model)
+    tok.padding_side = "left"
+    enc = tok(["<image> a photo of", "<image> two birds"], padding="longest", return_tensors="pt")
+    vision_x = torch.randn(2, 1, 1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, sequence_bias={(model.image_token_id,): 50.0})
+    for num_beams in (1, 2):
+        out = model.generate(vision_x, enc["input_ids"], enc["attention_mask"], num_beams=num_beams, **kwargs)
+        assert (out[:, enc["input_ids"].shape[1]:] == model.image_token_id).all()
+        ref = reference_style_generate(model, vision_x, enc["input_ids"], enc["attention_mask"], num_beams=num_beams,
+                                       **kwargs)
+        assert torch.equal(out, ref)

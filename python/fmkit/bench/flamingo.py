@@ -123,4 +123,93 @@ def cases(device: torch.device, quick: bool, shapes=None):
             contenders, flops, label = make(*dims, device, dtype, backward)
             out.append({"shape": f"{label} {'fwd+bwd' if backward else 'fwd'} {str(dtype)[6:]}", "flops": flops,
                         "contenders": contenders, "peak_dtype": dtype, "repeats": 5})
+    if device.type == "cpu" and shapes is None:  # the GPU row belongs to the GPU issue
+        out.append(_eval_case(quick))
     return out
+
+
+# ---- few-shot evaluation throughput (issue 21): fmkit's evaluator vs the reference's loop ----
+
+EVAL_SHAPES = {"quick": (1, 32, 3, 8), "full": (8, 32, 3, 20)}  # (queries, shots, beams, new tokens)
+
+
+def _eval_setup(n_queries, shots, seed=0):
+    """A small Flamingo (GPT-2 2 x 64, a conv patch encoder with 16 tokens of width 64, the
+    released perceiver and block shapes) and an evaluator over in-memory images."""
+    import tokenizers
+    import transformers
+
+    from fmkit.flamingo import create_flamingo
+    from fmkit.flamingo.evaluate import FewShotEvaluator
+
+    torch.manual_seed(seed)
+    words = "a an red green blue yellow circle square triangle cross big small photo of Output".split()
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(words)], tokenizers.trainers.WordLevelTrainer(special_tokens=["[UNK]", "<eos>"]))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<eos>")
+    config = transformers.GPT2Config(vocab_size=len(tokenizer) + 3, n_positions=1024, n_embd=64, n_layer=2, n_head=2)
+    vision = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 4, 4), torch.nn.Flatten(2), _Transpose())
+    model = create_flamingo(vision, transformers.GPT2LMHeadModel(config), tokenizer, vis_dim=64).eval()
+    with torch.no_grad():  # open gates: the images change the outputs
+        for block in model.lang_encoder.gated_cross_attn_layers:
+            block.attn_gate.fill_(1.0)
+            block.ff_gate.fill_(0.5)
+    g = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed + 1)
+    demos = [{"image": f"demo{i}", "caption": " ".join(words[j] for j in torch.randint(0, 12, (4,), generator=rng))}
+             for i in range(shots + 8)]
+    queries = [{"image": f"query{i}"} for i in range(n_queries)]
+    ev = FewShotEvaluator(model, tokenizer, lambda img: img, task="coco", demos=demos, queries=queries,
+                          batch_size=n_queries, seed=seed)
+    for item in demos + queries:  # in-memory pixels: the comparison is about the model, not image decoding
+        ev._pixels[item["image"]] = torch.rand(3, 16, 16, generator=g)
+    return ev, queries
+
+
+class _Transpose(torch.nn.Module):
+    def forward(self, x):
+        return x.transpose(1, 2)
+
+
+def _eval_case(quick):
+    n_queries, shots, beams, new_tokens = EVAL_SHAPES["quick" if quick else "full"]
+    ev, queries = _eval_setup(n_queries, shots)
+    ev.num_beams = beams
+    prompts, images = ev.batch_inputs(queries, shots, rices=False)
+    query_paths = [q["image"] for q in queries]
+    ev.latents([p for paths in images for p in paths if p not in query_paths])  # the demo cache, built once
+
+    outputs = {}
+
+    def fast():
+        for p in query_paths:  # each query is a new image: encoded inside the timed call
+            ev._latents.pop(p, None)
+        outputs[FAST] = ev.generate(prompts, images, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+
+    def reference():
+        outputs[REFERENCE] = ev.generate(prompts, images, reference_style=True, max_new_tokens=new_tokens,
+                                         min_new_tokens=new_tokens)
+
+    label = f"few-shot eval {n_queries} queries x {shots}-shot, {beams} beams, {new_tokens} tokens"
+    # "flops" counts generated sequences: the GFLOP/s column then reads as 10^9 sequences/s.
+    return {"shape": label, "flops": float(n_queries), "repeats": 1 if quick else 3,
+            "contenders": [(FAST, fast, False), (REFERENCE, reference, True)],
+            "exact": _SameOutputs(outputs)}
+
+
+FAST = "fmkit FewShotEvaluator (latents + media K/V cached)"
+REFERENCE = "reference-style loop (re-encode per beam, K/V per step)"
+
+
+class _SameOutputs(dict):
+    """The 'exact' column, read after both contenders ran: both decode to the same text."""
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.outputs = outputs
+
+    def get(self, name, default=None):
+        if len(self.outputs) < 2:
+            return default
+        return self.outputs[FAST] == self.outputs[REFERENCE]

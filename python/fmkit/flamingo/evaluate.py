@@ -191,6 +191,7 @@ def reference_style_generate(model: Flamingo, vision_x: torch.Tensor, lang_x: to
     kwargs.setdefault("eos_token_id", model.end_of_chunk_token_id)
     kwargs.setdefault("pad_token_id", model.pad_token_id)
     model._condition(latents, use_cached_media=False)
+    model._generating = True
     try:
         with torch.no_grad():
             return model.lang_encoder.generate(input_ids=lang_x, attention_mask=attention_mask, num_beams=num_beams,
@@ -203,8 +204,8 @@ class FewShotEvaluator:
     """Few-shot evaluation of a Flamingo on one task's demos and queries (items from `fmkit.flamingo.data`).
 
     `image_processor` maps a PIL image to [3, H, W]; `rices_encoder` maps pixels [N, 3, H, W] to
-    embeddings [N, d] for RICES (default: the mean patch token of the model's vision encoder;
-    the reference uses a CLIP image embedding). Every image is loaded, encoded and its latents
+    embeddings [N, d] for RICES (default: the vision encoder's `embed` if it has one, as
+    `ClipVisionTower` does, else its mean patch token; the reference uses a CLIP image embedding). Every image is loaded, encoded and its latents
     cached once (keyed by its path); the cache persists across `evaluate` calls.
     """
 
@@ -221,7 +222,8 @@ class FewShotEvaluator:
             raise ValueError(f"classes: task {task!r} ranks class names; give them")
         self.model, self.tokenizer, self.processor, self.task = model, tokenizer, image_processor, task
         self.demos, self.queries, self.classes = list(demos), list(queries), list(classes or [])
-        self.rices_encoder = rices_encoder or mean_token_embedding(model.vision_encoder)
+        self.rices_encoder = (rices_encoder or getattr(model.vision_encoder, "embed", None)
+                              or mean_token_embedding(model.vision_encoder))
         self.batch_size, self.num_beams, self.length_penalty = batch_size, num_beams, length_penalty
         self.max_new_tokens = max_new_tokens or MAX_NEW_TOKENS.get(self.kind)
         self.seed, self.query_set_size, self.max_length, self.progress = seed, query_set_size, max_length, progress

@@ -155,6 +155,7 @@ class Flamingo(nn.Module):
             layers[i] = FlamingoLayer(blocks[i], layers[i])
         self._layers = list(layers)
         self._media_count = None
+        self._generating = False
         lang_encoder.register_forward_pre_hook(self._set_media_index, with_kwargs=True)
         self._embedding_grad_hook = None
         freeze_for_training(self)
@@ -204,6 +205,7 @@ class Flamingo(nn.Module):
             if layer.gated_cross_attn_layer is not None:
                 layer.gated_cross_attn_layer.attn.cached_kv = None
         self._media_count = None
+        self._generating = False
 
     def _set_media_index(self, module, args, kwargs):
         """Before every LM call: each token's image index (running `<image>` count)."""
@@ -215,7 +217,12 @@ class Flamingo(nn.Module):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         decoding = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
         if decoding and self._media_count is not None:
-            counts = counts + self._media_count[:, None]  # new tokens continue after the prompt's images
+            if self._generating:
+                # As the reference generates: the prompt's media locations are kept, so a generated
+                # <image> token starts no new image and every new token attends the last image.
+                counts = self._media_count[:, None].expand_as(input_ids)
+            else:
+                counts = counts + self._media_count[:, None]  # new tokens continue after the prompt's images
         n_media = self._layers[0].media.shape[1]
         check_media_index(counts, n_media)
         self._media_count = counts[:, -1]
@@ -279,6 +286,7 @@ class Flamingo(nn.Module):
         kwargs.setdefault("eos_token_id", self.end_of_chunk_token_id)
         kwargs.setdefault("pad_token_id", self.pad_token_id)
         self._condition(latents, use_cached_media=use_media_cache)
+        self._generating = True
         try:
             return self.lang_encoder.generate(input_ids=lang_x, attention_mask=attention_mask, **kwargs)
         finally:

@@ -297,3 +297,57 @@ def train_flamingo(model: Flamingo, *, mmc4=None, laion=None, steps: int, lr: fl
         dist.barrier()
     return TrainResult(step=step, checkpoint=path, samples_per_second=seen / max(time.perf_counter() - t0, 1e-9),
                        **history)
+
+
+# ---- a trained model on disk (the CLI's and the demo's format) ----
+
+META_NAME = "fmkit_flamingo.json"
+
+
+def build_flamingo(lm_dir: str, vision_dir: str, *, cross_attn_every_n_layers: int = 1,
+                   perceiver: dict | None = None):
+    """(Flamingo, tokenizer, image size): a local Hugging Face causal LM folder (AutoModelForCausalLM
+    + AutoTokenizer, no download) and an fmkit.clip tower from a `fmkit datacomp train` folder.
+    `perceiver`: PerceiverResampler arguments replacing the released ones (depth 6, 64 latents,
+    8 x 64 heads), e.g. a smaller resampler for CPU experiments."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fmkit.flamingo.model import create_flamingo
+
+    for flag, path in (("lm", lm_dir), ("vision", vision_dir)):
+        if not os.path.isdir(path):
+            raise FileNotFoundError(2, f"{flag}: no such folder", str(path))
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir, local_files_only=True)
+    lm = AutoModelForCausalLM.from_pretrained(lm_dir, local_files_only=True)
+    tower = clip_vision_tower(vision_dir)
+    model = create_flamingo(tower, lm, tokenizer, cross_attn_every_n_layers=cross_attn_every_n_layers)
+    if perceiver:
+        from fmkit.flamingo.model import freeze_for_training
+        from fmkit.flamingo.modules import PerceiverResampler
+
+        model.perceiver = PerceiverResampler(dim=tower.output_dim, **perceiver)
+        freeze_for_training(model)
+    return model, tokenizer, tower.image_size
+
+
+def write_meta(out_dir: str, **meta) -> None:
+    import json
+
+    with open(os.path.join(out_dir, META_NAME), "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def load_trained_flamingo(checkpoint_dir: str):
+    """(Flamingo in eval mode, tokenizer, image size) of a `fmkit flamingo train` output folder."""
+    import json
+
+    meta_path = os.path.join(checkpoint_dir, META_NAME)
+    if not os.path.isfile(meta_path):
+        raise ValueError(f"checkpoint: {checkpoint_dir!r} has no {META_NAME} (not a `fmkit flamingo train` output)")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    model, tokenizer, image_size = build_flamingo(meta["lm"], meta["vision"],
+                                                  cross_attn_every_n_layers=meta["cross_attn_every_n_layers"],
+                                                  perceiver=meta.get("perceiver"))
+    load_checkpoint(os.path.join(checkpoint_dir, CHECKPOINT_NAME), model)
+    return model.eval(), tokenizer, image_size
