@@ -135,6 +135,8 @@ def _now() -> str:
 
 
 def _model_id(component) -> str:
+    if component is None:
+        return "stored outputs"
     for attr in ("model_id", "__name__"):
         value = getattr(component, attr, None)
         if value:
