@@ -17,9 +17,10 @@ import torch
 
 from fmkit.diversity._checks import as_labels, check_q
 
-# Padded groups hold at most this many float64 elements (the padded features or the Gram
-# matrices, whichever is larger): memory stays modest at any number of classes.
-_CHUNK_ELEMENTS = 8 * 2**20
+# Padded chunks hold at most this many float64 elements (the padded features or the Gram
+# matrices, whichever is larger): memory stays modest at any number of classes, and there are
+# enough chunks to keep every thread busy.
+_CHUNK_ELEMENTS = 2 * 2**20
 # Classes whose size differs by less than this factor share a padded group (<= 25% padding).
 _GROUP_RATIO = 1.25
 
@@ -68,8 +69,8 @@ def class_diversity(features: torch.Tensor, labels, q: float | str = 1.0, normal
     q: order of the entropy, a number > 0 or "inf" (vendi-score's `q`; 1 is the Vendi score).
     normalize: unit-normalise each row first (the cosine kernel, vendi-score's default); the
         class means are then means of unit vectors, normalised again for the inter-class score.
-    threads: eigenvalue solves run in this many threads of one BLAS thread each (default: torch's
-        thread count); many small LAPACK calls run faster side by side than each one threaded.
+    threads: chunks of classes run in this many threads of single-threaded torch ops (default:
+        torch's thread count); many small problems run faster side by side than each threaded.
     """
     features = _check_features(features, "features")
     y = as_labels(labels, "labels", device=features.device)
@@ -141,53 +142,79 @@ def _groups(counts: torch.Tensor) -> list[torch.Tensor]:
 def _scan(x: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor, q, normalize: bool, threads,
           name: str) -> _Scan:
     """One pass over the rows of `x`, a chunk of same-sized classes at a time: per-class Vendi
-    scores, raw and unit class means and the within-class scatter, all in float64."""
+    scores, raw and unit class means and the within-class scatter, all in float64.
+
+    On the CPU the chunks run in `threads` Python threads, each with single-threaded torch ops:
+    many small independent problems; torch's own intra-op threads spin at a barrier after every
+    small op, which on a loaded machine cost more than the work (exp of 10k numbers: 17 ms), and
+    threaded LAPACK took 0.6 s instead of 1 ms per 100×100 eigenvalue solve."""
     device, d, C = x.device, x.shape[1], len(counts)
     order = torch.argsort(inverse, stable=True)
     starts = torch.cumsum(counts, 0) - counts
-    rank_in_class = torch.empty_like(order)
-    rank_in_class[order] = torch.arange(len(order), device=device) - starts[inverse[order]]
     f64 = torch.float64
     vendi = torch.empty(C, dtype=f64, device=device)
     means = torch.empty(C, d, dtype=f64, device=device)
     unit_means = torch.empty(C, d, dtype=f64, device=device) if normalize else means
-    within = torch.zeros((), dtype=f64, device=device)
-    slot = torch.full((C,), -1, dtype=torch.long, device=device)
+    tasks = []
     for group in _groups(counts):
         group = group.to(device)
         width = int(counts[group].max())
         step = max(1, _CHUNK_ELEMENTS // max(width * d, min(width, d) ** 2))
-        for c0 in range(0, len(group), step):
-            chunk = group[c0:c0 + step]
-            n = counts[chunk].to(f64)
-            raw, real, rows = _gather(x, chunk, width, inverse, counts, starts, order, rank_in_class, slot)
-            if width <= d:  # n×n: the raw Gram gives the norms, and is then scaled to the cosine one
-                gram = raw @ raw.transpose(1, 2)
-                norms = gram.diagonal(dim1=1, dim2=2).sqrt()
+        tasks += [(group[c0:c0 + step], width) for c0 in range(0, len(group), step)]
+    rank = []  # the general gather's row ranks, computed once on first use
+
+    def work(task):
+        chunk, width = task
+        n = counts[chunk].to(f64)
+        raw, real, rows = _gather(x, chunk, width, inverse, counts, starts, order, rank)
+        if width <= d:  # n×n: the raw Gram gives the norms, and is then scaled to the cosine one
+            gram = raw @ raw.transpose(1, 2)
+            norms = gram.diagonal(dim1=1, dim2=2).sqrt()
+        else:
+            norms = raw.norm(dim=2)
+        _check_rows(norms, real, normalize, x, rows, name)
+        # Σ_i x_i and Σ_i x_i / |x_i| of each class in one batched product.
+        inv_norms = torch.where(real > 0, 1 / norms, 0.0) if normalize else real
+        sums = torch.stack([real, inv_norms], 1) @ raw  # [B, 2, d]
+        mean = sums[:, 0] / n[:, None]
+        # Within-class scatter as Σ|x|² - n|mean|²: in float64 this loses accuracy only when a
+        # class's spread is below ~1e-7 of its mean's norm, and saves two passes over the rows.
+        within = float(((norms ** 2).sum(1) - n * (mean ** 2).sum(1)).clamp_min(0).sum())
+        # The smaller Gram: n×n (with the padding's zero rows) or d×d; same non-zero eigenvalues.
+        if width <= d:
+            if normalize:
+                gram *= inv_norms[:, :, None] * inv_norms[:, None, :]
+        else:
+            unit = raw * inv_norms[..., None] if normalize else raw
+            gram = unit.transpose(1, 2) @ unit
+        gram /= n[:, None, None]
+        score = vendi_from_eigenvalues(torch.linalg.eigvalsh(gram), q)
+        return chunk, score, mean, sums[:, 1] / n[:, None], within
+
+    if device.type == "cpu":
+        saved = torch.get_num_threads()
+        threads = min(threads or saved, len(tasks))
+        torch.set_num_threads(1)
+        try:
+            if threads > 1:
+                with ThreadPoolExecutor(threads) as pool:
+                    results = list(pool.map(work, tasks))
             else:
-                norms = raw.norm(dim=2)
-            _check_rows(norms, real, normalize, x, rows, name)
-            # Σ_i x_i and Σ_i x_i / |x_i| of each class in one batched product.
-            inv_norms = torch.where(real > 0, 1 / norms, 0.0) if normalize else real
-            sums = torch.stack([real, inv_norms], 1) @ raw  # [B, 2, d]
-            means[chunk] = sums[:, 0] / n[:, None]
-            unit_means[chunk] = sums[:, 1] / n[:, None]
-            # Within-class scatter as Σ|x|² - n|mean|²: in float64 this loses accuracy only when a
-            # class's spread is below ~1e-7 of its mean's norm, and saves two passes over the rows.
-            within += ((norms ** 2).sum(1) - n * (means[chunk] ** 2).sum(1)).clamp_min(0).sum()
-            # The smaller Gram: n×n (with the padding's zero rows) or d×d; same non-zero eigenvalues.
-            if width <= d:
-                if normalize:
-                    gram *= inv_norms[:, :, None] * inv_norms[:, None, :]
-            else:
-                unit = raw * inv_norms[..., None] if normalize else raw
-                gram = unit.transpose(1, 2) @ unit
-            gram /= n[:, None, None]
-            vendi[chunk] = vendi_from_eigenvalues(_eigvalsh(gram, threads), q)
-    return _Scan(vendi, means, unit_means, float(within))
+                results = [work(t) for t in tasks]
+        finally:
+            torch.set_num_threads(saved)
+    else:
+        results = [work(t) for t in tasks]
+    within = 0.0
+    for chunk, score, mean, unit_mean, w in results:
+        vendi[chunk], means[chunk] = score, mean
+        if normalize:
+            unit_means[chunk] = unit_mean
+        within += w
+    return _Scan(vendi, means, unit_means, within)
 
 
-def _gather(x, chunk, width, inverse, counts, starts, order, rank_in_class, slot):
+def _gather(x, chunk, width, inverse, counts, starts, order, rank):
     """The rows of the classes `chunk` as float64 [B, width, d], zero-padded, with a [B, width]
     mask of real rows. Equal-sized consecutive classes (the usual case) are one copy of a slice
     of the class-sorted rows, and no copy beyond the float64 conversion when `x` is sorted."""
@@ -200,10 +227,14 @@ def _gather(x, chunk, width, inverse, counts, starts, order, rank_in_class, slot
         raw = torch.empty(B, width, d, dtype=torch.float64, device=device)
         raw.view(-1, d).copy_(src)
         return raw, torch.ones(B, width, dtype=torch.float64, device=device), rows
+    if not rank:  # several threads may compute it; all get the same tensor
+        rank_in_class = torch.empty_like(order)
+        rank_in_class[order] = torch.arange(len(order), device=device) - starts[inverse[order]]
+        rank.append(rank_in_class)
+    slot = torch.full((len(counts),), -1, dtype=torch.long, device=device)
     slot[chunk] = torch.arange(B, device=device)
     rows = (slot[inverse] >= 0).nonzero().squeeze(1)
-    where = (slot[inverse[rows]], rank_in_class[rows])
-    slot[chunk] = -1
+    where = (slot[inverse[rows]], rank[0][rows])
     raw = torch.zeros(B, width, d, dtype=torch.float64, device=device)
     raw[where] = x[rows].to(torch.float64)
     real = torch.zeros(B, width, dtype=torch.float64, device=device)
@@ -220,26 +251,6 @@ def _check_rows(norms, real, normalize, x, rows, name):
         zero = rows[(x[rows] == 0).all(dim=1)]
         raise ValueError(f"{name}: row {int(zero.min())} is all zeros, so its cosine similarity is undefined; "
                          "drop such rows or pass normalize=False")
-
-
-def _eigvalsh(gram: torch.Tensor, threads: int | None) -> torch.Tensor:
-    """Batched eigenvalues. On the CPU, LAPACK's own threading of one small matrix spins more
-    than it works (and collapses on a loaded machine), so the batch is split across threads
-    that each run single-threaded LAPACK calls. (A single d×d matrix also runs single-threaded:
-    its threaded solve took 26 s instead of 0.2 s for d = 512 on the loaded 2-core machine.)"""
-    if gram.device.type != "cpu":
-        return torch.linalg.eigvalsh(gram)
-    threads = threads or torch.get_num_threads()
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        if threads == 1 or gram.shape[0] == 1:
-            return torch.linalg.eigvalsh(gram)
-        parts = torch.tensor_split(gram, min(threads, gram.shape[0]))
-        with ThreadPoolExecutor(len(parts)) as pool:
-            return torch.cat(list(pool.map(torch.linalg.eigvalsh, parts)))
-    finally:
-        torch.set_num_threads(saved)
 
 
 __all__ = ["ClassDiversity", "class_diversity", "vendi_score", "vendi_from_eigenvalues"]
