@@ -112,7 +112,8 @@ def test_vqa_accuracy_leave_one_out():
 
 
 @pytest.mark.parametrize("raw,norm", [("Two dogs.", "2 dogs"), ("the cat", "cat"), ("dont", "don't"),
-                                      ("1,000", "1000"), ("3.5", "3.5"), ("yes!", "yes"), ("black/white", "black white"),
+                                      ("1,000", "1000"), ("3.5", "3.5"), ("yes!", "yes"),
+                                      ("black/white", "black white"),
                                       ("An apple", "apple"), ("none", "0"), ("Youre", "you're")])
 def test_vqa_normalisation(raw, norm):
     assert normalize_vqa_answer(raw) == norm

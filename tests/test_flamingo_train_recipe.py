@@ -103,7 +103,8 @@ def test_interleaved_text_format_and_limits(data):
     assert text.replace(" ", "") == ("<image>aphotoofacat<|endofchunk|><image>adogonthegrass"
                                      "thecatsatonamat<|endofchunk|><eos>")
     assert ids.shape == (24,) and mask[-1] == 0  # right-padded to max_tokens
-    eight = _doc([f"a cat {i}" for i in range(8)], list(range(8)), [[float(i == j) for j in range(8)] for i in range(8)])
+    identity = [[float(i == j) for j in range(8)] for i in range(8)]
+    eight = _doc([f"a cat {i}" for i in range(8)], list(range(8)), identity)
     _images(tmp, 8)
     s, _ = _streams(tok, _write_jsonl(tmp / "eight.jsonl", [eight]))
     s.max_tokens = 64

@@ -50,7 +50,9 @@ def effective_num_shots(num_shots: int) -> int:
 
 
 def _chunk(body: str, answer: str | None) -> str:
-    return f"{IMAGE_TOKEN}{body}{answer if answer is not None else ''}{END_OF_CHUNK_TOKEN if answer is not None else ''}"
+    if answer is None:
+        return f"{IMAGE_TOKEN}{body}"
+    return f"{IMAGE_TOKEN}{body}{answer}{END_OF_CHUNK_TOKEN}"
 
 
 def caption_prompt(caption: str | None = None) -> str:
@@ -205,8 +207,9 @@ class FewShotEvaluator:
 
     `image_processor` maps a PIL image to [3, H, W]; `rices_encoder` maps pixels [N, 3, H, W] to
     embeddings [N, d] for RICES (default: the vision encoder's `embed` if it has one, as
-    `ClipVisionTower` does, else its mean patch token; the reference uses a CLIP image embedding). Every image is loaded, encoded and its latents
-    cached once (keyed by its path); the cache persists across `evaluate` calls.
+    `ClipVisionTower` does, else its mean patch token; the reference uses a CLIP image embedding).
+    Every image is loaded, encoded and its latents cached once (keyed by its path); the cache
+    persists across `evaluate` calls.
     """
 
     def __init__(self, model: Flamingo, tokenizer, image_processor: Callable, *, task: str, demos: Sequence[dict],
