@@ -72,11 +72,16 @@ def test_extractor_follows_the_biased_first_token_and_stays_in_schema(tiny_lm):
 
 
 @pytest.mark.slow
-def test_extractor_scores_match_a_direct_forward(tiny_lm):
+@pytest.mark.parametrize("reuse_prompt", [True, False])
+def test_extractor_scores_match_a_direct_forward(tiny_lm, reuse_prompt):
     model, tok = tiny_lm
     _biased(model, tok, "yes", 0.0)
-    ex = StructuredExtractor(model, {"housing": SCHEMA["housing"]}, tokenizer=tok, batch_size=5)
+    ex = StructuredExtractor(model, {"housing": SCHEMA["housing"]}, tokenizer=tok, batch_size=5,
+                             reuse_prompt=reuse_prompt)
     out = ex.extract(TEXTS[:1])
+    cal = StructuredExtractor(model, {"housing": SCHEMA["housing"]}, tokenizer=tok, calibrate=True).extract(TEXTS[:1])
+    empty = StructuredExtractor(model, {"housing": SCHEMA["housing"]}, tokenizer=tok).extract(["N/A"])
+    np.testing.assert_allclose(cal.scores["housing"], out.scores["housing"] - empty.scores["housing"], atol=1e-4)
     prompt = tok(ex.prompt(TEXTS[0], ex.fields[0]))["input_ids"]
     for j, o in enumerate(ex.fields[0].options):
         ids = torch.tensor([prompt + tok(" " + o, add_special_tokens=False)["input_ids"]])
