@@ -33,16 +33,26 @@ EPS = 1e-6
 
 
 def release_loop(images: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """The release's per-image chain (fp32 torch ops, log of 255 P), one image per iteration."""
+    """The release's per-image chain (fp32 torch ops, log of 255 P), one image per iteration.
+
+    At its strongest setting on the CPU: one torch thread, as in a DataLoader worker. With two, each
+    of the ~12 small ops per image waits for the other thread (25-40x slower on a loaded 2-core machine).
+    """
     m = torch.tensor(HED_MATRIX, device=images.device)
     m_inv = torch.linalg.inv(m)
     out = torch.empty_like(images)
-    for i in range(images.shape[0]):
-        p = images[i].float() / 255.0 if images.dtype == torch.uint8 else images[i]
-        s = -torch.log(255.0 * p.permute(1, 2, 0) + EPS) @ m_inv
-        s = alpha[i] * s + beta[i]
-        q = ((torch.exp(-s @ m) - EPS) / 255.0).clamp(0.0, 1.0).permute(2, 0, 1)
-        out[i] = torch.round(q * 255.0).to(torch.uint8) if images.dtype == torch.uint8 else q
+    threads = torch.get_num_threads()
+    if images.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        for i in range(images.shape[0]):
+            p = images[i].float() / 255.0 if images.dtype == torch.uint8 else images[i]
+            s = -torch.log(255.0 * p.permute(1, 2, 0) + EPS) @ m_inv
+            s = alpha[i] * s + beta[i]
+            q = ((torch.exp(-s @ m) - EPS) / 255.0).clamp(0.0, 1.0).permute(2, 0, 1)
+            out[i] = torch.round(q * 255.0).to(torch.uint8) if images.dtype == torch.uint8 else q
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -86,7 +96,9 @@ def _case(B, H, W, dtype, device, quick=False):
         contenders.append(("torch reference (batched, float64)",
                            lambda: stain_jitter_reference(x, alpha, beta, "release"), False))
     contenders.append(("release code path, per-image loop", loop, True))
-    exact = {name: _within(fused(), ref, dtype), "release code path, per-image loop": _within(loop(), ref, dtype),
+    # The loop's correctness on its first 8 images (it treats each image alone): a whole extra run costs seconds.
+    exact = {name: _within(fused(), ref, dtype),
+             "release code path, per-image loop": _within(release_loop(x[:8], alpha[:8], beta[:8]), ref[:8], dtype),
              "torch reference (batched, float64)": True}
     if device.type == "cpu":
         if importlib.util.find_spec("albumentations") is None:
@@ -99,5 +111,5 @@ def _case(B, H, W, dtype, device, quick=False):
         "flops": 2.0 * x.numel(),
         "contenders": contenders,
         "exact": exact,
-        "repeats": 3 if quick else 7,
+        "repeats": 2 if quick else 7,
     }
