@@ -241,7 +241,7 @@ def _run(out_dir, n_train, n_test, clip_steps, lm_steps, flamingo_steps, shots, 
     t_train = time.perf_counter()
     result = train_flamingo(model, mmc4=mmc4, laion=laion, steps=flamingo_steps, lr=3e-3, warmup=20,
                             loss_multiplier_laion=0.2, checkpoint_dir=ckpt, progress=progress)
-    write_meta(ckpt, lm=os.path.abspath(lm_dir), vision=os.path.abspath(clip_dir), cross_attn_every_n_layers=1,
+    write_meta(ckpt, lm=os.path.relpath(lm_dir, ckpt), vision=os.path.relpath(clip_dir, ckpt), cross_attn_every_n_layers=1,
                image_size=image_size, perceiver=PERCEIVER)
     train_s = time.perf_counter() - t_train
 

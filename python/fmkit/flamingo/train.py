@@ -346,7 +346,9 @@ def load_trained_flamingo(checkpoint_dir: str):
         raise ValueError(f"checkpoint: {checkpoint_dir!r} has no {META_NAME} (not a `fmkit flamingo train` output)")
     with open(meta_path) as f:
         meta = json.load(f)
-    model, tokenizer, image_size = build_flamingo(meta["lm"], meta["vision"],
+    # Relative paths are relative to the checkpoint folder (the demo's folders move as a whole).
+    lm, vision = (os.path.join(checkpoint_dir, meta[k]) for k in ("lm", "vision"))
+    model, tokenizer, image_size = build_flamingo(lm, vision,
                                                   cross_attn_every_n_layers=meta["cross_attn_every_n_layers"],
                                                   perceiver=meta.get("perceiver"))
     load_checkpoint(os.path.join(checkpoint_dir, CHECKPOINT_NAME), model)
