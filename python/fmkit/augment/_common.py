@@ -78,7 +78,8 @@ def check_images(images, name: str = "images", channels: int | None = 3, allow_n
     if channels is not None and images.shape[1] != channels:
         raise ValueError(f"{name}: expected {channels} channels in dim 1, got shape {list(images.shape)}")
     if images.dtype != torch.uint8 and not images.is_floating_point():
-        raise TypeError(f"{name}: expected uint8 or floating-point pixels, got {str(images.dtype).replace('torch.', '')}")
+        got = str(images.dtype).replace("torch.", "")
+        raise TypeError(f"{name}: expected uint8 or floating-point pixels, got {got}")
     if not allow_nan and images.is_floating_point() and images.numel() and not bool(torch.isfinite(images).all()):
         raise ValueError(f"{name}: contains NaN or inf pixels")
     return images

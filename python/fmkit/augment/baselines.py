@@ -77,7 +77,8 @@ class MixUp:
     def __call__(self, images, labels, *, generator=None, params=None):
         images = C.check_images(images, channels=None)
         labels = C.check_vector(labels, "labels", images.shape[0], "cpu")
-        params = self.sample(labels, generator) if params is None else C.check_params(params, ("perm", "lam"), len(labels))
+        params = self.sample(labels, generator) if params is None else \
+            C.check_params(params, ("perm", "lam"), len(labels))
         x = C.to_float(images).float()
         lam = params["lam"].to(images.device)
         out = lam * x + (1 - lam) * x[params["perm"].to(images.device)]
@@ -86,7 +87,8 @@ class MixUp:
     @staticmethod
     def loss(logits, labels, params):
         labels = labels.to(logits.device)
-        return soft_cross_entropy(logits, labels, labels[params["perm"].to(logits.device)], params["lam"].to(logits.device))
+        perm, lam = params["perm"].to(logits.device), params["lam"].to(logits.device)
+        return soft_cross_entropy(logits, labels, labels[perm], lam)
 
 
 class CutMix:
@@ -108,7 +110,8 @@ class CutMix:
         images = C.check_images(images, channels=None)
         B, _, H, W = images.shape
         C.check_vector(labels, "labels", B, "cpu")
-        params = self.sample(B, H, W, generator) if params is None else C.check_params(params, ("perm", "box", "lam"), B)
+        params = self.sample(B, H, W, generator) if params is None else \
+            C.check_params(params, ("perm", "box", "lam"), B)
         t, l, b, r = params["box"].tolist()
         out = images.clone()
         out[:, :, t:b, l:r] = images[params["perm"].to(images.device)][:, :, t:b, l:r]
@@ -136,7 +139,8 @@ class Cutout:
     def __call__(self, images, *, generator=None, params=None, return_params=False):
         images = C.check_images(images)
         B, _, H, W = images.shape
-        params = self.sample(B, H, W, generator) if params is None else C.check_params(params, ("applied", "box", "flip"), B)
+        params = self.sample(B, H, W, generator) if params is None else \
+            C.check_params(params, ("applied", "box", "flip"), B)
         on = params["applied"].to(images.device)
         m = _box_mask(params["box"], H, W, images.device) & on[:, None, None, None]
         fill = torch.tensor(CUTOUT_FILL, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)

@@ -71,7 +71,8 @@ def box_masks(boxes, H: int, W: int, confidences=None, conf_threshold: float = 0
             continue
         conf = torch.ones(bx.shape[0]) if confidences is None else torch.as_tensor(confidences[i], dtype=torch.float32)
         if conf.shape != (bx.shape[0],):
-            raise ValueError(f"confidences[{i}]: expected shape [{bx.shape[0]}] like boxes[{i}], got {list(conf.shape)}")
+            raise ValueError(f"confidences[{i}]: expected shape [{bx.shape[0]}] like boxes[{i}], "
+                             f"got {list(conf.shape)}")
         if not bool(torch.isfinite(bx).all()):
             raise ValueError(f"boxes[{i}]: contains NaN or inf")
         if float(conf.max()) < conf_threshold:
@@ -144,7 +145,8 @@ class CopyPaste:
                  exclude_source_domain: bool = True, observed_from: str = "train", conf_threshold: float = 0.5,
                  blur_radius: float = 5.0, p: float = 0.5):
         if not isinstance(background_pool, BackgroundPool):
-            raise TypeError(f"background_pool: expected a fmkit.augment.BackgroundPool, got {type(background_pool).__name__}")
+            raise TypeError("background_pool: expected a fmkit.augment.BackgroundPool, got "
+                            f"{type(background_pool).__name__}")
         if predicate not in PREDICATES:
             raise ValueError(f"predicate: expected one of {PREDICATES}, got {predicate!r}")
         if observed_from not in ("train", "all"):

@@ -89,7 +89,8 @@ def make_task(seed: int = 0, frames_per_camera: int = 150, empty_per_camera: int
                     label = dominant if float(torch.rand((), generator=g)) < 0.85 else sum(labels) - dominant
                 mask = _shape_mask(label, int(torch.randint(6, 9, (), generator=g)), g)
             # faint object: a grey level close to the background's mean, with its own texture
-            obj = bg.mean() + 0.35 * torch.sign(torch.randn((), generator=g)) + 0.04 * torch.randn(3, SIZE, SIZE, generator=g)
+            obj = bg.mean() + 0.35 * torch.sign(torch.randn((), generator=g))
+            obj = obj + 0.04 * torch.randn(3, SIZE, SIZE, generator=g)
             img = torch.where(mask.bool(), obj, bg).clamp(0, 1)
             xs.append(img)
             ys.append(label)

@@ -117,7 +117,8 @@ def render_mel_rgb(wave, sr: int, n_mels: int = 128, fmax: float = 16000.0, size
         import librosa
         from matplotlib import colormaps
     except ImportError as exc:
-        raise ImportError(f"render_mel_rgb needs librosa and matplotlib ({exc}); pip install librosa matplotlib") from None
+        raise ImportError(f"render_mel_rgb needs librosa and matplotlib ({exc}); "
+                          "pip install librosa matplotlib") from None
     import numpy as np
     import torch.nn.functional as F
 

@@ -53,7 +53,8 @@ def stain_jitter(images, alpha, beta, *, mode: str = "od", eps: float = 1e-6, ba
         if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
             raise ValueError("images: contains NaN or inf (pass validate=False to skip this check)")
         if lo < 0 or hi > 1:
-            raise ValueError(f"images: float images must lie in [0, 1], got values in [{lo.item():.4g}, {hi.item():.4g}]")
+            raise ValueError(f"images: float images must lie in [0, 1], got values in "
+                             f"[{lo.item():.4g}, {hi.item():.4g}]")
     grad = any(t.requires_grad for t in (images, alpha, beta))
     if (grad or images.dtype == torch.float64) and backend not in ("auto", "torch"):
         why = "float64 input" if images.dtype == torch.float64 else "inputs that require grad"
