@@ -25,7 +25,7 @@ def test_small_sweep_resumes_fits_and_predicts(tmp_path):
     px, py = mixture(10, 30, 24, seed=1)  # downstream: other classes
     probe = (px[::2], py[::2], px[1::2], py[1::2])
     calls = []
-    fn = make_pretrain_fn(x, y, probe, width=32, d_feat=16, steps=20)
+    fn = make_pretrain_fn(x, y, probe, width=32, d_feat=16, steps=10)
 
     def counted(indices, seed):
         calls.append(seed)
@@ -37,7 +37,7 @@ def test_small_sweep_resumes_fits_and_predicts(tmp_path):
     assert len(calls) == len(cells) >= 16 and all(c["n"] <= 24 for c in cells)
     diversity_sweep(y, [480, 1440], counted, **kwargs)
     assert len(calls) == len(cells)  # resume: no cell ran twice
-    fit = fit_diversity_law(cells, exponents="half", n_boot=20)
+    fit = fit_diversity_law(cells, exponents="half", n_boot=10)
     pred = predict_optimal_classes(fit, 20_000, K_max=200)
     assert all(math.isfinite(v) for v in (fit.C0, fit.A, fit.B, fit.r_star))
     assert 1 <= pred.K_star <= 200 and pred.n_star == 20_000 // pred.K_star

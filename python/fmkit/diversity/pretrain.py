@@ -41,8 +41,13 @@ def make_pretrain_fn(x: torch.Tensor, y: torch.Tensor, probe: tuple, width: int 
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         xs = x[idx]
         ys = torch.unique(y[idx], return_inverse=True)[1]
-        torch.manual_seed(int(seed) % 2**63)
         model = MLP(x.shape[1], width, d_feat, int(ys.max()) + 1)
+        with torch.no_grad():  # from the cell's generator, not the global one: cells may run in threads
+            for layer in model.modules():
+                if isinstance(layer, nn.Linear):
+                    bound = layer.in_features ** -0.5
+                    layer.weight.uniform_(-bound, bound, generator=g)
+                    layer.bias.uniform_(-bound, bound, generator=g)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         for _ in range(steps):
             b = torch.randint(0, len(xs), (min(batch, len(xs)),), generator=g)
