@@ -114,6 +114,7 @@ def _block_case(bt, m, latents, device, dtype, backward):
 
 def cases(device: torch.device, quick: bool, shapes=None):
     on_cuda = device.type == "cuda"
+    embedded = not shapes
     shapes = embedded_shapes(SHAPES, device, quick, shapes)
     dtype = torch.bfloat16 if on_cuda else torch.float32
     out = []
@@ -123,7 +124,7 @@ def cases(device: torch.device, quick: bool, shapes=None):
             contenders, flops, label = make(*dims, device, dtype, backward)
             out.append({"shape": f"{label} {'fwd+bwd' if backward else 'fwd'} {str(dtype)[6:]}", "flops": flops,
                         "contenders": contenders, "peak_dtype": dtype, "repeats": 5})
-    if device.type == "cpu" and shapes is None:  # the GPU row belongs to the GPU issue
+    if device.type == "cpu" and embedded:  # the GPU row belongs to the GPU issue
         out.append(_eval_case(quick))
     return out
 
