@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+REQUIRES = ("matplotlib",)
 SIZE = 24
 TRAIN_CAMERAS, TEST_CAMERAS = 8, 4
 HABITAT_LABELS = {0: (1, 2), 1: (3, 4)}
