@@ -97,6 +97,8 @@ def test_pairwise_judge_order_swapped_disagreement_is_a_tie():
     assert PairwiseJudge(lambda i, a, b: "B" if a == "out" else "A")("x", "out", "ref") == "loss"
     assert ReferenceMetricJudge()("x", "the Paris", "Paris") == "tie"
     assert ReferenceMetricJudge()("x", "Rome", "Paris") == "loss"
+    assert ReferenceMetricJudge()("x", "The capital of France is Paris.", "Paris") == "tie"  # span match
+    assert ReferenceMetricJudge()("x", "Parisian food", "Paris") == "loss"  # whole words only
 
 
 def test_letter_parsing_malformed_is_wrong():

@@ -1,8 +1,8 @@
 """`fmkit demo paradox`: selective and interrogative evaluation, and the Oh et al. variant, with
 SmolLM2-135M-Instruct as generator, chooser and answerer on the bundled items (fmkit.paradox.data).
 
-Judges, stated plainly: G uses a reference-metric judge (token F1 >= 0.5 against the reference:
-'as good as' or not; it cannot say 'better'), and, as a second column, SmolLM2 itself as a pairwise
+Judges, stated plainly: G uses a reference-metric judge (the reference as a whole-word span of the
+output, else token F1 >= 0.5: 'as good as' or not; it cannot say 'better'), and, as a second column, SmolLM2 itself as a pairwise
 judge (both orders, disagreement = tie). Human baselines are the item author's data (one person, see
 data.PROVENANCE), not a crowd study. Without SmolLM2 it says how to install it and runs a small
 Llama trained here for a few seconds on the items' text (numbers then only exercise the pipeline).
@@ -110,7 +110,7 @@ def run_demo(out_dir: str) -> None:
         model, tok = _train_small_lm()
         real = False
     name = model.config._name_or_path
-    gen = HFGenerator(model, tok, max_new_tokens=24, progress=True)
+    gen = HFGenerator(model, tok, max_new_tokens=20, progress=True)
     chooser = LoglikChooser(model, tok, normalization="char")
     letter = LetterChooser(HFGenerator(model, tok, max_new_tokens=4))
     ref_judge = ReferenceMetricJudge(threshold=0.5)
@@ -126,7 +126,7 @@ def run_demo(out_dir: str) -> None:
         names, agree = paired_agreement(rep)
         reports.append(rep)
         rows.append({"dataset": ds, "n": rep.n_items, "G (ref-metric judge)": rep.G,
-                     "G (SmolLM2 pairwise judge)" if real else "G (model as pairwise judge)": rep_lm.G,
+                     "win/tie/loss, model as pairwise judge": f"{rep_lm.win_rate:.2f}/{rep_lm.tie_rate:.2f}/{rep_lm.loss_rate:.2f}",
                      "G_h (author, same judge)": rep.G_h, "D (acc_norm)": rep.D, "D (letter, generated)": rep_lm.D,
                      "D_h (author key)": rep.D_h, "D easy": rep.D_by_difficulty.get("easy"),
                      "D hard": rep.D_by_difficulty.get("hard"), "paradox holds": rep.paradox_holds,
@@ -137,7 +137,7 @@ def run_demo(out_dir: str) -> None:
 
     prompts = [p for p, _ in data.STORY_PROMPTS]
     slots = {p: s for p, s in data.STORY_PROMPTS}
-    story_gen = HFGenerator(model, tok, max_new_tokens=60, progress=True)
+    story_gen = HFGenerator(model, tok, max_new_tokens=48, progress=True)
     inter = interrogative_eval(prompts, story_gen, lambda p, c: data.story_questions(slots[p]),
                                LoglikAnswerer(model, tok), validity_filter=data.story_question_valid, same_model=True)
     qa = data.qa_items()
@@ -156,9 +156,9 @@ def run_demo(out_dir: str) -> None:
         return f"{v:.2f}" if isinstance(v, float) else str(v)
 
     cols = list(rows[0])
-    lines = [f"Model: {name}. Judge for G: token-F1 >= 0.5 against the reference (ties only); second G column: "
-             "the same model as pairwise judge, both orders. Human numbers: the item author's (one person), "
-             "not a crowd study.", "",
+    lines = [f"Model: {name}. Judge for G: the reference as a whole-word span of the output, else token F1 >= 0.5 "
+             "(tie or loss only); second column: the same model as pairwise judge, both orders, disagreement = "
+             "tie. Human numbers: the item author's (one person), not a crowd study.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     lines += ["", "| interrogative (own stories) | value |", "|---|---|",

@@ -298,11 +298,20 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * prec * rec / (prec + rec)
 
 
+def answer_match(prediction: str, reference: str) -> float:
+    """1 when the normalised reference appears as a whole-word span of the normalised prediction
+    (a full-sentence answer 'The capital is Paris.' matches 'Paris'), else the token F1."""
+    p, r = _normalize_answer(prediction), _normalize_answer(reference)
+    if r and f" {r} " in f" {p} ":
+        return 1.0
+    return token_f1(prediction, reference)
+
+
 class ReferenceMetricJudge:
     """'tie' (as good as the reference) when metric(output, reference) >= threshold, else 'loss';
     a reference metric cannot say that an output beats the reference."""
 
-    def __init__(self, metric: Callable = token_f1, threshold: float = 0.5, model_id: str | None = None):
+    def __init__(self, metric: Callable = answer_match, threshold: float = 0.5, model_id: str | None = None):
         self.metric, self.threshold = metric, threshold
         self.model_id = model_id or f"reference metric {getattr(metric, '__name__', 'metric')} >= {threshold}"
 
