@@ -123,10 +123,16 @@ def story_questions(slots: dict) -> list:
     """Questions about a story generated from a STORY_PROMPTS prompt, with the slot as answer."""
     from fmkit.paradox.protocol import Question
 
-    animals = [slots["animal"]] + [a for a in _ANIMALS if a != slots["animal"]][:3]
-    places = [slots["place"]] + [p for p in _PLACES if p != slots["place"]][:3]
-    return [Question(f"What kind of animal is {slots['name']}?", animals, 0),
-            Question(f"Where does {slots['name']} live?", places, 0)]
+    import random
+
+    rng = random.Random(slots["name"])  # seeded per story: the answer is not always the first option
+    out = []
+    for text, key, pool in ((f"What kind of animal is {slots['name']}?", "animal", _ANIMALS),
+                            (f"Where does {slots['name']} live?", "place", _PLACES)):
+        opts = [slots[key]] + [x for x in pool if x != slots[key]][:3]
+        rng.shuffle(opts)
+        out.append(Question(text, opts, opts.index(slots[key])))
+    return out
 
 
 def story_question_valid(content: str, question) -> bool:
