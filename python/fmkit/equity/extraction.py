@@ -204,6 +204,12 @@ class StructuredExtractor:
                     scores[name][i, j] = float(lp.sum() if self.score_kind == "sum" else lp.mean())
 
 
+    def _cache_arg(self) -> str:
+        import inspect
+
+        # transformers >= 5.24 renamed past_key_values to cache (the old name warns)
+        return "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
+
     def _score_cached(self, seqs, scores, device, tqdm, progress):
         """One forward over each prompt; the options continue from its KV cache (the prompt is
         most of the tokens, so this is about n_options times less work than scoring prompt + option
@@ -228,8 +234,8 @@ class StructuredExtractor:
                     for r, (_, o) in enumerate(longer):
                         ids[r, :len(o) - 1] = torch.tensor(o[:-1])
                     mask = torch.ones((len(longer), len(p_ids) + width), dtype=torch.long)
-                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache,
-                                   use_cache=True).logits.float()
+                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
+                                   **{self._cache_arg(): cache}).logits.float()
                     logp = torch.log_softmax(logits, -1)
                     for r, (j, o) in enumerate(longer):  # right padding: later tokens never see it
                         lps[j] += [float(logp[r, t, o[t + 1]]) for t in range(len(o) - 1)]
