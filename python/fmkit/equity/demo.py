@@ -182,8 +182,6 @@ def keyword_rule(prompt: str, options: list[str]) -> list[float]:
 
 # -- the demo --------------------------------------------------------------------------------------
 def run_demo(out_dir: str) -> None:
-    from fmkit.equity import StructuredExtractor, corrected_disparity, subgroup_audit, validate_extraction
-
     import torch
 
     threads = torch.get_num_threads()
