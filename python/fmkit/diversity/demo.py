@@ -123,17 +123,20 @@ def _table(small, half, free, quad, pred_half, pred_free, measured, best_K, K_ma
         lines.append(f"| {name} | {fit.C0:.3f} | {fit.A:.3f} | {fit.B:.3f} | {fit.a:.2f} | {fit.b:.2f} | "
                      f"{fit.r_star:.3g} [{lo:.3g}, {hi:.3g}] | "
                      + (f"{fit.holdout['mae']:.4f}" if fit.holdout else "-") + " |")
+    nan = float("nan")
     lines += [
-        "", f"Drift diagnostic (free fit): a - b = {d['a_minus_b']:.3f}, 95% CI [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}] -> "
+        "", f"Drift diagnostic (free fit): a - b = {d['a_minus_b']:.3f}, 95% CI [{d['ci'][0]:.3f}, "
+        f"{d['ci'][1]:.3f}] -> "
         + ("r* drifts with N on this data." if d["significant"] else "consistent with an N-invariant ratio."),
-        "Quadratic in log(K/n) per budget: " + ", ".join(f"N={p['N']}: r*={p['r_star']:.3g}" for p in quad.per_N), "",
+        "Quadratic in log(K/n) per budget: "
+        + ", ".join(f"N={p['N']}: r*={p['r_star']:.3g}" for p in quad.per_N), "",
         f"| N={N_TARGET} | K | n | error |", "|---|---|---|---|",
-        f"| predicted (a = b = 1/2) | {pred_half.K_star} | {pred_half.n_star} | {measured.get(pred_half.K_star, float('nan')):.3f} "
-        f"(fit said {pred_half.predicted_error:.3f}) |",
-        f"| predicted (free) | {pred_free.K_star} | {pred_free.n_star} | {measured.get(pred_free.K_star, float('nan')):.3f} "
-        f"(fit said {pred_free.predicted_error:.3f}) |",
+        f"| predicted (a = b = 1/2) | {pred_half.K_star} | {pred_half.n_star} | "
+        f"{measured.get(pred_half.K_star, nan):.3f} (fit said {pred_half.predicted_error:.3f}) |",
+        f"| predicted (free) | {pred_free.K_star} | {pred_free.n_star} | "
+        f"{measured.get(pred_free.K_star, nan):.3f} (fit said {pred_free.predicted_error:.3f}) |",
         f"| best measured | {best_K} | {N_TARGET // best_K} | {measured[best_K]:.3f} |",
-        f"| all classes (default) | {K_max} | {N_TARGET // K_max} | {measured.get(K_max, float('nan')):.3f} |", "",
+        f"| all classes (default) | {K_max} | {N_TARGET // K_max} | {measured.get(K_max, nan):.3f} |", "",
         "Measured at N={}: ".format(N_TARGET) + ", ".join(f"K={k}: {v:.3f}" for k, v in measured.items()), "",
     ]
     if notes:

@@ -343,7 +343,8 @@ def _holdout(obs, free, loss, delta):
     return {"N": int(top), "fitted_N": sorted(int(v) for v in np.unique(sub.N)),
             "mae": float(np.abs(errors).mean()), "rmse": float(np.sqrt((errors ** 2).mean())),
             "max_abs": float(np.abs(errors).max()), "observed_mean": float(obs.err[test].mean()),
-            "predicted_best_K": int(Ks[int(np.argmin(predicted))]), "observed_best_K": int(Ks[int(np.argmin(observed))]),
+            "predicted_best_K": int(Ks[int(np.argmin(predicted))]),
+            "observed_best_K": int(Ks[int(np.argmin(observed))]),
             "K_star_closed_form": float(_K_star(theta, top)), "theta": [float(v) for v in theta]}
 
 
@@ -441,7 +442,8 @@ class RatioFit:
     def summary(self) -> str:
         lines = [f"quadratic in log(K/n): r* = {self.r_star:.4g} (geometric mean over budgets)"]
         for p in self.per_N:
-            lines.append(f"  N={p['N']}: r*={p['r_star']:.4g}" + ("" if p["convex"] else " (not convex: best grid point)"))
+            note = "" if p["convex"] else " (not convex: best grid point)"
+            lines.append(f"  N={p['N']}: r*={p['r_star']:.4g}{note}")
         return "\n".join(lines)
 
 
