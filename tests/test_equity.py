@@ -42,6 +42,7 @@ def test_audit_arithmetic_exact_values():
     # C is below min_count: flagged and kept out of the gap and the worst group, never merged
     assert r.gap[0][i] == pytest.approx(0.15) and r.worst_group[i] == "B" and r.worst_value[0][i] == 0.6
     assert r.worst_group[r.metric("fnr")] == "A" and r.worst_group[r.metric("selection_rate")] is None
+    assert not r.significant[:, 2].any() and np.isnan(r.p_adjusted[:, 2]).all()  # small: outside the family
     r2 = subgroup_audit(y, pred, g, n_boot=0, min_count=5, reference_group="A").maps["group"]
     assert r2.gap[0][i] == pytest.approx(0.25) and r2.worst_group[i] == "C" and not r2.small.any()
     np.testing.assert_allclose(r2.diff[0][i], [0.0, -0.15, -0.25])

@@ -483,7 +483,9 @@ def _audit_map(name, codes, labels, pr, prox, cl, layout, reference, n_boot, alp
     diff_reps = part(reps, 1) if n_boot > 0 else np.full((1, M, G), np.nan)
     p = bs.p_values(diff_reps.reshape(diff_reps.shape[0], -1)).reshape(M, G)
     p[:, ref] = np.nan
-    p_adj = np.stack([bs.adjust(row, adjust) for row in p])
+    # Groups under min_count stay out of the adjusted family and are never marked significant:
+    # with a handful of rows their replicates collapse (e.g. an FNR of 0 in every replicate).
+    p_adj = np.stack([bs.adjust(np.where(small, np.nan, row), adjust) for row in p])
     sig = np.nan_to_num(p_adj, nan=1.0) < alpha
     worst_group = []
     for i in range(M):
