@@ -286,3 +286,24 @@ def test_plot_and_outputs(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         subgroup_audit(y, p, g, n_boot=20, interval="bca")
+
+
+def test_calibration_slope_and_intercept_per_group():
+    from fmkit.equity import calibration_fit
+
+    rng = np.random.default_rng(9)
+    n = 9000
+    g = rng.integers(0, 3, n)
+    z = rng.normal(0, 1.5, n)
+    truth = {0: (1.0, 0.0), 1: (2.0, 0.0), 2: (0.5, 0.5)}  # slope, intercept of the true logit on z
+    b, a = np.array([truth[j][0] for j in g]), np.array([truth[j][1] for j in g])
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(a + b * z)))).astype(int)
+    r = calibration_fit(y, 1 / (1 + np.exp(-z)), g, n_boot=300)
+    for j in range(3):  # the row fits are the maximum-likelihood fits: the gradient vanishes there
+        m = g == j
+        q = 1 / (1 + np.exp(-(r.intercept[0][j] + r.slope[0][j] * z[m])))
+        assert abs(np.sum(y[m] - q)) < 1e-6 and abs(np.sum((y[m] - q) * z[m])) < 1e-6
+        assert r.slope[1][j] <= truth[j][0] <= r.slope[2][j]
+        assert r.intercept[1][j] <= truth[j][1] <= r.intercept[2][j]
+    with pytest.raises(ValueError, match="binary probabilities"):
+        calibration_fit(y, np.stack([1 - z / 10, z / 10], 1).clip(0, 1), g)

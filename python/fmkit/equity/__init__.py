@@ -10,6 +10,7 @@ the measurable steps those directions rely on computable (spec §3):
                                  choice among the allowed values and "not mentioned")
     validate_extraction(...)     per field x subgroup precision/recall/sens/spec, missing vs absent
     corrected_prevalence(...)    Rogan-Gladen; corrected_disparity(...) with bootstrap CIs
+    calibration_fit(...)         per-group calibration slope and intercept with bootstrap CIs
     plot_audit(...)              group metrics with their intervals
 """
 from fmkit.equity.audit import AuditResult, EquityWarning, MapAudit, subgroup_audit
@@ -23,7 +24,8 @@ from fmkit.equity.extraction import (
 )
 from fmkit.equity.plots import plot_audit
 from fmkit.equity.prevalence import DisparityResult, corrected_disparity, corrected_prevalence
+from fmkit.equity.recalibration import CalibrationFit, calibration_fit
 
 __all__ = ["subgroup_audit", "AuditResult", "MapAudit", "EquityWarning", "StructuredExtractor", "Field",
            "Extraction", "NOT_MENTIONED", "validate_extraction", "ValidationResult", "corrected_prevalence",
-           "corrected_disparity", "DisparityResult", "plot_audit"]
+           "corrected_disparity", "DisparityResult", "plot_audit", "calibration_fit", "CalibrationFit"]
