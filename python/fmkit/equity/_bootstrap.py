@@ -16,7 +16,6 @@ a replicate's sums are exact: the weighted sum of per-cluster sums (a sparse pro
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 
@@ -47,7 +46,8 @@ def atom_replicates(counts: np.ndarray, means: np.ndarray, sds: np.ndarray, n_bo
             k = rng.multinomial(per_group, pvals, size=(b, g)).astype(np.float64)
         else:
             k = rng.poisson(counts.astype(np.float64), size=(b, g, a)).astype(np.float64)
-        sums = k[None] * means[:, None] + np.sqrt(k)[None] * sds[:, None] * rng.standard_normal((means.shape[0], b, g, a))
+        z = rng.standard_normal((means.shape[0], b, g, a))
+        sums = k[None] * means[:, None] + np.sqrt(k)[None] * sds[:, None] * z
         yield k, sums
 
 

@@ -98,7 +98,8 @@ def fit_logistic(x, y, steps=60):
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w[:-1] + w[-1], yt) + 1e-4 * w[:-1].square().sum()
+        logits = xt @ w[:-1] + w[-1]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt) + 1e-4 * w[:-1].square().sum()
         loss.backward()
         return loss
 
@@ -251,7 +252,8 @@ def _run(out_dir: str) -> None:
     gold_cols = {f: [g[f] for g in gold] for f in SCHEMA}
     val = validate_extraction(out, gold_cols, clinic, positive={"homeless": "yes"}, n_boot=N_BOOT)
     report += [f"## Extraction: {ex.model_id}", "", f"{len(texts)} notes ({len(texts) // 2} per clinic) x 2 fields, "
-               f"constrained choice by log-likelihood, contextually calibrated: {took:.1f} s", "", "Per-clinic extraction quality (before any disparity):",
+               f"constrained choice by log-likelihood, contextually calibrated: {took:.1f} s", "",
+               "Per-clinic extraction quality (before any disparity):",
                "", val.to_markdown(), ""]
     prec = [f"{r['field']} {r['group']}: {r['metric']} {r['estimate']:.2f}" for r in val.rows()
             if r["metric"] in ("precision[yes]", "recall[yes]") and r["field"] == "homeless"]
@@ -268,7 +270,8 @@ def _run(out_dir: str) -> None:
     truth = np.array(gold_cols["homeless"], dtype=object)
     true_rate = {c: float(np.mean(truth[clinic == c] == "yes")) for c in ("clinic A", "clinic B")}
     report += [f"True homelessness rate (gold): clinic A {true_rate['clinic A']:.3f}, clinic B "
-               f"{true_rate['clinic B']:.3f}, difference B - A {true_rate['clinic B'] - true_rate['clinic A']:+.3f}", ""]
+               f"{true_rate['clinic B']:.3f}, difference B - A "
+               f"{true_rate['clinic B'] - true_rate['clinic A']:+.3f}", ""]
     try:
         dis = corrected_disparity(extracted, clinic, positive="yes", reference_group="clinic A", n_boot=N_BOOT,
                                   validation=(extracted[audit_rows], truth[audit_rows], clinic[audit_rows]))

@@ -162,7 +162,8 @@ class StructuredExtractor:
             p_ids = tok(self.prompt(texts[i], f), add_special_tokens=not self.chat)["input_ids"]
             for j, o in enumerate(f.options):
                 if (f.name, o) not in opt_ids:
-                    opt_ids[(f.name, o)] = tok((" " if not self.chat else "") + o, add_special_tokens=False)["input_ids"]
+                    text = (" " if not self.chat else "") + o
+                    opt_ids[(f.name, o)] = tok(text, add_special_tokens=False)["input_ids"]
                 seqs.append((f.name, i, j, p_ids, opt_ids[(f.name, o)]))
         from tqdm import tqdm
 
