@@ -45,7 +45,8 @@ def add_parser(sub) -> None:
                                       "Writes one JSON line per option: loglik, per-token/char/byte, PMI, "
                                       "token_logprobs. Prints acc/acc_norm when gold is given.")
     common(sc)
-    sc.add_argument("--delimiter", default=" ", help="text between context and option (lm-eval's target_delimiter)")
+    sc.add_argument("--delimiter", default=None, help="text between context and option, lm-eval's target_delimiter "
+                    "(default: one space)")
     sc.add_argument("--no-unconditional", action="store_true", help="skip the unconditional (PMI) pass")
     sc.add_argument("--padding-side", choices=["left", "right"], default="left", help="context padding in a batch")
 
@@ -116,7 +117,7 @@ def run(args) -> int:
         from fmkit.paradox.scoring import score_choices
 
         s = score_choices(model, tok, contexts, choices, gold=None if gold[0] is None else gold,
-                          target_delimiter=args.delimiter, unconditional=not args.no_unconditional,
+                          target_delimiter=" " if args.delimiter is None else args.delimiter, unconditional=not args.no_unconditional,
                           batch_size=args.batch_size, padding_side=args.padding_side, max_length=args.max_length,
                           progress=True)
         with replace_file(args.out, overwrite=True, what="--out") as tmp, open(tmp, "w") as f:
