@@ -161,6 +161,7 @@ def test_media_several_images_zeros_first(dtype):
     check_media(2, 2, 37, 3, 5, 24, dtype, mi)
 
 
+@pytest.mark.slow  # 8 s in the Triton interpreter; the other media tests cover each dtype quickly
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_media_p64_random_cumsum(dtype):
     mi = cumsum_index(2, 40, 3, 0.08, seed=4)

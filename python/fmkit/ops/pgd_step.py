@@ -9,8 +9,9 @@ Per sample b, norms over all non-batch dims, C(v) = clamp(v, lo, hi):
     l1:   x' = x + a g / (|g|_1 + 1e-10);  d = x' - x0;  d <- P_eps(d);     x <- C(x0 + d)
           P_eps: exact Euclidean projection onto the L1 ball of radius eps (sort-based, Duchi et al.
           2008). This is fmkit's own definition (a normalised-gradient step), NOT AutoAttack's
-          APGD-L1 step (sparse top-k direction); it always runs the torch formulas (torch.sort,
-          no host sync), whatever `backend` says.
+          APGD-L1 step (sparse top-k direction). It has no compiled or Triton kernel: it runs
+          the torch formulas (torch.sort, no host sync) under backend "auto" or "torch", and
+          naming "cpu", "cuda" or "triton" for it is an error rather than a silent fallback.
 
 sign(0) = 0; eps = inf never projects; samples with active[b] = False stay bit-identical.
 Reductions accumulate in fp32; 16-bit tensors are computed in fp32 and rounded once on store.
@@ -77,6 +78,9 @@ def pgd_step_(x_adv, grad, x_orig, *, eps, step_size, norm="linf", active=None, 
             raise ValueError(f"active: on {active.device}, but x_adv is on {x_adv.device}")
     lo, hi = _check_clamp(clamp)
     _backend.resolve_backend(backend, x_adv.device, "pgd_step_", GPU_BACKEND_ORDER)
+    if norm == "l1" and backend not in ("auto", "torch"):
+        raise ValueError(f"backend={backend!r} has no kernel for norm='l1' (the L1-ball projection runs in "
+                         "torch); pass backend='auto' or backend='torch'")
     if _backend.plain_eager(x_adv, grad, x_orig, eps_t, step_t, active):
         _pgd_step_impl(x_adv, grad, x_orig, eps_t, step_t, active, norm, lo, hi, backend)
     else:
