@@ -3,6 +3,7 @@ status; --debug shows the traceback; outputs are never mixed with old data; help
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +232,14 @@ def test_bench_table_keeps_rows_of_missing_packages_and_stays_aligned(monkeypatc
     assert len(timed) == 3
     for line in timed:
         assert line[end - 1].isdigit() and line[end] == " ", line
+
+
+def test_every_optional_module_names_an_extra_of_pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    from fmkit._extras import EXTRA_OF_MODULE
+    root = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not root.exists():
+        pytest.skip("tests run against an installed wheel, without the checkout's pyproject.toml")
+    extras = tomllib.loads(root.read_text())["project"]["optional-dependencies"]
+    unknown = {module: extra for module, extra in EXTRA_OF_MODULE.items() if extra not in extras}
+    assert not unknown, f"EXTRA_OF_MODULE names extras that pyproject.toml lacks: {unknown}"

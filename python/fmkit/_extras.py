@@ -9,6 +9,11 @@ EXTRA_OF_MODULE = {
     "transformers": "hf", "tokenizers": "hf",
     "faiss": "bench", "pytest_benchmark": "bench",
     "triton": "triton",
+    "gguf": "llm", "accelerate": "llm",
+    "peft": "fingerprint", "safetensors": "fingerprint",
+    "librosa": "audio",
+    "fairlearn": "peers", "lm_eval": "peers", "rank_bm25": "peers", "vendi_score": "peers",
+    "albumentations": "peers", "pycocoevalcap": "peers",
 }
 
 
