@@ -114,6 +114,9 @@ def test_parse_facts():
     assert parse_facts("- a\n- b") == ["a.", "b."]
     assert parse_facts(" - He was born.\n- He sang!\n\nPlease breakdown ...\n- x") == ["He was born.", "He sang!"]
     assert parse_facts("") == []
+    # a preamble before the list is not a fact (upstream drops it too), nor is a reply with no list
+    assert parse_facts("Here are the independent facts:\n- a\n- b") == ["a.", "b."]
+    assert parse_facts("1. Mara Velden: The film is a drama.") == []
 
 
 def test_atomic_fact_generation_scripted_and_bio_rules():

@@ -218,6 +218,19 @@ def test_poisson_binomial_tail_matches_binomial_and_enumeration():
     assert poisson_binomial_tail(np.full(1000, 1e-3), 1000) / math.log(10) == pytest.approx(-3000)
 
 
+def test_verdict_claims_when_p_equals_alpha():
+    """2 keys fired, both nulls at the 1e-3 floor: p = 1e-6 exactly, but the log-space tail rounds
+    it to 1.000000000000002e-06; the verdict at alpha = 1e-6 must still claim (it did not)."""
+    from fmkit.fingerprint.verify import VerifyResult
+
+    def result(fired):
+        n = len(fired)
+        return VerifyResult(["k"] * n, np.array(fired), np.zeros(n), np.full(n, -50.0), [None] * n, 1e-3, "batched")
+
+    assert result([True, True]).verdict(1e-6) and result([True, True, True]).verdict(1e-9)
+    assert not result([True, False]).verdict(1e-6) and not result([True, True]).verdict(1e-7)
+
+
 def test_fsr_counts_substring_near_miss_and_denominators():
     fp = Fingerprint(["k1", "k2", "k3"], near_miss=("ハリネネズミ",))
     assert fp.hits("xxハリネズミyy") and fp.hits("ハリネネズミ") and not fp.hits("ハリネズ")

@@ -83,11 +83,13 @@ def demo_block(sentence: str, facts: Sequence[str]) -> str:
 
 
 def parse_facts(output: str) -> list[str]:
-    """Items of a `- a\\n- b` list, stripped, each ending with a period; text after a blank line
-    (a model continuing with a new demonstration) is ignored."""
+    """Items of a `- a\\n- b` list, stripped, each ending with a period. As upstream
+    (`split("- ")[1:]`), text before the first "- " (a chat model's preamble such as "Here are
+    the facts:") is not a fact; text after a blank line (a model continuing with a new
+    demonstration) is ignored."""
     output = output.strip().split("\n\n")[0]
     facts = []
-    for item in output.split("- "):
+    for item in output.split("- ")[1:]:
         item = item.strip()
         if not item or item.startswith(INSTRUCTION.strip()):
             continue
