@@ -19,6 +19,11 @@ if not torch.cuda.is_available():
 
 HAS_CUDA = torch.cuda.is_available()
 
+# Under pytest-xdist (the README's `-n 2`) each worker is one process on a 2-core machine: one
+# torch thread per worker keeps the workers from spinning against each other's OpenMP pools.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")

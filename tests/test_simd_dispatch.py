@@ -84,6 +84,7 @@ def test_every_level_gives_the_same_results():
             assert got["clip_" + kind] == pytest.approx(base["clip_" + kind], rel=2e-5), (level, kind)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch per case (3 s each)
 @pytest.mark.parametrize("value, message", [
     ("bogus", r"FMKIT_SIMD=bogus: unknown SIMD level \(compiled levels: .*this CPU supports up to"),
     ("AVX2", r"FMKIT_SIMD=AVX2: unknown SIMD level"),
@@ -95,6 +96,7 @@ def test_unknown_level_fails_the_import(value, message):
     assert re.search(message, r.stderr), r.stderr[-2000:]
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch (3 s); CI runs it per SIMD level
 def test_level_above_the_cpu_fails_the_import():
     # FMKIT_SIMD_CPU makes this CPU look like one without AVX-512 (it can only lower the level).
     if _C.simd_detected not in ("avx2", "avx512"):
@@ -111,6 +113,7 @@ def test_level_above_the_cpu_fails_the_import():
     assert r.returncode == 0 and r.stdout.split()[-1] == cap, r.stderr[-2000:]
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch (3 s); CI runs it per SIMD level
 def test_level_not_compiled_fails_the_import():
     missing = [lv for lv in ORDER if lv not in _C.simd_compiled and ORDER.index(lv) <= ORDER.index(_C.simd_detected)]
     if not missing:
