@@ -177,3 +177,21 @@ def test_runs_with_sockets_blocked(tiny_lm, monkeypatch):
     subgroup_audit(rng.integers(0, 2, 100), rng.uniform(size=100), rng.integers(0, 3, 100), n_boot=20,
                    interval="bca", cluster=rng.integers(0, 30, 100))
     validate_extraction(out, out, ["a", "b", "a", "b"], n_boot=10)
+
+
+def test_sens_spec_counts_not_mentioned_as_negative_like_corrected_disparity():
+    from fmkit.equity import corrected_disparity
+
+    g, gold, pred = _constructed()
+    val = validate_extraction({"housing": pred}, {"housing": gold}, g, positive={"housing": "yes"}, n_boot=10)
+    ss = val.sens_spec("housing")
+    # g1: 15 gold non-"yes" rows (10 no + 5 not mentioned), one read as yes; the table's 0.9 leaves nm out
+    expected = {"g1": (0.8, 14 / 15), "g2": (0.8, 14 / 15), "g3": (0.4, 1.0)}
+    for grp, (se, sp) in expected.items():
+        assert ss[grp] == pytest.approx((se, sp), abs=1e-12)
+    from_sample = corrected_disparity(pred, g, positive="yes", validation=(pred, gold, g), n_boot=10)
+    from_rates = corrected_disparity(pred, g, positive="yes", sens={k: v[0] for k, v in ss.items()},
+                                     spec={k: v[1] for k, v in ss.items()}, n_boot=10)
+    np.testing.assert_allclose(from_rates.corrected[0], from_sample.corrected[0], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="field: 'employment' has no positive value"):
+        validate_extraction({"employment": pred}, {"employment": gold}, g, n_boot=10).sens_spec("employment")

@@ -275,6 +275,7 @@ class FieldValidation:
     reference: Any
     differences: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # error-rate name -> group - reference
     flagged: dict[str, np.ndarray]  # CI of the difference excludes 0
+    positive: str | None = None  # the positive value of a binary field
 
 
 @dataclasses.dataclass
@@ -311,12 +312,22 @@ class ValidationResult:
         return out
 
     def sens_spec(self, field: str):
-        """Per-group (sensitivity, specificity) point estimates of a binary field, for Rogan-Gladen."""
+        """Per-group (sensitivity, specificity) point estimates of a binary field, for Rogan-Gladen.
+
+        Defined as `corrected_disparity` uses them (the prevalence of the positive value among all
+        rows): every gold row without the positive value is a negative, "not mentioned" included.
+        The validation table's specificity leaves "not mentioned" rows out, so the two differ when
+        the field has such rows; passing the table's figure as `spec=` would mix definitions."""
         fv = self.fields[field]
-        if "sensitivity" not in fv.metrics:
+        if fv.positive is None:
             raise ValueError(f"field: {field!r} has no positive value; pass positive={{{field!r}: value}}")
-        return {label_str(g): (float(fv.metrics["sensitivity"][0][j]), float(fv.metrics["specificity"][0][j]))
-                for j, g in enumerate(fv.groups)}
+        p = fv.values.index(fv.positive)
+        c = fv.confusion
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sens = c[:, p, p] / c[:, p, :].sum(-1)
+            negatives = c.sum((1, 2)) - c[:, p, :].sum(-1)
+            spec = (negatives - (c[:, :, p].sum(-1) - c[:, p, p])) / negatives
+        return {label_str(g): (float(sens[j]), float(spec[j])) for j, g in enumerate(fv.groups)}
 
     def to_markdown(self, digits: int = 2) -> str:
         lines = []
@@ -429,7 +440,7 @@ def validate_extraction(pred, gold, groups, *, fields=None, positive: dict | Non
             flags[k] = (diffs[k][1] > 0) | (diffs[k][2] < 0)
             flags[k][ref] = False
         out[name] = FieldValidation(name, labels, n_g.astype(np.int64), values, conf, metrics, per_value, labels[ref],
-                                    diffs, flags)
+                                    diffs, flags, pos)
     return ValidationResult(out, alpha, n_boot)
 
 
