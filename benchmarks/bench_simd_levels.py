@@ -40,6 +40,10 @@ WORKLOADS = {
                   ("media B=4 T=2048 images=5 fwd", "SDPA", (">=", 1.0)),
                   ("media B=4 T=2048 images=5 fwd+bwd", "SDPA", (">=", 1.0))],
     "gaussian_kde": [("50k x 50k, 2-D", "chunked torch", (">=", 10.0))],
+    "stain_jitter": [("256x3x96x96 uint8 release", "release per-image loop", (">=", 10.0)),
+                     ("256x3x96x96 uint8 release", "albumentations HEStain", (">=", 3.0)),
+                     ("256x3x96x96 float32 release", "release per-image loop", (">=", 10.0)),
+                     ("256x3x96x96 float32 release", "albumentations HEStain", (">=", 3.0))],
 }
 # The anchors pick their own ISA (MKL / oneDNN / ATen kernels for torch, faiss's own build
 # variants); by default they are held to the level under test too, so each row is what a CPU
@@ -105,6 +109,22 @@ def _contenders(op: str, large: bool):
             yield next(labels), {"fmkit": f[0], "SDPA": f[1]}, 5, {}
     elif op == "gaussian_kde":
         yield from _kde_workload()
+    elif op == "stain_jitter":
+        from fmkit.bench import augment as b
+
+        for dtype in (torch.uint8, torch.float32):
+            case = b._case(256, 96, 96, dtype, cpu)
+            f = {n: fn for n, fn, _ in case["contenders"]}
+            fns = {"fmkit": f["fmkit stain_jitter (cpu)"], "release per-image loop": f["release code path, per-image loop"],
+                   "albumentations HEStain": f["albumentations HEStain, per image"]}
+            x, alpha, beta = case["inputs"]
+            scale = 1.0 if dtype == torch.uint8 else 255.0
+
+            def extra(x=x, alpha=alpha, beta=beta, scale=scale, fused=fns["fmkit"]):
+                ref = b.stain_jitter_reference(x, alpha, beta, "release")
+                return {"max_err_codes_vs_float64": float((fused().double() - ref.double()).abs().max()) * scale}
+
+            yield f"256x3x96x96 {str(dtype)[6:]} release", fns, 9, extra
 
 
 def _kmeans_workloads(large):
@@ -215,7 +235,7 @@ def _table(rows):
                         "anchor_ms": a["median_ms"], "anchor_spread": [a["min_ms"], a["max_ms"]],
                         "ratio": ratio, "target": f"{'fmkit/anchor' if sense == '<=' else 'speedup'} {sense} {target}",
                         "value": value, "met": met,
-                        **{k: v for k, v in r.items() if k.startswith(("objective", "max_rel"))}})
+                        **{k: v for k, v in r.items() if k.startswith(("objective", "max_rel", "max_err"))}})
     return out
 
 

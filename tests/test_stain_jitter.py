@@ -29,6 +29,14 @@ def test_backends_match_reference(backend, mode, dtype, B, H, W):
     _check_against_reference(backend, mode, dtype, B, H, W)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("W", [96, 101])
+def test_cpu_batch_above_a_megabyte(dtype, W):
+    # >= 1 MiB of float32 output with 64-byte aligned rows (W = 96) takes the streaming-store path;
+    # W = 101 leaves a tail after the vector part of every row.
+    _check_against_reference("cpu", "release", dtype, 12, 96, W)
+
+
 @pytest.mark.skipif(not _backend.triton_available(), reason="triton is not installed")
 def test_triton_fast_case():
     _check_against_reference("triton", "od", torch.uint8, 2, 5, 9)

@@ -11,12 +11,22 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #include "cpu/simd.h"
+
+#if !defined(FMKIT_SIMD_SCALAR)
+#define FMKIT_STAIN_VECTOR_IO 1  // the scalar level keeps the plain loops: it is the reference path
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#else
+#define FMKIT_STAIN_VECTOR_IO 0
+#endif
 
 namespace fmkit {
 namespace FMKIT_CPU_NS {  // one copy per SIMD level (cpu/dispatch.h)
@@ -54,20 +64,111 @@ struct Coef {
   float b[3];
 };
 
+// Optical densities of one vector of pixels -> their clipped RGB in [0, 1] (three planes).
+inline void chain_block(vfloat o0, vfloat o1, vfloat o2, const Coef& k, float inv, float eps, vfloat out[3]) {
+  for (int c = 0; c < 3; ++c) {
+    const vfloat z = o0 * k.a[c] + o1 * k.a[3 + c] + o2 * k.a[6 + c] + k.b[c];
+    vfloat v = (simd::vexp(-z) - eps) * inv;
+    v = v < 0.f ? simd::splat(0.f) : v;
+    out[c] = v > 1.f ? simd::splat(1.f) : v;
+  }
+}
+
 // od[3][kChunk] -> out[3][kChunk] (clipped to [0, 1]).
 inline void chain(const float (*od)[kChunk], float (*out)[kChunk], int64_t n, const Coef& k, float scale, float eps) {
   const float inv = 1.f / scale;
   for (int64_t i = 0; i < n; i += simd::VW) {  // buffers are padded to kChunk: whole vectors only
-    const vfloat o0 = simd::vload(od[0] + i), o1 = simd::vload(od[1] + i), o2 = simd::vload(od[2] + i);
-    for (int c = 0; c < 3; ++c) {
-      const vfloat z = o0 * k.a[c] + o1 * k.a[3 + c] + o2 * k.a[6 + c] + k.b[c];
-      vfloat v = (simd::vexp(-z) - eps) * inv;
-      v = v < 0.f ? simd::splat(0.f) : v;
-      v = v > 1.f ? simd::splat(1.f) : v;
-      simd::vstore(out[c] + i, v);
+    vfloat v[3];
+    chain_block(simd::vload(od[0] + i), simd::vload(od[1] + i), simd::vload(od[2] + i), k, inv, eps, v);
+    for (int c = 0; c < 3; ++c) simd::vstore(out[c] + i, v[c]);
+  }
+}
+
+inline vfloat round_to_code(vfloat v) {  // [0, 1] -> 0..255 as floats, nearest even
+  const vfloat magic = simd::splat(12582912.f);  // 1.5 * 2^23
+  return (v * 255.f + magic) - magic;
+}
+
+#if FMKIT_STAIN_VECTOR_IO
+// Unit-stride rows (the common NCHW case) stay in registers from load to store: the scalar
+// gather/convert loops of the strided path cost more than the colour chain itself.
+typedef uint8_t vbyte __attribute__((vector_size(simd::VW)));
+
+inline vfloat od_of_codes(const uint8_t* p, const float* lut) {
+  vbyte b;
+  std::memcpy(&b, p, sizeof b);
+  const vint idx = __builtin_convertvector(b, vint);
+#if defined(__AVX512F__)
+  __m512i i;
+  std::memcpy(&i, &idx, sizeof i);
+  const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, i, lut, 4);  // (the unmasked form trips -Wmaybe-uninitialized)
+  vfloat r;
+  std::memcpy(&r, &g, sizeof r);
+  return r;
+#elif defined(__AVX2__)
+  __m256i i;
+  std::memcpy(&i, &idx, sizeof i);
+  const __m256 g = _mm256_i32gather_ps(lut, i, 4);
+  vfloat r;
+  std::memcpy(&r, &g, sizeof r);
+  return r;
+#else
+  vfloat r;
+  for (int l = 0; l < simd::VW; ++l) r[l] = lut[idx[l]];
+  return r;
+#endif
+}
+
+inline void store_codes(uint8_t* q, vfloat v) {
+  const vbyte b = __builtin_convertvector(__builtin_convertvector(round_to_code(v), vint), vbyte);
+  std::memcpy(q, &b, sizeof b);
+}
+
+// float32 output is four times the bytes of uint8 and the kernel is bound by memory traffic:
+// streaming stores skip the read-for-ownership of each output line (a third of the traffic).
+// The output (>= a megabyte when it is used) is not read back by this kernel.
+inline void store_floats(float* q, vfloat v, bool stream) {
+#if defined(__AVX512F__)
+  if (stream) {
+    __m512 r;
+    std::memcpy(&r, &v, sizeof r);
+    _mm512_stream_ps(q, r);
+    return;
+  }
+#elif defined(__AVX2__)
+  if (stream) {
+    __m256 r;
+    std::memcpy(&r, &v, sizeof r);
+    _mm256_stream_ps(q, r);
+    return;
+  }
+#endif
+  (void)stream;
+  simd::vstore(q, v);
+}
+
+// Pixels [0, n) of one unit-stride row, n a multiple of VW.
+template <typename T>
+void row_vectors(const T* p0, const T* p1, const T* p2, T* q0, T* q1, T* q2, int64_t n, const Coef& k,
+                 const float* lut, float scale, float eps, bool stream) {
+  const float inv = 1.f / scale;
+  for (int64_t i = 0; i < n; i += simd::VW) {
+    vfloat v[3];
+    if constexpr (std::is_same<T, uint8_t>::value) {
+      chain_block(od_of_codes(p0 + i, lut), od_of_codes(p1 + i, lut), od_of_codes(p2 + i, lut), k, inv, eps, v);
+      store_codes(q0 + i, v[0]);
+      store_codes(q1 + i, v[1]);
+      store_codes(q2 + i, v[2]);
+    } else {
+      const auto od = [&](const float* p) { return -vlog(simd::vload(p + i) * scale + eps); };
+      chain_block(od(p0), od(p1), od(p2), k, inv, eps, v);
+      store_floats(q0 + i, v[0], stream);
+      store_floats(q1 + i, v[1], stream);
+      store_floats(q2 + i, v[2], stream);
     }
   }
 }
+#endif
 
 template <typename T>
 void run(const Tensor& img, const Coef* coef, const Tensor& out, float scale, float eps, int num_threads) {
@@ -80,13 +181,32 @@ void run(const Tensor& img, const Coef* coef, const Tensor& out, float scale, fl
   if (u8)
     for (int v = 0; v < 256; ++v) lut[v] = static_cast<float>(-std::log(scale * (v / 255.0) + eps));
   const int threads = std::max(1, num_threads);
-#pragma omp parallel for schedule(static) num_threads(threads)
+  constexpr int64_t kVectorBytes = simd::VW * sizeof(float);
+  // Streaming needs every row's vectors aligned: the base and the plane/row pitch.
+  const bool stream = !u8 && B * 3 * H * W * sizeof(T) >= (int64_t{1} << 20) &&
+                      reinterpret_cast<uintptr_t>(dst) % kVectorBytes == 0 && (W * sizeof(T)) % kVectorBytes == 0;
+  (void)stream;
+#pragma omp parallel num_threads(threads)
+  {
+  // Dynamic blocks of rows: on a shared machine a thread that loses its core must not hold the
+  // whole call back (static halves ran 3x slower than one thread under a busy neighbour).
+#pragma omp for schedule(dynamic, 16)
   for (int64_t row = 0; row < B * H; ++row) {
     const int64_t b = row / H, h = row % H;
     alignas(64) float od[3][kChunk];
     alignas(64) float res[3][kChunk];
     for (int c = 0; c < 3; ++c) std::fill(od[c], od[c] + kChunk, 0.f);
-    for (int64_t w0 = 0; w0 < W; w0 += kChunk) {
+    int64_t w_start = 0;
+#if FMKIT_STAIN_VECTOR_IO
+    if (sw == 1) {
+      const T* p = src + b * sb + h * sh;
+      T* q = dst + (b * 3 * H + h) * W;
+      w_start = W - W % simd::VW;
+      row_vectors<T>(p, p + sc, p + 2 * sc, q, q + H * W, q + 2 * H * W, w_start, coef[b], lut, scale, eps,
+                     stream);
+    }
+#endif
+    for (int64_t w0 = w_start; w0 < W; w0 += kChunk) {
       const int64_t n = std::min(kChunk, W - w0);
       for (int c = 0; c < 3; ++c) {
         const T* p = src + b * sb + c * sc + h * sh + w0 * sw;
@@ -102,15 +222,17 @@ void run(const Tensor& img, const Coef* coef, const Tensor& out, float scale, fl
       for (int c = 0; c < 3; ++c) {
         T* q = dst + ((b * 3 + c) * H + h) * W + w0;
         if constexpr (u8) {
-          const vfloat magic = simd::splat(12582912.f);  // 1.5 * 2^23: rounds to nearest even
-          for (int64_t i = 0; i < n; i += simd::VW)
-            simd::vstore(res[c] + i, (simd::vload(res[c] + i) * 255.f + magic) - magic);
+          for (int64_t i = 0; i < n; i += simd::VW) simd::vstore(res[c] + i, round_to_code(simd::vload(res[c] + i)));
           for (int64_t i = 0; i < n; ++i) q[i] = static_cast<uint8_t>(res[c][i]);
         } else {
           std::memcpy(q, res[c], n * sizeof(float));
         }
       }
     }
+  }
+#if FMKIT_STAIN_VECTOR_IO && (defined(__AVX2__) || defined(__AVX512F__))
+  if (stream) _mm_sfence();  // this thread's streamed lines are visible before the caller reads them
+#endif
   }
 }
 

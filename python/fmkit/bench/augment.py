@@ -112,4 +112,5 @@ def _case(B, H, W, dtype, device, quick=False):
         "contenders": contenders,
         "exact": exact,
         "repeats": 2 if quick else 7,
+        "inputs": (x, alpha, beta),
     }
