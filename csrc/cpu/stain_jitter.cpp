@@ -1,9 +1,10 @@
 // CPU backend of the fused HED stain colour jitter (contract: csrc/ops/stain_jitter.h).
 //
-// Rows (b, h) are spread over the threads. A row is cut into chunks of kChunk pixels: the three
-// channels are gathered (any strides) into fp32 buffers as optical densities, then the whole chain
-// runs on vectors (3 logs for float32 input, a 256-entry table for uint8; 9 FMAs; 3 exps), and the
-// chunk is stored into the contiguous output. One read and one write of every byte.
+// Rows (b, h) are spread over the threads. Per pixel: 3 optical densities (3 logs for float32
+// input, a 256-entry table for uint8), 9 FMAs, 3 exps, clip. A unit-stride row runs whole vectors
+// from load to store in registers; other strides (and a row's last W % VW pixels) are gathered
+// in chunks of kChunk pixels into fp32 buffers first. Every output is contiguous. One read and
+// one write of every byte.
 #include "cpu/dispatch.h"
 #include "ops/stain_jitter.h"
 
@@ -124,33 +125,10 @@ inline void store_codes(uint8_t* q, vfloat v) {
   std::memcpy(q, &b, sizeof b);
 }
 
-// float32 output is four times the bytes of uint8 and the kernel is bound by memory traffic:
-// streaming stores skip the read-for-ownership of each output line (a third of the traffic).
-// The output (>= a megabyte when it is used) is not read back by this kernel.
-inline void store_floats(float* q, vfloat v, bool stream) {
-#if defined(__AVX512F__)
-  if (stream) {
-    __m512 r;
-    std::memcpy(&r, &v, sizeof r);
-    _mm512_stream_ps(q, r);
-    return;
-  }
-#elif defined(__AVX2__)
-  if (stream) {
-    __m256 r;
-    std::memcpy(&r, &v, sizeof r);
-    _mm256_stream_ps(q, r);
-    return;
-  }
-#endif
-  (void)stream;
-  simd::vstore(q, v);
-}
-
 // Pixels [0, n) of one unit-stride row, n a multiple of VW.
 template <typename T>
 void row_vectors(const T* p0, const T* p1, const T* p2, T* q0, T* q1, T* q2, int64_t n, const Coef& k,
-                 const float* lut, float scale, float eps, bool stream) {
+                 const float* lut, float scale, float eps) {
   const float inv = 1.f / scale;
   for (int64_t i = 0; i < n; i += simd::VW) {
     vfloat v[3];
@@ -162,9 +140,9 @@ void row_vectors(const T* p0, const T* p1, const T* p2, T* q0, T* q1, T* q2, int
     } else {
       const auto od = [&](const float* p) { return -vlog(simd::vload(p + i) * scale + eps); };
       chain_block(od(p0), od(p1), od(p2), k, inv, eps, v);
-      store_floats(q0 + i, v[0], stream);
-      store_floats(q1 + i, v[1], stream);
-      store_floats(q2 + i, v[2], stream);
+      simd::vstore(q0 + i, v[0]);
+      simd::vstore(q1 + i, v[1]);
+      simd::vstore(q2 + i, v[2]);
     }
   }
 }
@@ -181,16 +159,9 @@ void run(const Tensor& img, const Coef* coef, const Tensor& out, float scale, fl
   if (u8)
     for (int v = 0; v < 256; ++v) lut[v] = static_cast<float>(-std::log(scale * (v / 255.0) + eps));
   const int threads = std::max(1, num_threads);
-  constexpr int64_t kVectorBytes = simd::VW * sizeof(float);
-  // Streaming needs every row's vectors aligned: the base and the plane/row pitch.
-  const bool stream = !u8 && B * 3 * H * W * sizeof(T) >= (int64_t{1} << 20) &&
-                      reinterpret_cast<uintptr_t>(dst) % kVectorBytes == 0 && (W * sizeof(T)) % kVectorBytes == 0;
-  (void)stream;
-#pragma omp parallel num_threads(threads)
-  {
   // Dynamic blocks of rows: on a shared machine a thread that loses its core must not hold the
   // whole call back (static halves ran 3x slower than one thread under a busy neighbour).
-#pragma omp for schedule(dynamic, 16)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(threads)
   for (int64_t row = 0; row < B * H; ++row) {
     const int64_t b = row / H, h = row % H;
     alignas(64) float od[3][kChunk];
@@ -202,8 +173,7 @@ void run(const Tensor& img, const Coef* coef, const Tensor& out, float scale, fl
       const T* p = src + b * sb + h * sh;
       T* q = dst + (b * 3 * H + h) * W;
       w_start = W - W % simd::VW;
-      row_vectors<T>(p, p + sc, p + 2 * sc, q, q + H * W, q + 2 * H * W, w_start, coef[b], lut, scale, eps,
-                     stream);
+      row_vectors<T>(p, p + sc, p + 2 * sc, q, q + H * W, q + 2 * H * W, w_start, coef[b], lut, scale, eps);
     }
 #endif
     for (int64_t w0 = w_start; w0 < W; w0 += kChunk) {
@@ -229,10 +199,6 @@ void run(const Tensor& img, const Coef* coef, const Tensor& out, float scale, fl
         }
       }
     }
-  }
-#if FMKIT_STAIN_VECTOR_IO && (defined(__AVX2__) || defined(__AVX512F__))
-  if (stream) _mm_sfence();  // this thread's streamed lines are visible before the caller reads them
-#endif
   }
 }
 
