@@ -27,7 +27,7 @@ def _known_groups():
 
 def test_audit_arithmetic_exact_values():
     y, pred, g = _known_groups()
-    r = subgroup_audit(y, pred, g, n_boot=50, min_count=30).maps["group"]
+    r = subgroup_audit(y, pred, g, n_boot=50, min_count=30, min_count_by="rows").maps["group"]
     assert r.groups == ["A", "B", "C"] and r.n.tolist() == [40, 50, 10]
     acc = r.estimate[r.metric("accuracy")]
     np.testing.assert_allclose(acc, [0.75, 0.6, 0.5])

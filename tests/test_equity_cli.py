@@ -26,7 +26,8 @@ def test_audit_writes_table_csv_json_and_plot(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["equity", "audit", "--preds", str(tmp_path / "preds.csv"), "--label-col", "label", "--prob-col",
                  "score", "--group-col", "race", "--group-col", "sex", "--intersect", "--cluster-col", "patient",
-                 "--n-boot", "200", "--reference", "b", "--out", str(out)]) == 0
+                 "--n-boot", "200", "--reference", "b", "--interval", "auto", "--min-count-by", "rows",
+                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| race | n |" in printed and "a & f" in printed
     assert {f.name for f in out.iterdir()} == {"table.md", "groups.csv", "disparities.csv", "audit.json", "plot.png"}
@@ -35,6 +36,9 @@ def test_audit_writes_table_csv_json_and_plot(tmp_path, capsys):
     m = race == "a"
     assert acc_a["estimate"] == pytest.approx(np.mean((p[m].round(4) >= 0.5) == y[m]))
     assert any(r["kind"] == "difference vs b" for r in audit["disparities"])
+    assert audit["interval"] == "auto" and audit["min_count_by"] == "rows"
+    ece_a = next(r for r in audit["groups"] if r["map"] == "race" and r["group"] == "a" and r["metric"] == "ece")
+    assert ece_a["ci_bias_corrected"] and ece_a["debiased"] < ece_a["estimate"]
     with pytest.raises(SystemExit) as e:  # --out now holds data
         main(["equity", "audit", "--preds", str(tmp_path / "preds.csv"), "--label-col", "label", "--prob-col",
               "score", "--group-col", "race", "--out", str(out)])

@@ -5,11 +5,15 @@ the measurable steps those directions rely on computable (spec §3):
 
     subgroup_audit(...)          per-group accuracy, FPR/FNR, ECE, PIECE, Brier with bootstrap CIs
                                  (fast: sufficient statistics), gaps, ratios, worst group, Holm/BH,
-                                 intersectional and multiple group maps, cluster bootstrap
+                                 intersectional and multiple group maps, cluster bootstrap,
+                                 bias-corrected intervals for ECE/PIECE/max - min (interval="auto"),
+                                 min_count on each metric's own denominator
     StructuredExtractor          schema-constrained extraction with any HF causal LM (log-likelihood
                                  choice among the allowed values and "not mentioned")
     validate_extraction(...)     per field x subgroup precision/recall/sens/spec, missing vs absent
-    corrected_prevalence(...)    Rogan-Gladen; corrected_disparity(...) with bootstrap CIs
+    corrected_prevalence(...)    Rogan-Gladen; corrected_disparity(...): Rogan-Gladen or
+                                 prediction-powered inference, covariate-adjusted odds ratio (PPI
+                                 logistic regression), bootstrap / cluster bootstrap / CLT CIs
     calibration_fit(...)         per-group calibration slope and intercept with bootstrap CIs
     plot_audit(...)              group metrics with their intervals
 """

@@ -5,7 +5,7 @@ import os
 
 from fmkit.cli import UsageError, _check_output, _fraction, _input_file, _nonnegative_int, _positive_int
 
-INTERVALS = ("percentile", "basic", "bca")
+INTERVALS = ("percentile", "basic", "bca", "debiased", "auto")
 
 
 def add_parser(sub) -> None:
@@ -29,10 +29,16 @@ def add_parser(sub) -> None:
     au.add_argument("--reference", default=None, help="reference group (default: the largest of each map)")
     au.add_argument("--n-boot", type=_nonnegative_int, default=1000, help="bootstrap replicates")
     au.add_argument("--alpha", type=_fraction, default=0.05, help="1 - interval coverage")
-    au.add_argument("--interval", choices=INTERVALS, default="percentile", help="interval kind")
+    au.add_argument("--interval", choices=INTERVALS, default="percentile",
+                    help="interval kind; 'auto': bias-corrected for ECE, PIECE and max - min (recommended for "
+                         "calibration), percentile for the rest; 'debiased': bias-corrected for everything")
     au.add_argument("--adjust", choices=["holm", "bh", "none"], default="holm",
                     help="multiple-comparison adjustment across groups")
-    au.add_argument("--min-count", type=_positive_int, default=30, help="flag groups with fewer rows")
+    au.add_argument("--min-count", type=_positive_int, default=30,
+                    help="flag (group, metric) cells with fewer rows in the metric's denominator")
+    au.add_argument("--min-count-by", choices=["denominator", "rows"], default="denominator",
+                    help="what --min-count counts: the metric's denominator (FNR: positives, FPR: negatives; "
+                         "default) or all rows of the group")
     au.add_argument("--seed", type=int, default=0, help="random seed")
     au.add_argument("--metrics", default=None, help="comma-separated metrics to show and plot (default: all)")
     au.add_argument("--out", required=True, metavar="DIR", help="folder for the table, CSVs, JSON and plot")
@@ -110,6 +116,7 @@ def run(args) -> int:
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else None
     result = subgroup_audit(y, scores, groups, reference_group=reference, n_boot=args.n_boot, alpha=args.alpha,
                             cluster=cluster, min_count=args.min_count, seed=args.seed, interval=args.interval,
+                            min_count_by=args.min_count_by,
                             adjust=None if args.adjust == "none" else args.adjust)
     if metrics:
         known = next(iter(result.maps.values())).metrics

