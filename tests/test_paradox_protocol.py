@@ -183,3 +183,39 @@ def test_dataset_level_and_agreement_and_sharding_fallback():
     names, m = paired_agreement(reps[0], [1.0, 0.0, 1.0, 1.0])
     assert names == ["generation", "discrimination", "interrogation"] and np.allclose(np.diag(m), 1.0)
     assert run_sharded(lambda xs: [x * 2 for x in xs], [1, 2, 3]) == [2, 4, 6]  # not distributed: one process
+
+
+def test_self_interrogation_on_each_items_own_output_gives_a_three_way_matrix():
+    """The demo's third way: rule-made questions about the item's OWN output, answered with that
+    output in context, on the same items as generation and discrimination."""
+    from fmkit.paradox import data, interrogative_eval, paired_agreement, selective_eval
+
+    items = data.qa_items()[:4]
+    outputs = ["The capital of France is Paris.", "Lyon", "I do not know.", ""]
+    # 'stated' question only when exactly one candidate is in the output, right or wrong
+    q0 = data.output_questions(items[0], outputs[0])
+    assert [q.question.startswith("Which of these does") for q in q0] == [True, False]
+    assert q0[0].options[q0[0].answer] == "Paris" and q0[1].options[q0[1].answer] == "capital"
+    q1 = data.output_questions(items[1], "Lyon is big")  # a wrong answer is still what the text states
+    assert not any(q.options[q.answer] == "Tokyo" for q in q1)
+    assert data.output_questions(items[3], "") == []
+    for it, out in zip(items, outputs):
+        for q in data.output_questions(it, out):
+            assert data.output_question_valid(out, q)
+            assert sum(data._has_span(out, o) for o in q.options) == 1
+    assert not data.output_question_valid("Paris and Lyon", Question("q", ["Paris", "Lyon"], 0))
+
+    by_input = {it.input: it for it in items}
+    first = lambda content, q: 0  # noqa: E731  a scripted answerer: always the first option
+    inter = interrogative_eval([it.input for it in items], None, lambda p, c: data.output_questions(by_input[p], c),
+                               first, validity_filter=data.output_question_valid, contents=outputs)
+    acc = [p["accuracy"] for p in inter.per_prompt]
+    expected = [np.mean([q.answer == 0 for q in data.output_questions(it, o)]) if data.output_questions(it, o)
+                else np.nan for it, o in zip(items, outputs)]
+    np.testing.assert_array_equal(acc, expected)
+    rep = selective_eval(items, None, ReferenceMetricJudge(), lambda xs, cs: [0] * len(xs), outputs=outputs)
+    names, m = paired_agreement(rep, interrogative_accuracy=acc)
+    assert names == ["generation", "discrimination", "interrogation"] and m.shape == (3, 3)
+    gen = np.array([p["gen_success"] for p in rep.per_item])
+    ok = ~np.isnan(acc)
+    assert m[0, 2] == pytest.approx(np.mean(gen[ok] == (np.array(acc)[ok] >= 0.5)))

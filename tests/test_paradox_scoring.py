@@ -65,11 +65,12 @@ def _max_err(scores, model, tok, contexts, choices, window=None):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ["packed", "kv"])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("batch_size", [1, 4, 64])
-def test_shared_prefix_equals_full_forward_float64(tiny64, padding_side, batch_size):
+def test_shared_prefix_equals_full_forward_float64(tiny64, padding_side, batch_size, engine):
     model, tok = tiny64
-    s = score_choices(model, tok, CONTEXTS, CHOICES, padding_side=padding_side, batch_size=batch_size)
+    s = score_choices(model, tok, CONTEXTS, CHOICES, padding_side=padding_side, batch_size=batch_size, engine=engine)
     assert _max_err(s, model, tok, CONTEXTS, CHOICES) < 1e-10
     for i, opts in enumerate(CHOICES):
         np.testing.assert_allclose(s.loglik[i], [lp.sum() for lp in s.token_logprobs[i]])
@@ -167,3 +168,23 @@ def test_bad_input_names_the_argument(tiny64):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no truncation warning when everything fits
         score_token_requests(model, [([1, 2], [[3] * 7])], max_length=8)
+
+
+def test_packed_engine_tree_mask_is_exact_and_chosen_by_default(tiny64):
+    """One packed pass (context + all options under a block mask) equals a full forward per option in
+    float64, also when options of one item have very different lengths and one option is one token."""
+    model, tok = tiny64
+    ctxs = ["The cat sat on the mat while the dog", "He poured the coff"]
+    chs = [["slept", "slept by the door while she opened the window and the cold air came in", "x y"],
+           ["ee", "ee, added milk, and stirred it slowly before drinking"]]
+    from fmkit.paradox.scoring import _packed_ok
+
+    assert _packed_ok(model)  # 'auto' takes the packed path for this (sdpa) model
+    s = score_choices(model, tok, ctxs, chs, unconditional=False, engine="packed", batch_size=5)
+    assert _max_err(s, model, tok, ctxs, chs) < 1e-10
+
+
+def test_engine_argument_is_checked(tiny64):
+    model, tok = tiny64
+    with pytest.raises(ValueError, match="engine: expected"):
+        score_token_requests(model, [([1, 2], [[3, 4]])], engine="tree")

@@ -1,6 +1,6 @@
 """The Generative AI Paradox (West et al., arXiv:2311.00059) as a reusable evaluation harness.
 
-- `score_choices`: multiple-choice log-likelihoods with shared-context KV reuse, lm-eval's
+- `score_choices`: multiple-choice log-likelihoods, each context run once (packed tree mask or KV reuse), lm-eval's
   tokenisation, acc / acc_norm / acc_bytes / acc_mutual_info and per-token log-prob export.
 - `selective_eval`, `interrogative_eval`, `evaluation_paradox` (Oh et al.): the protocols.
 - `stats`: phi / point-biserial / Spearman correlations, Cohen's and Fleiss' kappa, paired bootstrap.

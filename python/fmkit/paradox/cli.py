@@ -24,7 +24,7 @@ def _model_arg(text: str) -> str:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("paradox", help="Generative AI Paradox: multiple-choice scoring and selective evaluation",
-                       description="Scores multiple-choice items with shared-context KV reuse (lm-eval's "
+                       description="Scores multiple-choice items, each context run once (lm-eval's "
                                    "definitions) and runs the paper's selective evaluation.")
     steps = p.add_subparsers(dest="paradox_command", required=True, metavar="STEP")
 
@@ -43,12 +43,17 @@ def add_parser(sub) -> None:
     sc = steps.add_parser("score", help="score multiple-choice items; write every option's log-probs (JSONL)",
                           description="Items: {\"context\": str, \"choices\": [str, ...], \"gold\": int (optional)}. "
                                       "Writes one JSON line per option: loglik, per-token/char/byte, PMI, "
-                                      "token_logprobs. Prints acc/acc_norm when gold is given.")
+                                      "token_logprobs. Prints acc/acc_norm when gold is given. Under torchrun "
+                                      "(WORLD_SIZE > 1) the items are sharded across the ranks (gloo) and rank 0 "
+                                      "writes the gathered result.")
     common(sc)
     sc.add_argument("--delimiter", default=None, help="text between context and option, lm-eval's target_delimiter "
                     "(default: one space)")
     sc.add_argument("--no-unconditional", action="store_true", help="skip the unconditional (PMI) pass")
     sc.add_argument("--padding-side", choices=["left", "right"], default="left", help="context padding in a batch")
+    sc.add_argument("--engine", choices=["auto", "packed", "kv"], default="auto",
+                    help="packed: each context and all its options in one sequence under a tree attention mask; "
+                         "kv: context prefill + KV-cache copy per option (default: packed where the model allows)")
 
     se = steps.add_parser("selective", help="selective evaluation (generate vs discriminate) of ParadoxItems",
                           description="Items: {\"input\", \"reference\", \"distractors\": [...], "
@@ -98,6 +103,19 @@ def _load(model_arg: str):
     return model, tok
 
 
+def _init_distributed() -> tuple[int, int]:
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1 in the environment) a gloo process group is
+    started from the env:// variables torchrun sets, unless one is already running."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
 def run(args) -> int:
     _check_output(args.out, args.overwrite, "--out")
     rows = _read_jsonl(args.items, "--items")
@@ -113,21 +131,53 @@ def run(args) -> int:
             gold.append(r.get("gold"))
         if any(g is None for g in gold) and not all(g is None for g in gold):
             raise UsageError("--items: give 'gold' for every item or for none")
+        has_gold = gold[0] is not None
+        rank, world = _init_distributed()
         model, tok = _load(args.model)
+        from fmkit.paradox.protocol import run_sharded
         from fmkit.paradox.scoring import score_choices
 
-        s = score_choices(model, tok, contexts, choices, gold=None if gold[0] is None else gold,
-                          target_delimiter=" " if args.delimiter is None else args.delimiter, unconditional=not args.no_unconditional,
-                          batch_size=args.batch_size, padding_side=args.padding_side, max_length=args.max_length,
-                          progress=True)
-        with replace_file(args.out, overwrite=True, what="--out") as tmp, open(tmp, "w") as f:
+        def score_part(part):  # part: [(item index, context, choices, gold)] -> one result per item
+            s = score_choices(model, tok, [c for _, c, _, _ in part], [ch for _, _, ch, _ in part],
+                              gold=[g for _, _, _, g in part] if has_gold else None,
+                              target_delimiter=" " if args.delimiter is None else args.delimiter,
+                              unconditional=not args.no_unconditional, batch_size=args.batch_size,
+                              padding_side=args.padding_side, max_length=args.max_length, progress=rank == 0,
+                              engine=args.engine)
+            per = [{"records": [], "truncated": t} for t in s.truncated]
             for rec in s.to_records():
+                k = rec["item"]
+                rec["item"] = part[k][0]
+                per[k]["records"].append(rec)
+            if has_gold:
+                norms = {"acc": "sum", "acc_norm": "char", "acc_bytes": "byte", "acc_token": "token"}
+                if s.unconditional is not None:
+                    norms["acc_mutual_info"] = "pmi"
+                for name, norm in norms.items():
+                    for k, v in enumerate(s.accuracy(norm)):
+                        per[k][name] = float(v)
+            return per
+
+        items = [(k, c, ch, g) for k, (c, ch, g) in enumerate(zip(contexts, choices, gold))]
+        results = run_sharded(score_part, items)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+        if rank != 0:
+            return 0
+        records = [rec for r in results for rec in r["records"]]
+        with replace_file(args.out, overwrite=True, what="--out") as tmp, open(tmp, "w") as f:
+            for rec in records:
                 f.write(json.dumps(rec) + "\n")
-        if sum(s.truncated):
-            print(f"{sum(s.truncated)} context(s) truncated from the left to the model's window, as lm-eval does")
-        if s.gold is not None:
-            print(json.dumps(s.metrics()))
-        print(f"wrote {len(s.to_records())} option scores to {args.out}")
+        n_trunc = sum(r["truncated"] for r in results)
+        if n_trunc:
+            print(f"{n_trunc} context(s) truncated from the left to the model's window, as lm-eval does")
+        if has_gold:
+            names = [k for k in ("acc", "acc_norm", "acc_bytes", "acc_token", "acc_mutual_info") if k in results[0]]
+            print(json.dumps({k: float(sum(r[k] for r in results) / len(results)) for k in names}))
+        where = f" ({world} processes)" if world > 1 else ""
+        print(f"wrote {len(records)} option scores to {args.out}{where}")
         return 0
 
     from fmkit.paradox.protocol import (HFGenerator, HumanBaseline, LMPairwiseJudge, LoglikChooser, ParadoxItem,

@@ -6,7 +6,8 @@ Two selective-evaluation task types, each item with a reference, 3 distractors a
 - `completion`: sentence completions; 'easy' distractors are off-topic, 'hard' ones are on-topic
   but contradict the sentence.
 Plus `STORY_PROMPTS` for interrogative evaluation (slot-filled prompts whose questions are made
-from the slots) and the QA set reused for the Oh et al. variant.
+from the slots), `output_questions` for self-interrogation about each selective item's own output,
+and the QA set reused for the Oh et al. variant.
 """
 from __future__ import annotations
 
@@ -139,6 +140,66 @@ def story_question_valid(content: str, question) -> bool:
     """A question is answerable from the content when its answer's key word appears in it."""
     key = question.options[question.answer].split()[-1].lower()
     return key in content.lower()
+
+
+# Self-interrogation about a selective item's OWN generated output (spec 3.2.3 on the same items as
+# the selective evaluation, so each item is scored three ways: generation + judge, multiple-choice
+# log-likelihood, and questions about what the model itself wrote). Questions are made by rule from
+# the output and the item's candidates, not by a strong model:
+# - 'stated': which of the item's candidates does the text give? (asked only when exactly one
+#   candidate appears in the output, whether or not it is the right one: it tests reading, not knowing);
+# - 'word': which of these words appears in the text? (a content word of the output against words of
+#   the item's other candidates, and filler words, that do not appear in it).
+_STOP = set("the a an and or but of to in on at by for with from into is are was were be been it its this that "
+            "these those as so he she they them his her their you your i we our not no yes can will would should "
+            "could has have had do does did which what who whom when where why how than then there here also very "
+            "just only about answer question complete sentence".split())
+_FILLER = ["window", "river", "garden", "engine", "pencil", "mountain", "basket", "candle", "ladder", "violin"]
+
+
+def _norm_words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _has_span(content: str, phrase: str) -> bool:
+    c, p = " ".join(_norm_words(content)), " ".join(_norm_words(phrase))
+    return bool(p) and f" {p} " in f" {c} "
+
+
+def output_questions(item: ParadoxItem, content: str) -> list:
+    """Multiple-choice questions about `content`, the model's own output for `item` (see above);
+    the answer is known from the content itself. Empty when the content gives nothing to ask."""
+    import random
+
+    from fmkit.paradox.protocol import Question
+
+    rng = random.Random(f"{item.id}|{content}")
+    out = []
+    cands = [item.reference] + list(item.distractors)
+    stated = [c for c in cands if _has_span(content, c)]
+    if len(stated) == 1:
+        opts = list(cands)
+        rng.shuffle(opts)
+        out.append(Question("Which of these does the text above give as the answer?", opts, opts.index(stated[0])))
+    words = [w for w in _norm_words(content) if len(w) >= 4 and w not in _STOP and not w.isdigit()]
+    if words:
+        right = words[0]
+        present = set(_norm_words(content))
+        pool = [w for c in cands for w in _norm_words(c) if len(w) >= 4 and w not in _STOP and w not in present]
+        pool = list(dict.fromkeys(pool)) + [w for w in _FILLER if w not in present]
+        wrong = list(dict.fromkeys(pool))[:3]
+        opts = [right] + wrong
+        rng.shuffle(opts)
+        out.append(Question("Which of these words appears in the text above?", opts, opts.index(right)))
+    return out
+
+
+def output_question_valid(content: str, question) -> bool:
+    """Answerable from the content: the answer option appears in it as a whole-word span and no other
+    option does."""
+    return all(_has_span(content, o) == (k == question.answer) for k, o in enumerate(question.options))
 
 
 # The Oh et al. variant reuses the QA questions with alias lists as references.

@@ -1,6 +1,10 @@
 """`fmkit demo paradox`: selective and interrogative evaluation, and the Oh et al. variant, with
 SmolLM2-135M-Instruct as generator, chooser and answerer on the bundled items (fmkit.paradox.data).
 
+Every selective item is scored three ways: generation + judge, multiple-choice log-likelihood, and
+self-interrogation (rule-made questions about the item's own generated output, answered by the same
+model with that output in context); the per-item agreement matrix of the three is printed.
+
 Judges, stated plainly: G uses a reference-metric judge (the reference as a whole-word span of the
 output, else token F1 >= 0.5: 'as good as' or not; it cannot say 'better'), and, as a second column, SmolLM2 itself as a pairwise
 judge (both orders, disagreement = tie). Human baselines are the item author's data (one person, see
@@ -115,7 +119,8 @@ def run_demo(out_dir: str) -> None:
     letter = LetterChooser(HFGenerator(model, tok, max_new_tokens=4))
     ref_judge = ReferenceMetricJudge(threshold=0.5)
     lm_judge = LMPairwiseJudge(model, tok)
-    reports, rows = [], []
+    answerer = LoglikAnswerer(model, tok)
+    reports, rows, matrices = [], [], []
     for ds, make in data.DATASETS.items():
         items = make()
         human = HumanBaseline(discrimination=1.0, source=data.PROVENANCE["human_discrimination"])
@@ -123,7 +128,26 @@ def run_demo(out_dir: str) -> None:
                              provenance=json.dumps(data.PROVENANCE))
         outputs = [p["output"] for p in rep.per_item]
         rep_lm = selective_eval(items, None, lm_judge, letter, dataset=ds, same_model=True, outputs=outputs)
-        names, agree = paired_agreement(rep)
+        # Third way on the SAME items: questions about the item's own generated output, answered by the
+        # same model with that output in context (spec 3.2.3 interrogative pipeline).
+        by_input = {it.input: it for it in items}
+        self_q = interrogative_eval([it.input for it in items], None,
+                                    lambda prompt, content: data.output_questions(by_input[prompt], content),
+                                    answerer, validity_filter=data.output_question_valid, domains=[ds] * len(items),
+                                    same_model=True, contents=outputs)
+        interr_acc = [p["accuracy"] for p in self_q.per_prompt]
+        names, agree = paired_agreement(rep, interrogative_accuracy=interr_acc)
+        interr_ok = [float(a >= 0.5) if a == a else None for a in interr_acc]
+        triples = [(p["gen_success"], p["disc_correct"], x) for p, x in zip(rep.per_item, interr_ok)]
+        asked = [t for t in triples if t[2] is not None]
+        matrices.append({"dataset": ds, "names": names, "matrix": agree.tolist(), "n_items": len(items),
+                         "n_interrogated": len(asked), "n_questions": self_q.n_questions,
+                         "n_filtered": self_q.n_filtered, "interrogation_accuracy": self_q.accuracy,
+                         "all_three_agree": float(sum(len(set(t)) == 1 for t in asked) / len(asked)) if asked
+                         else None,
+                         "per_item": [{"id": p["id"], "generation": g, "discrimination": d, "interrogation": x,
+                                       "interrogation_accuracy": a}
+                                      for p, (g, d, x), a in zip(rep.per_item, triples, interr_acc)]})
         reports.append(rep)
         rows.append({"dataset": ds, "n": rep.n_items, "G (ref-metric judge)": rep.G,
                      "win/tie/loss, model as pairwise judge": f"{rep_lm.win_rate:.2f}/{rep_lm.tie_rate:.2f}/{rep_lm.loss_rate:.2f}",
@@ -132,14 +156,15 @@ def run_demo(out_dir: str) -> None:
                      "D hard": rep.D_by_difficulty.get("hard"), "paradox holds": rep.paradox_holds,
                      "gen/disc agreement": float(agree[0, 1])})
         with open(os.path.join(out_dir, f"selective_{ds}.json"), "w") as f:
-            json.dump({"ref_metric_judge": rep.to_dict(), "lm_judge_letter_choice": rep_lm.to_dict()}, f, indent=1,
-                      default=str)
+            json.dump({"ref_metric_judge": rep.to_dict(), "lm_judge_letter_choice": rep_lm.to_dict(),
+                       "self_interrogation_on_own_outputs": self_q.to_dict(), "agreement": matrices[-1]}, f,
+                      indent=1, default=str)
 
     prompts = [p for p, _ in data.STORY_PROMPTS]
     slots = {p: s for p, s in data.STORY_PROMPTS}
     story_gen = HFGenerator(model, tok, max_new_tokens=48, progress=True)
     inter = interrogative_eval(prompts, story_gen, lambda p, c: data.story_questions(slots[p]),
-                               LoglikAnswerer(model, tok), validity_filter=data.story_question_valid, same_model=True)
+                               answerer, validity_filter=data.story_question_valid, same_model=True)
     qa = data.qa_items()
     oh = evaluation_paradox([it.input for it in qa], data.qa_references(), HFGenerator(model, tok, max_new_tokens=16),
                             _yes_no_judge(model, tok))
@@ -161,6 +186,17 @@ def run_demo(out_dir: str) -> None:
              "tie. Human numbers: the item author's (one person), not a crowd study.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["", "Per-item agreement, three ways on the same items: generation (ref-metric judge), discrimination "
+              "(acc_norm) and self-interrogation about the item's own output (questions made by rule from the "
+              "output, answered by the same model with the output in context; an item counts as understood when "
+              ">= half its questions are right; items with no valid question are left out of that column).", "",
+              "| dataset | items asked / all | questions (filtered) | self-interrogation acc | gen=disc | "
+              "gen=interr | disc=interr | all three agree |", "|---|---|---|---|---|---|---|---|"]
+    for m in matrices:
+        a = m["matrix"]
+        lines.append(f"| {m['dataset']} | {m['n_interrogated']} / {m['n_items']} | {m['n_questions']} "
+                     f"({m['n_filtered']}) | {fmt(m['interrogation_accuracy'])} | {fmt(a[0][1])} | {fmt(a[0][2])} | "
+                     f"{fmt(a[1][2])} | {fmt(m['all_three_agree'])} |")
     lines += ["", "| interrogative (own stories) | value |", "|---|---|",
               f"| questions kept / filtered as unsupported by the story | {inter.n_questions} / {inter.n_filtered} |",
               f"| answer accuracy on its own stories | {fmt(inter.accuracy)} |",

@@ -3,8 +3,11 @@
 lm-evaluation-harness's `hf` model scores every (context, option) pair as its own sequence, so a
 4-option item runs its context four times (lm-eval #1351, #1425), and it returns only the summed
 log-likelihood (no per-token export, lm-eval #2871). `score_choices` tokenises exactly as lm-eval
-does, runs each context once, copies its KV cache to every option and scores all options of a
-batch of items in one more forward pass. From that pass it returns the sum, per-token, per-char,
+does and runs each context once. The default 'packed' engine puts a context and all its options
+(each without its last token, which predicts nothing) in one sequence under a block ("tree")
+attention mask, so a batch of items takes ONE forward pass with no KV cache copies, and projects
+onto the vocabulary only the positions whose log-probs are needed; the 'kv' engine prefills the
+contexts and copies each one's KV cache to its options. It returns the sum, per-token, per-char,
 per-byte and PMI (unconditional) log-likelihoods, lm-eval's acc / acc_norm / acc_bytes /
 acc_mutual_info, and every option's per-token log-probs.
 """
@@ -101,19 +104,19 @@ def _supports_mask_keep(model) -> bool:
     return getattr(module, "slice_logits_to_keep", None) is not None
 
 
-def _kept_logits(model, keep: torch.Tensor, **inputs) -> tuple[torch.Tensor, object]:
+def _kept_logits(model, keep: torch.Tensor, use_cache: bool = True, **inputs) -> tuple[torch.Tensor, object]:
     """Logits at the True positions of `keep` [B, L], flattened to [n_kept, V], and the cache.
     Only those rows are projected onto the vocabulary when the model allows it."""
     ck = _cache_kwarg(model)
     if ck != "cache" and "cache" in inputs:
         inputs[ck] = inputs.pop("cache")
     if _supports_mask_keep(model):
-        out = model(**inputs, use_cache=True, logits_to_keep=keep)
+        out = model(**inputs, use_cache=use_cache, logits_to_keep=keep)
         logits = out.logits
         if logits.dim() == 3:  # an older slice_logits_to_keep without bool masks
             logits = logits[keep]
     else:
-        out = model(**inputs, use_cache=True)
+        out = model(**inputs, use_cache=use_cache)
         logits = out.logits[keep]
     return logits, getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
@@ -187,8 +190,85 @@ def _score_rows(model, rows, pad_id: int, padding_side: str, device) -> list[lis
     return out
 
 
+def _packed_ok(model) -> bool:
+    """Whether the model takes a custom 4D boolean/additive attention mask with explicit position_ids
+    (Hugging Face models on the sdpa or eager attention path)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return impl in ("sdpa", "eager") and "position_ids" in inspect.signature(model.forward).parameters
+
+
+@torch.inference_mode()
+def _score_rows_packed(model, rows, pad_id: int, padding_side: str, device) -> list[list[tuple[np.ndarray, bool]]]:
+    """rows: [(context tokens, [continuation tokens, ...])] -> per row, per continuation,
+    (per-token log-probs, greedy), in ONE forward pass with no KV cache copies.
+
+    Each row is packed as one sequence: the context, then every option's tokens but its last (the
+    last token predicts nothing), each option placed at the positions right after the context. A
+    block ("tree") attention mask lets a context token see the earlier context tokens and an option
+    token see the whole context and the earlier tokens of its own option only, so every option is
+    computed exactly as in its own (context + option) sequence. The vocabulary projection runs only
+    on the positions whose next-token log-probs are needed: the context's last token (shared by the
+    options' first tokens) and the fed option tokens."""
+    n_rows = len(rows)
+    lens = [len(c) + sum(len(o) - 1 for o in cs) for c, cs in rows]
+    width = max(lens)
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    pos = torch.zeros(n_rows, width, dtype=torch.long)
+    seg = torch.full((n_rows, width), -2, dtype=torch.long)  # -2 padding, -1 context, j option j
+    keep = torch.zeros(n_rows, width, dtype=torch.bool)
+    starts = []
+    for i, ((ctx, conts), n) in enumerate(zip(rows, lens)):
+        s0 = width - n if padding_side == "left" else 0
+        starts.append(s0)
+        nc = len(ctx)
+        toks = list(ctx)
+        segs = [-1] * nc
+        ps = list(range(nc))
+        for j, c in enumerate(conts):
+            toks += c[:-1]
+            segs += [j] * (len(c) - 1)
+            ps += range(nc, nc + len(c) - 1)
+        ids[i, s0:s0 + n] = torch.tensor(toks, dtype=torch.long)
+        seg[i, s0:s0 + n] = torch.tensor(segs, dtype=torch.long)
+        pos[i, s0:s0 + n] = torch.tensor(ps, dtype=torch.long)
+        keep[i, s0 + nc - 1:s0 + n] = True
+    valid = seg != -2
+    allowed = (valid[:, None, :] & (pos[:, None, :] <= pos[:, :, None])
+               & ((seg[:, None, :] == -1) | (seg[:, None, :] == seg[:, :, None])))
+    allowed |= torch.eye(width, dtype=torch.bool)[None]  # padding rows see themselves (no all-masked row)
+    mask = allowed[:, None]
+    if model.config._attn_implementation == "eager":
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
+    # Row index, among the kept positions, of each position (keep flattens row-major).
+    kept_index = (keep.view(-1).cumsum(0) - 1).view(n_rows, width)
+    src, targets, spans = [], [], []
+    for i, (ctx, conts) in enumerate(rows):
+        at = starts[i] + len(ctx) - 1  # the context's last token predicts every option's first token
+        per = []
+        for c in conts:
+            first = len(src)
+            src.append(int(kept_index[i, starts[i] + len(ctx) - 1]))
+            src.extend(int(kept_index[i, at + 1 + k]) for k in range(len(c) - 1))
+            targets.extend(c)
+            at += len(c) - 1
+            per.append((first, len(c)))
+        spans.append(per)
+    ids, pos, mask, keep = (t.to(device) for t in (ids, pos, mask, keep))
+    logits, _ = _kept_logits(model, keep, use_cache=False, input_ids=ids, attention_mask=mask, position_ids=pos)
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    lse = torch.logsumexp(logits, dim=1)
+    best = logits.argmax(1)
+    src_t = torch.tensor(src, device=logits.device)
+    tgt_t = torch.tensor(targets, device=logits.device)
+    lp = (logits[src_t, tgt_t] - lse[src_t]).cpu().double().numpy()
+    greedy = (best[src_t] == tgt_t).cpu().numpy()
+    return [[(lp[f:f + n].copy(), bool(greedy[f:f + n].all())) for f, n in per] for per in spans]
+
+
 def score_token_requests(model, requests, *, batch_size: int = 32, padding_side: str = "left",
-                         max_length: int | None = None, pad_token_id: int | None = None, progress: bool = False):
+                         max_length: int | None = None, pad_token_id: int | None = None, progress: bool = False,
+                         engine: str = "auto"):
     """Per-token log-probs of token-level (context, [continuations]) requests, one entry per
     continuation, in request order: [[(log-probs array, greedy), ...], ...].
 
@@ -196,9 +276,21 @@ def score_token_requests(model, requests, *, batch_size: int = 32, padding_side:
     tokens when longer, exactly as lm-eval does (with a TruncationWarning); options that need
     different cuts of one context get their own context row. `batch_size` bounds the number of
     (context, continuation) sequences per forward pass.
+
+    engine: 'packed' runs each context with all its options in one sequence under a block (tree)
+    attention mask, one forward pass per batch and no cache copies (Hugging Face models on the sdpa
+    or eager attention path); 'kv' prefills the contexts, copies each context's KV cache to its
+    options and runs the options as a second batch (any model that takes a cache); 'auto' picks
+    'packed' where the model allows it, else 'kv'. Both give the same log-probs up to rounding.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
+    if engine not in ("auto", "packed", "kv"):
+        raise ValueError(f"engine: expected 'auto', 'packed' or 'kv', got {engine!r}")
+    if engine == "auto":
+        engine = "packed" if _packed_ok(model) else "kv"
+    elif engine == "packed" and not _packed_ok(model):
+        raise ValueError("engine: 'packed' needs a Hugging Face model on the sdpa or eager attention path; use 'kv'")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     window = max_length or model_max_length(model)
@@ -229,8 +321,13 @@ def score_token_requests(model, requests, *, batch_size: int = 32, padding_side:
         warnings.warn(f"{n_truncated} context(s) were longer than the model's window of {window} tokens with "
                       "their option and were truncated from the left, as lm-eval does", TruncationWarning,
                       stacklevel=3)
-    # Longest contexts first, so padding stays small within a batch (lm-eval sorts the same way).
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    # Longest first, so padding stays small within a batch (lm-eval sorts the same way): by the packed
+    # length (context + fed option tokens) for 'packed', by the context length for 'kv'.
+    if engine == "packed":
+        order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + sum(len(c) - 1 for c in rows[i][1])))
+    else:
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    score_rows = _score_rows_packed if engine == "packed" else _score_rows
     out = [[None] * len(conts) for _, conts in requests]
     batches, current, count = [], [], 0
     for i in order:
@@ -245,7 +342,7 @@ def score_token_requests(model, requests, *, batch_size: int = 32, padding_side:
     from tqdm.auto import tqdm
 
     for batch in tqdm(batches, desc="scoring", disable=not progress):
-        for i, per_opt in zip(batch, _score_rows(model, [rows[i] for i in batch], pad, padding_side, device)):
+        for i, per_opt in zip(batch, score_rows(model, [rows[i] for i in batch], pad, padding_side, device)):
             for (r, j), res in zip(where[i], per_opt):
                 out[r][j] = res
     return out
@@ -363,14 +460,14 @@ def _check_text_items(contexts, choices, gold):
 def score_choices(model, tokenizer, contexts, choices, gold=None, *, target_delimiter: str = " ",
                   unconditional: bool = True, batch_size: int = 32, padding_side: str = "left",
                   max_length: int | None = None, add_special_tokens: bool | None = None,
-                  progress: bool = False) -> ChoiceScores:
+                  progress: bool = False, engine: str = "auto") -> ChoiceScores:
     """Scores each context's options as lm-eval's multiple_choice output type does.
 
     Request i, j is (contexts[i], target_delimiter + choices[i][j]), tokenised by lm-eval's rules
     (`encode_pair`); the unconditional requests ('' , delimiter + choice) condition on the BOS/EOS
     token as lm-eval's acc_mutual_info does. acc_norm divides by len(choice) in characters, without
     the delimiter, as lm-eval does. Contexts longer than the window are truncated from the left
-    (TruncationWarning, ChoiceScores.truncated).
+    (TruncationWarning, ChoiceScores.truncated). `engine`: see `score_token_requests`.
     """
     _check_text_items(contexts, choices, gold)
     requests, unc_requests = [], []
@@ -396,7 +493,7 @@ def score_choices(model, tokenizer, contexts, choices, gold=None, *, target_deli
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TruncationWarning)
         res = score_token_requests(model, requests + unc_rows, batch_size=batch_size, padding_side=padding_side,
-                                   max_length=window, pad_token_id=pad, progress=progress)
+                                   max_length=window, pad_token_id=pad, progress=progress, engine=engine)
     for w in caught:
         warnings.warn(w.message, w.category, stacklevel=2)
     main, unc_res = res[:len(requests)], res[len(requests):]
