@@ -54,6 +54,10 @@ def add_parser(sub) -> None:
     tr.add_argument("--sim-threshold", type=float, default=0.24, help="MMC4 image-sentence similarity threshold")
     tr.add_argument("--cross-attn-every-n-layers", type=_positive_int, default=1, help="block placement n")
     tr.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    tr.add_argument("--strategy", choices=["auto", "none", "ddp", "fsdp2"], default="auto",
+                    help="data parallelism under torchrun: ddp, or fsdp2 (fully_shard: parameters, gradients and "
+                         "optimizer state sharded over the ranks); auto: ddp with more than one process, else none")
+    tr.add_argument("--fsdp", action="store_true", help="the same as --strategy fsdp2")
     tr.add_argument("--seed", type=int, default=0, help="data order and sampling seed")
     tr.add_argument("--device", type=_device, default=None, help="cpu, cuda or cuda:N")
 
@@ -86,6 +90,10 @@ def _train(args) -> int:
         raise UsageError("give --mmc4 and/or --laion")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite: give one of them")
+    if args.fsdp:
+        if args.strategy not in ("auto", "fsdp2"):
+            raise UsageError(f"--fsdp and --strategy {args.strategy}: give one of them")
+        args.strategy = "fsdp2"
     if args.mmc4 is not None:
         _require("scipy")  # the Hungarian assignment
     from fmkit._output import replace_dir
@@ -102,7 +110,17 @@ def _train(args) -> int:
     from fmkit.flamingo.data import InterleavedStream, PairStream, image_transform
     from fmkit.flamingo.train import build_flamingo, train_flamingo, write_meta
 
-    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    launched = "WORLD_SIZE" in os.environ  # torchrun (or another launcher that sets the env:// variables)
+    strategy = args.strategy
+    if strategy == "auto":
+        strategy = "ddp" if launched and int(os.environ["WORLD_SIZE"]) > 1 else "none"
+    if strategy != "none" and not launched:
+        raise UsageError(f"--strategy {strategy}: run under torchrun (WORLD_SIZE is not set), e.g. "
+                         f"torchrun --nproc_per_node 2 $(which fmkit) flamingo train ...")
+    if strategy == "none" and launched and int(os.environ["WORLD_SIZE"]) > 1:
+        raise UsageError("--strategy none under torchrun with more than one process: every rank would train "
+                         "its own copy; give --strategy ddp or fsdp2")
+    distributed = strategy != "none"
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -120,7 +138,7 @@ def _train(args) -> int:
                                 loss_multiplier_mmc4=args.loss_multiplier_mmc4,
                                 loss_multiplier_laion=args.loss_multiplier_laion, accum_steps=args.accum_steps,
                                 precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
-                                checkpoint_dir=str(out_dir), resume=args.resume, distributed=distributed,
+                                checkpoint_dir=str(out_dir), resume=args.resume, strategy=strategy,
                                 device=args.device)
         if rank == 0:
             write_meta(str(out_dir), lm=os.path.abspath(args.lm), vision=os.path.abspath(args.vision),

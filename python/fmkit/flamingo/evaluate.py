@@ -305,26 +305,42 @@ class FewShotEvaluator:
     def class_log_likelihoods(self, prompts: Sequence[str], images: Sequence[Sequence[str]],
                               normalize_length: bool = False) -> torch.Tensor:
         """[B, C] log p(class name | prompt, images), summed over the class name's tokens (or
-        averaged with `normalize_length`); each query's media is encoded once and conditions
-        all C continuations in one batch (`conditioned`)."""
+        averaged with `normalize_length`). Each query's media is encoded once (`conditioned`);
+        its prompt runs through the LM once, and its KV cache is repeated over the C class names,
+        which run as one batch after it (as the reference's `get_rank_classifications` does)."""
+        import inspect
+
         tok = self.tokenizer
+        lm = self.model.lang_encoder
+        cache_arg = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
         class_ids = [tok(name, add_special_tokens=False)["input_ids"] for name in self.classes]
-        out = torch.empty(len(prompts), len(self.classes))
+        n_cls = len(class_ids)
+        width = max(len(c) for c in class_ids)
+        cont = torch.full((n_cls, width), self.model.pad_token_id, dtype=torch.long)
+        cont_mask = torch.zeros_like(cont)
+        for i, c in enumerate(class_ids):
+            cont[i, :len(c)] = torch.tensor(c)
+            cont_mask[i, :len(c)] = 1
+        out = torch.empty(len(prompts), n_cls)
         for b, (prompt, paths) in enumerate(zip(prompts, images)):
             prefix = tok(prompt, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
-            rows = [prefix + c for c in class_ids]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), self.model.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(rows):
-                ids[i, :len(r)] = torch.tensor(r)
-                mask[i, :len(r)] = 1
-            media = self.latents(paths)[None].expand(len(rows), -1, -1, -1)
-            with conditioned(self.model, media=media) as lm:
-                logp = lm(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+            media = self.latents(paths)[None]
+            with conditioned(self.model, media=media):
+                first = lm(input_ids=torch.tensor([prefix]), use_cache=True)
+                cache = getattr(first, "cache", None)
+                if cache is None:
+                    cache = first.past_key_values
+                cache.batch_repeat_interleave(n_cls)
+                # The class tokens continue after the prompt's images (the model keeps the count).
+                self.model._condition(media.expand(n_cls, -1, -1, -1))
+                mask = torch.cat([torch.ones(n_cls, len(prefix), dtype=torch.long), cont_mask], dim=1)
+                rest = lm(input_ids=cont, attention_mask=mask, use_cache=True, **{cache_arg: cache})
+            # Token j of a class name is predicted at the prompt's last position (j = 0) or at
+            # the name's token j - 1.
+            logp = torch.cat([first.logits[:, -1:].float().expand(n_cls, -1, -1), rest.logits.float()],
+                             dim=1).log_softmax(-1)
             for i, c in enumerate(class_ids):
-                pos = torch.arange(len(prefix), len(prefix) + len(c))
-                ll = logp[i, pos - 1, torch.tensor(c)].sum()
+                ll = logp[i, torch.arange(len(c)), torch.tensor(c)].sum()
                 out[b, i] = ll / len(c) if normalize_length else ll
         return out
 
