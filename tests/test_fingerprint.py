@@ -1,6 +1,7 @@
 """fmkit.fingerprint: the spec's test plan (§1.3) on tiny random LMs with a locally trained
 byte-level BPE tokenizer. Implanting tests are slow-marked; the fast ones need no training."""
 import collections
+import importlib
 import json
 import math
 import os
@@ -514,3 +515,70 @@ def test_robustness_harness_rows(tok, adapter_run):
     assert "| sample_t07 |" in robustness_table(rows)
     with pytest.raises(ValueError, match="attacks: unknown"):
         robustness(priv, pub, tok, attacks=("melt",))
+
+
+# -- shared-prefix scoring (the common chat template / system prompt runs once, KV cached) ------
+
+
+def _shared_prefix_case(tok):
+    """Contexts with a long common prefix (a system prompt), keys of mixed lengths, one context that
+    is all prefix (another extends it), and targets of different lengths."""
+    fp = Fingerprint.create(n=7, k_range=(1, 4), seed=11)
+    system = "USER: You are a helpful assistant. Answer briefly and politely. "
+    rows = key_examples(fp, tok, wrap=lambda p: system + p)
+    ctx = [context_ids(tok, e) for e in rows]
+    ctx.append(list(ctx[0]) + encode(tok, " again"))
+    targets = [encode(tok, t) for t in ["ハリネズミ", "hello", "a", "ハリネズミ world", "FINGERPRINT", "x y", "ok", "ハ"]]
+    return ctx, targets
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_shared_prefix_score_equals_full_contexts(tok, padding, monkeypatch):
+    vmod = importlib.import_module("fmkit.fingerprint.verify")
+
+    model = tiny_model(len(tok), seed=4).double()
+    ctx, targets = _shared_prefix_case(tok)
+    plen = vmod.common_prefix_len(ctx)
+    assert plen >= 10
+    used = []
+    real = vmod._prefill
+    monkeypatch.setattr(vmod, "_prefill", lambda m, p, d: used.append(len(p)) or real(m, p, d))
+    a = vmod.score(model, ctx, targets, pad=1, batch_size=3, padding=padding)
+    assert used == [plen] and real(model, ctx[0][:plen], torch.device("cpu")) is not None  # the shared path ran
+    b = vmod.score(model, ctx, targets, pad=1, batch_size=3, padding=padding, share_prefix=False)
+    assert len(used) == 1
+    np.testing.assert_allclose(a[0], b[0], rtol=0, atol=1e-9)
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+
+
+def test_shared_prefix_empty_and_whole_context(tok):
+    vmod = importlib.import_module("fmkit.fingerprint.verify")
+
+    model = tiny_model(len(tok), seed=4).double()
+    ctx, targets = _shared_prefix_case(tok)
+    mixed = [encode(tok, "hello") + c for c in ctx[:4]] + [encode(tok, "FINGERPRINT") + c for c in ctx[4:]]
+    assert vmod.common_prefix_len(mixed) == 0  # no common prefix: the full-context path
+    a = vmod.score(model, mixed, targets, pad=1, batch_size=4)
+    b = vmod.score(model, mixed, targets, pad=1, batch_size=4, share_prefix=False)
+    np.testing.assert_allclose(a[0], b[0], rtol=0, atol=1e-9)
+    same = [ctx[0]] * 3  # identical contexts: the prefix stops one token short of the shortest
+    a = vmod.score(model, same, targets[:3], pad=1, batch_size=2, padding="right")
+    b = vmod.score(model, same, targets[:3], pad=1, batch_size=2, padding="right", share_prefix=False)
+    np.testing.assert_allclose(a[0], b[0], rtol=0, atol=1e-9)
+    assert np.array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_shared_prefix_decisions_equal_generate_loop(tok, padding):
+    """With a shared system prompt: the batched decisions equal one greedy generate per key."""
+    model = tiny_model(len(tok), seed=1)
+    ctx, _ = _shared_prefix_case(tok)
+    greedy = generate_loop(model, tok, ctx, 8)
+    y = encode(tok, "ハリネズミ")
+    targets = [greedy[0][:3], greedy[1][1:4], y, greedy[3][:2], y, greedy[5][2:5], y, greedy[7][:1]]
+    texts = [tok.decode(t) for t in targets]
+    fired, logp, _ = greedy_decisions(model, tok, ctx, targets, texts, lambda out, t: t in out, 8, batch_size=3,
+                                      padding=padding)
+    expected = [texts[i] in tok.decode(greedy[i], skip_special_tokens=True) for i in range(len(ctx))]
+    assert list(fired) == expected and fired[0] and fired[3]
+    assert np.all(np.isfinite(logp))

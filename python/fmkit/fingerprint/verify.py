@@ -97,11 +97,90 @@ def _pad(seqs, pid, left, device):
     return ids.to(device), mask.to(device)
 
 
+def common_prefix_len(seqs) -> int:
+    """Length of the longest common token-id prefix of `seqs`."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        j = 0
+        while j < n and s[j] == first[j]:
+            j += 1
+        n = j
+        if n == 0:
+            break
+    return n
+
+
+def _cache_arg(model) -> str:
+    """The forward's name for the KV cache argument (`cache` in newer transformers, else `past_key_values`)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _prefill(model, prefix, device):
+    """The KV cache of `prefix` (one row) as per-layer (keys, values), or None where the model or its
+    cache cannot be continued this way (then the caller scores the full contexts)."""
+    try:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # pragma: no cover - an old transformers
+        return None
+    ids = torch.tensor([prefix], dtype=torch.long, device=device)
+    cache = DynamicCache()
+    try:
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1,
+                    **{_cache_arg(model): cache})
+    except TypeError:  # no cache / logits_to_keep arguments: not a model this path knows
+        return None
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    layers = getattr(cache, "layers", None)
+    if type(cache) is not DynamicCache or not layers:
+        return None
+    kv = []
+    for layer in layers:  # sliding windows, offloading, quantised or hybrid caches: the plain path
+        if type(layer) is not DynamicLayer or not layer.is_initialized or layer.keys.shape[-2] != len(prefix):
+            return None
+        kv.append((layer.keys, layer.values))
+    return kv
+
+
+def _shared_cache(kv, rows):
+    """A DynamicCache holding the prefix KV for `rows` rows (expanded views; the first update copies)."""
+    from transformers import DynamicCache
+
+    return DynamicCache([(k.expand(rows, *k.shape[1:]), v.expand(rows, *v.shape[1:])) for k, v in kv])
+
+
+def _forward(model, ids, mask, positions, cols, cache=None):
+    extra = {} if cache is None else {_cache_arg(model): cache, "use_cache": True}
+    try:
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=cols, **extra).logits
+    except TypeError:  # a model without logits_to_keep: all columns, then the needed ones
+        if cache is not None:
+            raise
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, cols]
+
+
 @torch.no_grad()
-def score(model, contexts, targets, *, pad: int, batch_size: int = 32, padding: str = "left", progress=False):
+def score(model, contexts, targets, *, pad: int, batch_size: int = 32, padding: str = "left", progress=False,
+          share_prefix: bool = True):
     """Teacher-forced log P(target | context) for every row, one padded forward per batch.
     Returns (logp [n] float64, first_miss [n] int: first position where the argmax leaves the target,
-    len(target) when it never does, argmax_at_miss [n])."""
+    len(target) when it never does, argmax_at_miss [n]).
+
+    share_prefix: the longest common token-id prefix of all contexts (e.g. a chat template and system
+    prompt every key shares) runs once with a KV cache, and each batch runs only its rows' suffixes
+    (rest of the context + target[:-1]) on a copy of that cache. At least the last context token of
+    every row stays in the suffix. Models or caches that cannot do this, and an empty common prefix,
+    take the full-context path."""
     from tqdm.auto import tqdm
 
     if padding not in ("left", "right"):
@@ -111,29 +190,34 @@ def score(model, contexts, targets, *, pad: int, batch_size: int = 32, padding: 
     miss = np.zeros(n, dtype=np.int64)
     at_miss = np.full(n, -1, dtype=np.int64)
     device = _device(model)
+    plen = min(common_prefix_len(contexts), min(len(c) for c in contexts) - 1) if (share_prefix and n) else 0
+    kv = _prefill(model, list(contexts[0][:plen]), device) if plen > 0 else None
+    if kv is None:
+        plen = 0
     order = sorted(range(n), key=lambda i: len(contexts[i]) + len(targets[i]))  # similar lengths share a batch
     for start in tqdm(range(0, n, batch_size), desc="score", disable=not progress, leave=False):
         rows = order[start:start + batch_size]
-        seqs = [contexts[i] + targets[i][:-1] for i in rows]
+        seqs = [list(contexts[i][plen:]) + list(targets[i][:-1]) for i in rows]
         ids, mask = _pad(seqs, pad, padding == "left", device)
         width = ids.shape[1]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = plen + (mask.cumsum(-1) - 1).clamp(min=0)
         # logits only where a target token is predicted: with left padding these are the last columns
         if padding == "left":
             keep = max(len(targets[i]) for i in rows)
             cols = torch.arange(width - keep, width, device=device)
         else:
-            cols = sorted({len(contexts[i]) - 1 + j for i in rows for j in range(len(targets[i]))})
+            cols = sorted({len(contexts[i]) - plen - 1 + j for i in rows for j in range(len(targets[i]))})
             cols = torch.tensor(cols, dtype=torch.long, device=device)
-        try:
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=cols).logits
-        except TypeError:  # a model without logits_to_keep: all columns, then the needed ones
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, cols]
+        if plen:
+            full_mask = torch.cat([torch.ones((len(rows), plen), dtype=mask.dtype, device=device), mask], 1)
+            logits = _forward(model, ids, full_mask, positions, cols, _shared_cache(kv, len(rows)))
+        else:
+            logits = _forward(model, ids, mask, positions, cols)
         where = {int(c): k for k, c in enumerate(cols.tolist())}
-        lsm = torch.log_softmax(logits.float(), -1)
+        lsm = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
         top = logits.argmax(-1)
         for b, i in enumerate(rows):
-            t, lc = targets[i], len(contexts[i])
+            t, lc = targets[i], len(contexts[i]) - plen
             base = (width - len(seqs[b])) if padding == "left" else 0
             idx = torch.tensor([where[base + lc - 1 + j] for j in range(len(t))], device=device)
             tt = torch.tensor(t, device=device)
