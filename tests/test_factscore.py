@@ -153,6 +153,40 @@ def test_retrieval_k_and_reversed_prompt_order():
     assert prompt_parts("T", "f", [{"title": "T", "text": "no stop"}])[0].endswith("no stop.\n\n")
 
 
+def test_per_topic_passages_shared_by_all_facts_of_a_topic():
+    ps = [{"title": "T", "text": f"passage {i} about item{i} and item{(i + 1) % 6}"} for i in range(6)]
+    facts = ["item4 item4", "item2 fact", "item4 item4", "item0"]
+    bm = BM25Retriever(k=2, passages="per_topic")
+    got = bm.retrieve("T", facts, ps)
+    assert all(g == got[0] for g in got) and len(got[0]) == 2
+    # the top k by summed per-fact BM25 score over the distinct facts (one concatenated query)
+    index = BM25([f"{p['title']} {p['text']}".split() for p in ps])
+    total = sum(index.scores(f"T {f}".split()) for f in dict.fromkeys(facts))
+    assert [ps.index(p) for p in got[0]] == list(np.argsort(-total, kind="stable")[:2])
+    assert got[0] != BM25Retriever(k=2).retrieve("T", ["item0"], ps)[0]  # per_fact differs for this fact
+    enc = hashing_encoder(32)
+    dense = DenseRetriever(enc, k=3, passages="per_topic").retrieve("T", facts, ps)
+    q = enc([f"T {f}" for f in dict.fromkeys(facts)]).sum(0)
+    brute = torch.topk(enc([f"{p['title']} {p['text']}" for p in ps]) @ q, 3).indices.tolist()
+    assert all(d == dense[0] for d in dense) and [ps.index(p) for p in dense[0]] == brute
+    for cls in (BM25Retriever, lambda **kw: DenseRetriever(enc, **kw)):
+        with pytest.raises(ValueError, match="passages"):
+            cls(k=2, passages="per_doc")
+    # end to end: every fact of a topic is verified against the same passages
+    ks = KnowledgeSource.from_records(toy_corpus(2), max_tokens=12)
+    seen = []
+
+    class Spy(OverlapVerifier):
+        def verify(self, items):
+            seen.extend(items)
+            return super().verify(items)
+    t0, t1 = ks.titles()
+    FactScorer(ks, Spy(), retriever=BM25Retriever(k=2, passages="per_topic")).get_score(
+        [t0, t1, t0], ["x"] * 3, atomic_facts=[["a b.", "c d."], ["e."], ["f g."]], gamma=0)
+    for t in (t0, t1):
+        assert len({tuple(p["text"] for p in ps_) for tt, _, ps_ in seen if tt == t}) == 1
+
+
 # -- 6. chat-style parser ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("reply,expected", [

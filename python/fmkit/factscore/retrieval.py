@@ -1,6 +1,17 @@
 """Passage retrieval inside one topic's article: BM25 (rank_bm25's scoring) and dense retrieval
 with inner-product scores searched by fmkit's exact kNN, each with a per-topic index cache.
-The query is `topic + " " + fact`; results come best first (the verifier prompt reverses them)."""
+The query is `topic + " " + fact`; results come best first (the verifier prompt reverses them).
+
+`passages` chooses what a fact is verified against:
+- "per_fact" (default, upstream): each fact gets the top k passages for its own query.
+- "per_topic": the facts of a topic passed together in one `retrieve` call all get the same top k
+  passages, those with the highest summed score over the distinct facts' queries (BM25 is a sum
+  over query words and the dense score an inner product, so this is one query: the per-fact
+  queries concatenated, or their embeddings summed). Every fact of a topic then has the same
+  verification prompt up to the `Input:` line, so LogitVerifier encodes that context once per
+  topic (prefix KV sharing). The passages depend on which facts are passed together (FactScorer
+  passes all facts of a topic in one call; under torch.distributed sharding, those of the rank).
+"""
 from __future__ import annotations
 
 import os
@@ -14,20 +25,34 @@ def _passage_text(p: dict) -> str:
     return f"{p['title']} {p['text']}".strip()
 
 
-class BM25Retriever:
-    """Okapi BM25 over whitespace tokens of "title text" of each passage; index cached per topic."""
+PASSAGE_MODES = ("per_fact", "per_topic")
 
-    def __init__(self, k: int = 3):
+
+def _check_mode(passages: str) -> str:
+    if passages not in PASSAGE_MODES:
+        raise ValueError(f"passages: expected one of {PASSAGE_MODES}, got {passages!r}")
+    return passages
+
+
+class BM25Retriever:
+    """Okapi BM25 over whitespace tokens of "title text" of each passage; index cached per topic.
+    `passages`: "per_fact" (upstream) or "per_topic" (see the module docstring)."""
+
+    def __init__(self, k: int = 3, passages: str = "per_fact"):
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k: expected a positive integer, got {k!r}")
-        self.k = k
+        self.k, self.passages = k, _check_mode(passages)
         self._index: dict[str, BM25] = {}
 
     def retrieve(self, topic: str, facts: list[str], passages: list[dict]) -> list[list[dict]]:
-        if not passages:
+        if not passages or not facts:
             return [[] for _ in facts]
         if topic not in self._index:
             self._index[topic] = BM25([whitespace_tokens(_passage_text(p)) for p in passages])
+        if self.passages == "per_topic":
+            query = [w for f in dict.fromkeys(facts) for w in whitespace_tokens(f"{topic} {f}")]
+            row = [passages[j] for j in self._index[topic].top_k([query], self.k)[0]]
+            return [list(row) for _ in facts]
         top = self._index[topic].top_k([whitespace_tokens(f"{topic} {f}") for f in facts], self.k)
         return [[passages[j] for j in row] for row in top]
 
@@ -77,9 +102,11 @@ def minilm_path() -> str | None:
 class DenseRetriever:
     """Inner-product retrieval with any sentence encoder (a callable list[str] -> [n, d] tensor, or
     an HFEncoder). Passage embeddings are computed once per topic (kept in memory and, with
-    `cache_dir`, on disk); the top-k search is fmkit.ops.knn(metric="ip"), exact."""
+    `cache_dir`, on disk); the top-k search is fmkit.ops.knn(metric="ip"), exact.
+    `passages`: "per_fact" (upstream) or "per_topic" (the summed query embedding of the distinct
+    facts, see the module docstring)."""
 
-    def __init__(self, encoder, k: int = 5, cache_dir: str | None = None):
+    def __init__(self, encoder, k: int = 5, cache_dir: str | None = None, passages: str = "per_fact"):
         if isinstance(encoder, (str, os.PathLike)):
             encoder = HFEncoder(encoder)
         if not callable(encoder):
@@ -88,6 +115,7 @@ class DenseRetriever:
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k: expected a positive integer, got {k!r}")
         self.encoder, self.k, self.cache_dir = encoder, k, cache_dir
+        self.passages = _check_mode(passages)
         self._embeddings: dict[str, torch.Tensor] = {}
         self.encoded_topics = 0  # passage sets actually encoded (cache misses), for tests and logs
 
@@ -130,7 +158,12 @@ class DenseRetriever:
         if not passages or not facts:
             return [[] for _ in facts]
         db = self.passage_embeddings(topic, passages)
-        q = self._encode([f"{topic} {f}" for f in facts])
         k = min(self.k, db.shape[0])
+        if self.passages == "per_topic":
+            q = self._encode([f"{topic} {f}" for f in dict.fromkeys(facts)]).sum(0, keepdim=True)
+            _, idx = knn(q, db, k, metric="ip")
+            row = [passages[j] for j in idx[0].tolist()]
+            return [list(row) for _ in facts]
+        q = self._encode([f"{topic} {f}" for f in facts])
         _, idx = knn(q, db, k, metric="ip")
         return [[passages[j] for j in row] for row in idx.tolist()]
