@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -95,27 +96,30 @@ inline vfloat round_to_code(vfloat v) {  // [0, 1] -> 0..255 as floats, nearest 
 // gather/convert loops of the strided path cost more than the colour chain itself.
 typedef uint8_t vbyte __attribute__((vector_size(simd::VW)));
 
-inline vfloat od_of_codes(const uint8_t* p, const float* lut) {
+inline vint codes(const uint8_t* p) {
   vbyte b;
   std::memcpy(&b, p, sizeof b);
-  const vint idx = __builtin_convertvector(b, vint);
+  return __builtin_convertvector(b, vint);
+}
+
+inline vfloat lookup(vint idx, const float* table) {  // table[idx] per lane, 0 <= idx < 256
 #if defined(__AVX512F__)
   __m512i i;
   std::memcpy(&i, &idx, sizeof i);
-  const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, i, lut, 4);  // (the unmasked form trips -Wmaybe-uninitialized)
+  const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, i, table, 4);  // (the unmasked form trips -Wmaybe-uninitialized)
   vfloat r;
   std::memcpy(&r, &g, sizeof r);
   return r;
 #elif defined(__AVX2__)
   __m256i i;
   std::memcpy(&i, &idx, sizeof i);
-  const __m256 g = _mm256_i32gather_ps(lut, i, 4);
+  const __m256 g = _mm256_i32gather_ps(table, i, 4);
   vfloat r;
   std::memcpy(&r, &g, sizeof r);
   return r;
 #else
   vfloat r;
-  for (int l = 0; l < simd::VW; ++l) r[l] = lut[idx[l]];
+  for (int l = 0; l < simd::VW; ++l) r[l] = table[idx[l]];
   return r;
 #endif
 }
@@ -133,7 +137,9 @@ void row_vectors(const T* p0, const T* p1, const T* p2, T* q0, T* q1, T* q2, int
   for (int64_t i = 0; i < n; i += simd::VW) {
     vfloat v[3];
     if constexpr (std::is_same<T, uint8_t>::value) {
-      chain_block(od_of_codes(p0 + i, lut), od_of_codes(p1 + i, lut), od_of_codes(p2 + i, lut), k, inv, eps, v);
+      // Codes through the optical-density table (one gather per channel): 20-30% less CPU time
+      // than the vector log of the float path on a Xeon with AVX-512 and with AVX2.
+      chain_block(lookup(codes(p0 + i), lut), lookup(codes(p1 + i), lut), lookup(codes(p2 + i), lut), k, inv, eps, v);
       store_codes(q0 + i, v[0]);
       store_codes(q1 + i, v[1]);
       store_codes(q2 + i, v[2]);
@@ -143,6 +149,50 @@ void row_vectors(const T* p0, const T* p1, const T* p2, T* q0, T* q1, T* q2, int
       simd::vstore(q0 + i, v[0]);
       simd::vstore(q1 + i, v[1]);
       simd::vstore(q2 + i, v[2]);
+    }
+  }
+}
+
+// uint8 input has only 256 values per channel, so exp(-(od A + b)) factors per image into
+// three tables per output channel: out_c = E_c0[p0] E_c1[p1] E_c2[p2], with
+// E_ck[v] = exp(-(od(v) a_kc + [k = 0] b_c)) in double. Nine lookups and two products replace
+// three exps, three FMAs and three lookups per pixel (the exps run once per image and code),
+// and the result is closer to the exact chain (each factor rounded once).
+constexpr int kTables = 9 * 256;  // [c][k][v]
+
+// Fills one image's tables; false if a partial product could leave the normal float range
+// (|exponent sum| > 85: extreme alpha / beta), then the image takes the exp path.
+inline bool fill_tables(const Coef& k, const double* od, float* tab) {
+  for (int c = 0; c < 3; ++c) {
+    double bound = std::fabs(k.b[c]);
+    for (int j = 0; j < 3; ++j) {
+      double m = 0;
+      for (int v = 0; v < 256; ++v) m = std::max(m, std::fabs(od[v] * k.a[3 * j + c]));
+      bound += m;
+    }
+    if (!(bound <= 85.0)) return false;  // also false for NaN coefficients
+  }
+  for (int c = 0; c < 3; ++c)
+    for (int j = 0; j < 3; ++j)
+      for (int v = 0; v < 256; ++v)
+        tab[(c * 3 + j) * 256 + v] =
+            static_cast<float>(std::exp(-(od[v] * k.a[3 * j + c] + (j == 0 ? k.b[c] : 0.0))));
+  return true;
+}
+
+// Pixels [0, n) of one unit-stride uint8 row through the image's tables, n a multiple of VW.
+inline void row_tables(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, uint8_t* q0, uint8_t* q1,
+                       uint8_t* q2, int64_t n, const float* tab, float inv, float eps) {
+  uint8_t* q[3] = {q0, q1, q2};
+  for (int64_t i = 0; i < n; i += simd::VW) {
+    const vint i0 = codes(p0 + i), i1 = codes(p1 + i), i2 = codes(p2 + i);
+    for (int c = 0; c < 3; ++c) {
+      const float* t = tab + c * 3 * 256;
+      const vfloat e = lookup(i0, t) * lookup(i1, t + 256) * lookup(i2, t + 512);
+      vfloat v = (e - eps) * inv;
+      v = v < 0.f ? simd::splat(0.f) : v;
+      v = v > 1.f ? simd::splat(1.f) : v;
+      store_codes(q[c] + i, v);
     }
   }
 }
@@ -156,9 +206,26 @@ void run(const Tensor& img, const Coef* coef, const Tensor& out, float scale, fl
   T* dst = out.ptr<T>();
   constexpr bool u8 = std::is_same<T, uint8_t>::value;
   float lut[256];  // uint8: the optical density of each code value, computed once in double
+  double od64[256];
   if (u8)
-    for (int v = 0; v < 256; ++v) lut[v] = static_cast<float>(-std::log(scale * (v / 255.0) + eps));
+    for (int v = 0; v < 256; ++v) {
+      od64[v] = -std::log(scale * (v / 255.0) + eps);
+      lut[v] = static_cast<float>(od64[v]);
+    }
   const int threads = std::max(1, num_threads);
+#if FMKIT_STAIN_VECTOR_IO
+  // uint8 with unit-stride rows: per-image product tables (row_tables), 9 KiB per image.
+  // Without hardware gathers (SSE2, NEON: 4 lanes) nine scalar lookups beat three 4-lane exps
+  // (42 -> 24 ms per 256x3x96x96 batch on one core); with AVX2 / AVX-512 nine gathers cost more
+  // than three table gathers and three vector exps (measured on a Xeon with AVX-512).
+  const bool tabled = u8 && sw == 1 && W >= simd::VW && simd::VW <= 4;
+  std::vector<float> tables(tabled ? B * kTables : 0);
+  std::vector<uint8_t> has_table(tabled ? B : 0);
+  if (tabled) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int64_t b = 0; b < B; ++b) has_table[b] = fill_tables(coef[b], od64, tables.data() + b * kTables);
+  }
+#endif
   // Dynamic blocks of rows: on a shared machine a thread that loses its core must not hold the
   // whole call back (static halves ran 3x slower than one thread under a busy neighbour).
 #pragma omp parallel for schedule(dynamic, 16) num_threads(threads)
@@ -173,7 +240,16 @@ void run(const Tensor& img, const Coef* coef, const Tensor& out, float scale, fl
       const T* p = src + b * sb + h * sh;
       T* q = dst + (b * 3 * H + h) * W;
       w_start = W - W % simd::VW;
-      row_vectors<T>(p, p + sc, p + 2 * sc, q, q + H * W, q + 2 * H * W, w_start, coef[b], lut, scale, eps);
+      if constexpr (u8) {
+        if (tabled && has_table[b]) {
+          row_tables(p, p + sc, p + 2 * sc, q, q + H * W, q + 2 * H * W, w_start, tables.data() + b * kTables,
+                     1.f / scale, eps);
+        } else {
+          row_vectors<T>(p, p + sc, p + 2 * sc, q, q + H * W, q + 2 * H * W, w_start, coef[b], lut, scale, eps);
+        }
+      } else {
+        row_vectors<T>(p, p + sc, p + 2 * sc, q, q + H * W, q + 2 * H * W, w_start, coef[b], lut, scale, eps);
+      }
     }
 #endif
     for (int64_t w0 = w_start; w0 < W; w0 += kChunk) {
