@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 from fmkit.equity import _bootstrap as bs
-from fmkit.equity.audit import EquityWarning, as_array, check_aligned, group_maps, label_str
+from fmkit.equity.audit import EquityWarning, _finite, as_array, check_aligned, group_maps, label_str
 
 
 def corrected_prevalence(p_obs, sens, spec):
@@ -216,15 +216,6 @@ def corrected_disparity(labels, groups, *, positive=1, validation=None, sens=Non
 
 def _hits(arr, positive):
     return ((arr == positive) if arr.dtype.kind != "O" else np.array([v == positive for v in arr])).astype(np.float64)
-
-
-def _finite(arr, name):
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name}: expected numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    return arr
 
 
 def _rates(n, k, cells, method, fixed):
