@@ -12,14 +12,15 @@ def _per_item(items):
     return [{"id": it["id"], "score": sum(ord(ch) for ch in it["text"]) % 97} for it in items]
 
 
-def _worker(rank, world, init_file, out_dir, items):
+def _worker(rank, world, init_file, out_dir, per_item, items):
+    """One gloo rank: run_sharded(per_item, items), the gathered result written to rank<r>.json."""
     import torch.distributed as dist
 
     from fmkit.paradox import run_sharded
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        out = run_sharded(_per_item, items)
+        out = run_sharded(per_item, items)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(out, f)
     finally:
@@ -32,7 +33,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     from fmkit.paradox import run_sharded
 
     items = [{"id": k, "text": f"item number {k} " * (k % 4 + 1)} for k in range(11)]  # odd: uneven shards
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), items), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), _per_item, items), nprocs=2, join=True)
     single = run_sharded(_per_item, items)
     for rank in range(2):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == single
@@ -63,32 +64,17 @@ def _score_items(items):
             for (_, it), ch, (_, g), ll, tl in zip(items, chosen, cands, s.loglik, s.token_logprobs)]
 
 
-def _model_worker(rank, world, init_file, out_dir):
-    import torch.distributed as dist
-
-    from fmkit.paradox import data, run_sharded
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        items = list(enumerate(data.qa_items() + data.completion_items()))
-        out = run_sharded(_score_items, items)
-        with open(os.path.join(out_dir, f"scored{rank}.json"), "w") as f:
-            json.dump(out, f)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_gloo_ranks_scoring_with_a_real_model_equal_one_process(tmp_path):
     import torch.multiprocessing as mp
 
     from fmkit.paradox import data, run_sharded
 
     items = list(enumerate(data.qa_items() + data.completion_items()))  # 32 items, 16 per rank
-    mp.spawn(_model_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), _score_items, items), nprocs=2, join=True)
     single = run_sharded(_score_items, items)
     assert len(single) == 32 and len({r["chosen"] for r in single}) > 1  # the scores discriminate
     for rank in range(2):
-        gathered = json.loads((tmp_path / f"scored{rank}.json").read_text())
+        gathered = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert [r["id"] for r in gathered] == [it.id for _, it in items]
         assert gathered == single  # choices and every log-prob bit-identical
 

@@ -159,6 +159,9 @@ void row_vectors(const T* p0, const T* p1, const T* p2, T* q0, T* q1, T* q2, int
 // three exps, three FMAs and three lookups per pixel (the exps run once per image and code),
 // and the result is closer to the exact chain (each factor rounded once).
 constexpr int kTables = 9 * 256;  // [c][k][v]
+// Only 4-lane levels use them: with AVX2 / AVX-512 nine gathers cost more than three table
+// gathers and three vector exps (measured on a Xeon with AVX-512), so those builds leave them out.
+constexpr bool kProductTables = simd::VW <= 4;
 
 // Fills one image's tables; false if a partial product could leave the normal float range
 // (|exponent sum| > 85: extreme alpha / beta), then the image takes the exp path.
@@ -216,14 +219,15 @@ void run(const Tensor& img, const Coef* coef, const Tensor& out, float scale, fl
 #if FMKIT_STAIN_VECTOR_IO
   // uint8 with unit-stride rows: per-image product tables (row_tables), 9 KiB per image.
   // Without hardware gathers (SSE2, NEON: 4 lanes) nine scalar lookups beat three 4-lane exps
-  // (42 -> 24 ms per 256x3x96x96 batch on one core); with AVX2 / AVX-512 nine gathers cost more
-  // than three table gathers and three vector exps (measured on a Xeon with AVX-512).
-  const bool tabled = u8 && sw == 1 && W >= simd::VW && simd::VW <= 4;
+  // (42 -> 24 ms per 256x3x96x96 batch on one core).
+  const bool tabled = kProductTables && u8 && sw == 1 && W >= simd::VW;
   std::vector<float> tables(tabled ? B * kTables : 0);
   std::vector<uint8_t> has_table(tabled ? B : 0);
-  if (tabled) {
+  if constexpr (kProductTables) {
+    if (tabled) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t b = 0; b < B; ++b) has_table[b] = fill_tables(coef[b], od64, tables.data() + b * kTables);
+      for (int64_t b = 0; b < B; ++b) has_table[b] = fill_tables(coef[b], od64, tables.data() + b * kTables);
+    }
   }
 #endif
   // Dynamic blocks of rows: on a shared machine a thread that loses its core must not hold the
@@ -240,16 +244,16 @@ void run(const Tensor& img, const Coef* coef, const Tensor& out, float scale, fl
       const T* p = src + b * sb + h * sh;
       T* q = dst + (b * 3 * H + h) * W;
       w_start = W - W % simd::VW;
-      if constexpr (u8) {
+      bool done = false;
+      if constexpr (u8 && kProductTables) {
         if (tabled && has_table[b]) {
           row_tables(p, p + sc, p + 2 * sc, q, q + H * W, q + 2 * H * W, w_start, tables.data() + b * kTables,
                      1.f / scale, eps);
-        } else {
-          row_vectors<T>(p, p + sc, p + 2 * sc, q, q + H * W, q + 2 * H * W, w_start, coef[b], lut, scale, eps);
+          done = true;
         }
-      } else {
-        row_vectors<T>(p, p + sc, p + 2 * sc, q, q + H * W, q + 2 * H * W, w_start, coef[b], lut, scale, eps);
       }
+      if (!done)
+        row_vectors<T>(p, p + sc, p + 2 * sc, q, q + H * W, q + 2 * H * W, w_start, coef[b], lut, scale, eps);
     }
 #endif
     for (int64_t w0 = w_start; w0 < W; w0 += kChunk) {
