@@ -44,6 +44,8 @@ WORKLOADS = {
                      ("256x3x96x96 uint8 release", "albumentations HEStain", (">=", 3.0)),
                      ("256x3x96x96 float32 release", "release per-image loop", (">=", 10.0)),
                      ("256x3x96x96 float32 release", "albumentations HEStain", (">=", 3.0))],
+    "class_spectrum": [("class_diversity C=250 n=100 d=512 fp32", "vendi-score score_dual loop", (">=", 100.0)),
+                       ("class_diversity C=250 n=100 d=512 fp32", "numpy n×n loop (float64)", (">=", 10.0))],
 }
 # The anchors pick their own ISA (MKL / oneDNN / ATen kernels for torch, faiss's own build
 # variants); by default they are held to the level under test too, so each row is what a CPU
@@ -125,6 +127,31 @@ def _contenders(op: str, large: bool):
                 return {"max_err_codes_vs_float64": float((fused().double() - ref.double()).abs().max()) * scale}
 
             yield f"256x3x96x96 {str(dtype)[6:]} release", fns, 9, extra
+    elif op == "class_spectrum":
+        yield from _class_spectrum_workload()
+
+
+def _class_spectrum_workload():
+    import numpy as np
+
+    from fmkit.bench import diversity as b
+    from fmkit.diversity import class_diversity
+
+    C, n, d = 250, 100, 512
+    feats, labels = b._data(C, n, d)
+    x = feats.numpy()
+    truth = b._score_dual_loop(x.astype(np.float64), C, n)
+    out = {}
+
+    def ours():
+        out["fmkit"] = class_diversity(feats, labels).intra.numpy()
+
+    def extra():
+        return {"max_rel_err_vs_float64_score_dual": float(np.max(np.abs(out["fmkit"] - truth) / truth))}
+
+    fns = {"fmkit": ours, "vendi-score score_dual loop": lambda: b._score_dual_loop(x, C, n),
+           "numpy n×n loop (float64)": lambda: b._nn_loop(x, C, n)}
+    yield f"class_diversity C={C} n={n} d={d} fp32", fns, 3, extra
 
 
 def _kmeans_workloads(large):

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cpu/dispatch.h"
+#include "ops/class_spectrum.h"
 #include "ops/clip_loss.h"
 #include "ops/gaussian_kde.h"
 #include "ops/knn.h"
@@ -290,6 +291,21 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("images"), py::arg("coef"), py::arg("out"), py::arg("scale"), py::arg("eps"), py::arg("num_threads"),
       "Fused HED stain jitter of [B, 3, H, W] uint8/float32 images (contract in csrc/ops/stain_jitter.h).");
+
+  m.def(
+      "class_spectrum_cpu",
+      [](py::capsule features, py::capsule rows, py::capsule offsets, py::capsule eigenvalues, py::capsule sums,
+         py::capsule unit_sums, py::capsule row_norms, bool normalize, int num_threads) {
+        auto fh = borrow(features, "features"), rh = borrow(rows, "rows"), oh = borrow(offsets, "offsets");
+        auto eh = borrow(eigenvalues, "eigenvalues"), sh = borrow(sums, "sums"), uh = borrow(unit_sums, "unit_sums");
+        auto nh = borrow(row_norms, "row_norms");
+        py::gil_scoped_release release;
+        fmkit::cpu_kernels().class_spectrum_cpu(fh.tensor(), rh.tensor(), oh.tensor(), eh.tensor(), sh.tensor(),
+                                                uh.tensor(), nh.tensor(), normalize, num_threads);
+      },
+      py::arg("features"), py::arg("rows"), py::arg("offsets"), py::arg("eigenvalues"), py::arg("sums"),
+      py::arg("unit_sums"), py::arg("row_norms"), py::arg("normalize"), py::arg("num_threads"),
+      "Eigenvalues of every class's (cosine) Gram matrix / n, and class sums (contract in csrc/ops/class_spectrum.h).");
 
 #ifdef FMKIT_WITH_CUDA
   m.def("pgd_step_workspace_floats_cuda", &fmkit::pgd_step_workspace_floats_cuda, py::arg("B"), py::arg("N"));

@@ -291,8 +291,21 @@ def _direct_vendi(x, q=1.0):
     return math.exp(math.log((w ** q).sum()) / (1 - q))
 
 
+@pytest.fixture(params=["compiled", "batched"])
+def scan_path(request, monkeypatch):
+    """Runs a test through both routes of class_diversity: fmkit.ops.class_spectrum (CPU, C++)
+    and the padded batched eigvalsh (what CUDA tensors and few classes use)."""
+    from fmkit.diversity import metrics
+    from fmkit.ops import _backend
+
+    if request.param == "compiled" and "cpu" not in _backend.compiled_backends():
+        pytest.skip("fmkit._C is not built")
+    monkeypatch.setattr(metrics, "_MIN_CLASSES_COMPILED", 1 if request.param == "compiled" else 10**9)
+    return request.param
+
+
 @pytest.mark.parametrize("q", [1.0, 2.0, 0.5, "inf"])
-def test_class_diversity_matches_direct_per_class_computation(q):
+def test_class_diversity_matches_direct_per_class_computation(q, scan_path):
     rng = np.random.default_rng(1)
     d = 12
     sizes = [1, 2, 5, 9, 11, 30, 4]  # size 1, classes larger than d, ragged sizes
@@ -314,7 +327,7 @@ def test_class_diversity_matches_direct_per_class_computation(q):
     assert out.inter == pytest.approx(_direct_vendi(means, q), rel=1e-9)
 
 
-def test_fisher_ratio_and_single_set_score():
+def test_fisher_ratio_and_single_set_score(scan_path):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(60, 5))
     y = np.repeat(np.arange(4), 15)
@@ -328,7 +341,7 @@ def test_fisher_ratio_and_single_set_score():
     assert class_diversity(np.eye(3), [0, 1, 2]).fisher == math.inf  # single points, distinct classes
 
 
-def test_class_diversity_bad_input():
+def test_class_diversity_bad_input(scan_path):
     x = torch.randn(6, 3)
     with pytest.raises(TypeError, match="labels: expected integer class labels, got torch.float32"):
         class_diversity(x, torch.zeros(6))
@@ -348,3 +361,33 @@ def test_class_diversity_bad_input():
         class_diversity(zero, [0, 0, 1, 1, 2, 2])
     with pytest.raises(ValueError, match="q: expected a number > 0"):
         class_diversity(x, [0] * 6, q=0)
+
+
+def test_compiled_and_batched_routes_agree_and_a_failed_class_is_redone(monkeypatch):
+    from fmkit.diversity import metrics
+    from fmkit.ops import _backend
+
+    if "cpu" not in _backend.compiled_backends():
+        pytest.skip("fmkit._C is not built")
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.normal(size=(700, 24))).float()
+    y = torch.from_numpy(rng.integers(0, 40, 700))
+    compiled = class_diversity(x, y)
+    monkeypatch.setattr(metrics, "_MIN_CLASSES_COMPILED", 10**9)
+    batched = class_diversity(x, y)
+    torch.testing.assert_close(compiled.intra, batched.intra, atol=0, rtol=1e-12)
+    assert compiled.fisher == pytest.approx(batched.fisher, rel=1e-12)
+    assert compiled.inter == pytest.approx(batched.inter, rel=1e-12)
+    # A class whose eigenvalue iteration did not converge (NaN row) is solved again by LAPACK.
+    monkeypatch.setattr(metrics, "_MIN_CLASSES_COMPILED", 1)
+    real = metrics.class_spectrum
+
+    def one_failed(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if len(out.eigenvalues) > 5:  # not the single inter-class matrix
+            out.eigenvalues[5] = float("nan")
+        return out
+
+    monkeypatch.setattr(metrics, "class_spectrum", one_failed)
+    redone = class_diversity(x, y)
+    torch.testing.assert_close(redone.intra, batched.intra, atol=0, rtol=1e-12)

@@ -57,6 +57,11 @@ _register_paper_benches()
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Median wall time in ms after one warm-up call (CUDA: synchronised around each call)."""
+    return statistics.median(timed_all(fn, device, repeats))
+
+
+def timed_all(fn: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
+    """Wall time in ms of each of `repeats` calls after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
@@ -67,7 +72,7 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
 
 
 def quick_contenders(op: str) -> list[tuple[str, str, Callable[[], object]]]:
@@ -122,14 +127,16 @@ def run(ops: list[str], quick: bool, device: torch.device, json_path: str | None
             dtype = case.get("peak_dtype", torch.float32)
             if dtype not in peaks:
                 peaks[dtype] = measured_peak(device, dtype)
-            results = {}
+            results, spreads = {}, {}
             for name, fn, is_anchor in case["contenders"]:
                 error = None
                 if hasattr(fn, "unavailable"):
                     results[name] = (float("nan"), is_anchor, None, None, fn.unavailable)
                     continue
+                times = []
                 try:
-                    ms = timed(fn, device, case.get("repeats", 3))
+                    times = timed_all(fn, device, case.get("repeats", 3))
+                    ms = statistics.median(times)
                     mib = peak_extra_mib(fn, device)
                 except torch.OutOfMemoryError:  # the naive losses cannot run the largest batches
                     ms, mib, error = float("nan"), float("nan"), "out of memory"
@@ -138,6 +145,7 @@ def run(ops: list[str], quick: bool, device: torch.device, json_path: str | None
                     ms, mib, error = float("nan"), float("nan"), f"{type(exc).__name__}: {exc}"[:300]
                     print(f"\n{op} {case['shape']} {name} failed: {error}", file=sys.stderr)
                 results[name] = (ms, is_anchor, mib, error, None)
+                spreads[name] = times
             anchors = [ms for ms, is_anchor, *_ in results.values() if is_anchor and ms == ms]
             best_anchor = min(anchors) if anchors else float("nan")
             for name, (ms, is_anchor, mib, error, why_not) in results.items():
@@ -145,6 +153,7 @@ def run(ops: list[str], quick: bool, device: torch.device, json_path: str | None
                 rows.append({
                     "op": op, "shape": case["shape"], "contender": name, "anchor": is_anchor,
                     "median_ms": ms, "speedup_vs_best_anchor": best_anchor / ms,
+                    "times_ms": spreads.get(name, []),
                     "gflops": gflops, "pct_peak": 100 * gflops / peaks[dtype], "peak_dtype": str(dtype),
                     "peak_extra_mib": mib,
                     "exact": case.get("exact", {}).get(name), "error": error, "unavailable": why_not,
@@ -171,8 +180,15 @@ def write_json(path, rows, device, peaks, quick):
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 
-TABLE_COLUMNS = ("op", "shape", "contender", "median ms", "vs best anchor", "GFLOP/s", "% torch.mm",
+TABLE_COLUMNS = ("op", "shape", "contender", "median ms", "spread", "vs best anchor", "GFLOP/s", "% torch.mm",
                  "extra MiB", "exact")
+
+
+def spread_text(times) -> str:
+    """(max - min) / median of the timed calls, in %; '1 run' when there is only one."""
+    if len(times) < 2:
+        return "1 run" if times else "-"
+    return f"{100 * (max(times) - min(times)) / statistics.median(times):.0f}% (n={len(times)})"
 
 
 def table_cells(r: dict) -> list[str]:
@@ -183,9 +199,9 @@ def table_cells(r: dict) -> list[str]:
     mib = "" if r["peak_extra_mib"] is None else num(r["peak_extra_mib"], ".0f")
     exact = "ERROR" if r.get("error") else "" if r["exact"] is None else ("yes" if r["exact"] else "no")
     if r.get("unavailable"):
-        return [r["op"], r["shape"], r["contender"], r["unavailable"], "", "", "", "", ""]
+        return [r["op"], r["shape"], r["contender"], r["unavailable"], "", "", "", "", "", ""]
     ratio, ran = r["speedup_vs_best_anchor"], r["median_ms"] == r["median_ms"]
-    return [r["op"], r["shape"], r["contender"], num(r["median_ms"], ".2f"),
+    return [r["op"], r["shape"], r["contender"], num(r["median_ms"], ".2f"), spread_text(r.get("times_ms", [])),
             num(ratio, ".2f") + "x" if ratio == ratio else ("no anchor ran" if ran else "-"),
             num(r["gflops"], ".1f"), num(r["pct_peak"], ".1f"), mib, exact]
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from fmkit.diversity._checks import as_labels, check_q
+from fmkit.ops import _backend
+from fmkit.ops.class_spectrum import class_spectrum
 
 # Padded chunks hold at most this many float64 elements (the padded features or the Gram
 # matrices, whichever is larger): memory stays modest at any number of classes, and there are
@@ -139,10 +141,52 @@ def _groups(counts: torch.Tensor) -> list[torch.Tensor]:
     return groups
 
 
+# With fewer classes than this, most vector lanes of the compiled op would idle (it solves one
+# class per lane); LAPACK's threaded solver is then the faster route.
+_MIN_CLASSES_COMPILED = 16
+
+
 def _scan(x: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor, q, normalize: bool, threads,
           name: str) -> _Scan:
+    """Per-class Vendi scores, raw and unit class means and the within-class scatter, all in
+    float64: through `fmkit.ops.class_spectrum` on the CPU, else `_scan_batched`."""
+    if x.device.type == "cpu" and len(counts) >= _MIN_CLASSES_COMPILED and "cpu" in _backend.compiled_backends():
+        return _scan_compiled(x, inverse, counts, q, normalize, threads, name)
+    return _scan_batched(x, inverse, counts, q, normalize, threads, name)
+
+
+def _scan_compiled(x, inverse, counts, q, normalize, threads, name) -> _Scan:
+    f64 = torch.float64
+    order = torch.argsort(inverse, stable=True)
+    offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(counts, 0)
+    if x.dtype not in (torch.float32, f64):
+        x = x.to(torch.float32 if torch.finfo(x.dtype).bits < 32 else f64)
+    spec = class_spectrum(x, order, offsets, normalize=normalize, backend="cpu", num_threads=threads)
+    norms = spec.row_norms
+    real = torch.ones(1, len(norms), dtype=f64)
+    _check_rows(norms[None], real, normalize, x, order, name)
+    eig = spec.eigenvalues
+    failed = torch.isnan(eig).any(1).nonzero().squeeze(1)
+    if len(failed):  # overflowing norms, or a QL that did not converge: LAPACK for those classes
+        redo = _scan_batched(x, inverse, counts, q, normalize, 1, name, only=failed)
+        vendi = vendi_from_eigenvalues(eig.nan_to_num(0.0), q)
+        vendi[failed] = redo
+    else:
+        vendi = vendi_from_eigenvalues(eig, q)
+    n = counts.to(f64)
+    means = spec.sums / n[:, None]
+    unit_means = spec.unit_sums / n[:, None] if normalize else means
+    squares = torch.segment_reduce(norms ** 2, "sum", lengths=counts)
+    within = float((squares - n * (means ** 2).sum(1)).clamp_min(0).sum())
+    return _Scan(vendi, means, unit_means, within)
+
+
+def _scan_batched(x: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor, q, normalize: bool, threads,
+                  name: str, only: torch.Tensor | None = None):
     """One pass over the rows of `x`, a chunk of same-sized classes at a time: per-class Vendi
-    scores, raw and unit class means and the within-class scatter, all in float64.
+    scores, raw and unit class means and the within-class scatter, all in float64. With `only`,
+    just the Vendi scores of those classes.
 
     On the CPU the chunks run in `threads` Python threads, each with single-threaded torch ops:
     many small independent problems; torch's own intra-op threads spin at a barrier after every
@@ -156,7 +200,7 @@ def _scan(x: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor, q, norma
     means = torch.empty(C, d, dtype=f64, device=device)
     unit_means = torch.empty(C, d, dtype=f64, device=device) if normalize else means
     tasks = []
-    for group in _groups(counts):
+    for group in _groups(counts) if only is None else [only[torch.argsort(counts[only], stable=True)]]:
         group = group.to(device)
         width = int(counts[group].max())
         step = max(1, _CHUNK_ELEMENTS // max(width * d, min(width, d) ** 2))
@@ -205,6 +249,10 @@ def _scan(x: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor, q, norma
             torch.set_num_threads(saved)
     else:
         results = [work(t) for t in tasks]
+    if only is not None:
+        for chunk, score, *_ in results:
+            vendi[chunk] = score
+        return vendi[only]
     within = 0.0
     for chunk, score, mean, unit_mean, w in results:
         vendi[chunk], means[chunk] = score, mean

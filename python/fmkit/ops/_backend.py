@@ -38,6 +38,7 @@ OP_BACKENDS = {
     "perceiver_attention": ("triton", "cpu", "torch"),
     "media_cross_attention": ("triton", "cpu", "torch"),
     "stain_jitter": ("triton", "cpu", "torch"),
+    "class_spectrum": ("cpu", "torch"),
 }
 
 try:

@@ -1,0 +1,458 @@
+// Per-class Gram spectra (contract in csrc/ops/class_spectrum.h).
+//
+// A diversity metric over many classes solves thousands of small symmetric eigenproblems
+// (1,000 classes of 100 rows: 1,000 matrices of 100 × 100). LAPACK solves one at a time: its
+// tridiagonal QL is a serial chain of divisions and square roots, so a 100 × 100 solve costs
+// about 0.3 ms in the reduction and 0.3 ms in QL on one core. Here each vector lane holds a
+// different class: the Householder reduction and the QL sweeps run the same instructions on
+// L classes at once (L = doubles per vector register), with per-lane masks where the classes'
+// convergence differs. The Gram products use a register-tiled float64 kernel on the lower
+// triangle only.
+#include "../ops/class_spectrum.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "simd.h"
+
+namespace fmkit {
+namespace FMKIT_CPU_NS {
+namespace {
+
+#if defined(FMKIT_SIMD_SCALAR)
+constexpr int L = 1;   // doubles per vector register (one: the scalar reference path)
+constexpr int G = 1;   // classes per group
+constexpr int TJ = 4;  // Gram micro-tile columns
+#else
+constexpr int L = simd::VW / 2;
+constexpr int G = L;
+constexpr int TJ = 12;  // L rows × 12 columns: 12 accumulators, one row vector, one broadcast
+#endif
+typedef double vh __attribute__((vector_size(L * sizeof(double))));    // one register (Gram kernels)
+typedef double vd __attribute__((vector_size(G * sizeof(double))));    // one class per lane
+typedef int64_t vm __attribute__((vector_size(G * sizeof(int64_t))));
+
+// Dot-product Gram tiles (gram_rows): TR × TR row pairs, TR² accumulators + 2 TR row loads.
+constexpr int TR = L >= 8 ? 4 : (L == 1 ? 2 : 3);
+constexpr int64_t kChunkRows = 128;  // rows per Gram update when the d × d Gram is the smaller
+
+inline vd splat(double v) { return vd{} + v; }
+inline vm splat_m(int64_t v) { return vm{} + v; }
+inline vd vabs(vd x) { return x < 0.0 ? -x : x; }
+inline vd vsqrt(vd x) {  // -fno-math-errno (CMakeLists.txt) lets this become vector square roots
+  vd r;
+  for (int c = 0; c < G; ++c) r[c] = std::sqrt(x[c]);
+  return r;
+}
+inline bool any(vm m) {
+  for (int c = 0; c < G; ++c)
+    if (m[c]) return true;
+  return false;
+}
+inline bool all(vm m) {
+  for (int c = 0; c < G; ++c)
+    if (!m[c]) return false;
+  return true;
+}
+inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+inline int64_t packed(int64_t i, int64_t j) { return i * (i + 1) / 2 + j; }  // lower triangle, j <= i
+
+// gt[j][i] += Σ_k pt[k][i] pt[k][j] for j <= i < m (gt row-major with row length ld; entries
+// above the diagonal are also written, and ignored). pt is [K][ld], zero in columns [m, ld),
+// ld a multiple of L and >= round_up(m, TJ). The k range runs in slices that fit the L1 cache
+// with all tiles, so the panel is read from L2 once per slice rather than once per tile.
+void gram_lower(const double* pt, int64_t K, int64_t ld, int64_t m, double* gt) {
+  const int64_t slice = std::max<int64_t>(8, 24 * 1024 / (8 * ld));
+  for (int64_t k0 = 0; k0 < K; k0 += slice) {
+    const int64_t k1 = std::min(K, k0 + slice);
+    for (int64_t i0 = 0; i0 < m; i0 += L) {
+      for (int64_t j0 = 0; j0 < m && j0 < i0 + L; j0 += TJ) {
+        vh acc[TJ];
+        for (int t = 0; t < TJ; ++t) std::memcpy(&acc[t], gt + (j0 + t) * ld + i0, sizeof(vh));
+        const double* p = pt + k0 * ld;
+        for (int64_t k = k0; k < k1; ++k, p += ld) {
+          vh vi;
+          std::memcpy(&vi, p + i0, sizeof vi);
+          for (int t = 0; t < TJ; ++t) acc[t] += vi * p[j0 + t];
+        }
+        for (int t = 0; t < TJ; ++t) std::memcpy(gt + (j0 + t) * ld + i0, &acc[t], sizeof(vh));
+      }
+    }
+  }
+}
+
+inline double hsum(vh v) {
+  double s = 0;
+  for (int c = 0; c < L; ++c) s += v[c];
+  return s;
+}
+
+// g[i][j] = <r_i, r_j> for j <= i < m (g row-major, row length m; the diagonal tiles also write
+// some entries above the diagonal). r is [round_up(m, TR)][K] row-major, K a multiple of L, zero
+// beyond the real rows and columns. The rows are the class's own, so nothing is transposed; each
+// TR × TR tile keeps its 2 TR rows in L1 over the whole K and reduces its accumulators once.
+void gram_rows(const double* r, int64_t K, int64_t m, double* g) {
+  for (int64_t i0 = 0; i0 < m; i0 += TR) {
+    for (int64_t j0 = 0; j0 <= i0; j0 += TR) {
+      vh acc[TR][TR] = {};
+      for (int64_t k = 0; k < K; k += L) {
+        vh a[TR], b[TR];
+        for (int t = 0; t < TR; ++t) {
+          std::memcpy(&a[t], r + (i0 + t) * K + k, sizeof(vh));
+          std::memcpy(&b[t], r + (j0 + t) * K + k, sizeof(vh));
+        }
+        for (int t = 0; t < TR; ++t)
+          for (int u = 0; u < TR; ++u) acc[t][u] += a[t] * b[u];
+      }
+      for (int t = 0; t < TR && i0 + t < m; ++t)
+        for (int u = 0; u < TR && j0 + u < m; ++u) g[(i0 + t) * m + j0 + u] = hsum(acc[t][u]);
+    }
+  }
+}
+
+// Householder reduction of the L packed lower-triangular matrices in `a` (m × m, one per lane)
+// to tridiagonal form: diagonal dg[0, m), off-diagonal e[0, m - 1), e[m - 1] = 0 (LAPACK
+// dsytd2's lower variant, without the reflectors).
+void tridiagonalize(vd* a, int64_t m, vd* dg, vd* e, vd* v, vd* w) {
+  for (int64_t k = 0; k + 2 < m; ++k) {
+    const vd alpha = a[packed(k + 1, k)];
+    vd xn2 = {};
+    for (int64_t i = k + 2; i < m; ++i) xn2 += a[packed(i, k)] * a[packed(i, k)];
+    const vm zero = xn2 == 0.0;  // nothing to annihilate: H = I
+    const vd norm = vsqrt(alpha * alpha + xn2);
+    const vd beta = alpha >= 0.0 ? -norm : norm;
+    const vd tau = zero ? vd{} : (beta - alpha) / beta;
+    const vd scale = zero ? vd{} : 1.0 / (alpha - beta);
+    dg[k] = a[packed(k, k)];
+    e[k] = zero ? alpha : beta;
+    v[k + 1] = splat(1.0);
+    for (int64_t i = k + 2; i < m; ++i) v[i] = a[packed(i, k)] * scale;
+    // w = tau A22 v, A22 = the trailing block (rows and columns k + 1 ..), stored lower
+    for (int64_t i = k + 1; i < m; ++i) w[i] = vd{};
+    for (int64_t i = k + 1; i < m; ++i) {
+      const vd* row = a + packed(i, 0);
+      const vd vi = v[i];
+      vd s = row[i] * vi;
+      for (int64_t j = k + 1; j < i; ++j) {
+        s += row[j] * v[j];
+        w[j] += row[j] * vi;
+      }
+      w[i] += s;
+    }
+    vd wv = {};
+    for (int64_t i = k + 1; i < m; ++i) {
+      w[i] *= tau;
+      wv += w[i] * v[i];
+    }
+    const vd half = -0.5 * tau * wv;
+    for (int64_t i = k + 1; i < m; ++i) w[i] += half * v[i];
+    for (int64_t i = k + 1; i < m; ++i) {  // A22 -= v wᵀ + w vᵀ
+      vd* row = a + packed(i, 0);
+      const vd vi = v[i], wi = w[i];
+      for (int64_t j = k + 1; j <= i; ++j) row[j] -= vi * w[j] + wi * v[j];
+    }
+  }
+  if (m >= 2) {
+    dg[m - 2] = a[packed(m - 2, m - 2)];
+    e[m - 2] = a[packed(m - 1, m - 2)];
+  }
+  dg[m - 1] = a[packed(m - 1, m - 1)];
+  e[m - 1] = vd{};
+}
+
+// Eigenvalues of H × G tridiagonal matrices (dg[h], e[h]: H sub-groups of G lanes; e[h][m - 1]
+// = 0) in dg: implicit QL with Wilkinson shifts (tqli), eigenvalues only. Every lane runs every
+// sweep; a lane takes part only between its own split point and the current eigenvalue. A sweep
+// step is a chain of a square root and a division, so one register of lanes would wait on their
+// latency: the H independent sub-groups run in the same loop and the core overlaps them.
+// Returns, per sub-group, the lanes that did not converge within 30 sweeps for one eigenvalue.
+template <int H>
+void tridiagonal_eigenvalues(vd* const* dg, vd* const* e, int64_t m, vm* failed) {
+  constexpr double eps = std::numeric_limits<double>::epsilon();
+  vd floor[H];
+  for (int h = 0; h < H; ++h) {
+    vd norm = {};
+    for (int64_t i = 0; i < m; ++i) {
+      const vd row = vabs(dg[h][i]) + vabs(e[h][i]) + (i ? vabs(e[h][i - 1]) : vd{});
+      norm = row > norm ? row : norm;
+    }
+    // An off-diagonal below eps ||T|| moves no eigenvalue by more than the reduction's own error.
+    floor[h] = eps * norm;
+    failed[h] = vm{};
+  }
+  for (int64_t l = 0; l < m; ++l) {
+    for (int iter = 0;; ++iter) {
+      vm split[H], active[H];
+      bool any_active = false;
+      int64_t top = l;
+      for (int h = 0; h < H; ++h) {
+        vm found = {};
+        split[h] = splat_m(m - 1);
+        for (int64_t s = l; s < m - 1; ++s) {
+          const vm small = vabs(e[h][s]) <= eps * (vabs(dg[h][s]) + vabs(dg[h][s + 1])) + floor[h];
+          split[h] = (small & ~found) ? splat_m(s) : split[h];
+          found |= small;
+          if ((s - l) % 8 == 7 && all(found)) break;  // a horizontal test costs more than a few compares
+        }
+        active[h] = (split[h] != l) & ~failed[h];
+        any_active |= any(active[h]);
+        for (int c = 0; c < G; ++c)
+          if (active[h][c]) top = std::max<int64_t>(top, split[h][c]);
+      }
+      if (!any_active) break;
+      if (iter == 30) {
+        for (int h = 0; h < H; ++h) failed[h] |= active[h];
+        break;
+      }
+      // Wilkinson shift from the leading 2 × 2 of each lane's block (l + 1 < m: some lane is active)
+      vd g[H], s[H], cs[H], p[H];
+      vm run[H], stopped[H];
+      for (int h = 0; h < H; ++h) {
+        const vd el = e[h][l], dl = dg[h][l];
+        vd t = (dg[h][l + 1] - dl) / (2.0 * el);
+        const vd r = vsqrt(t * t + 1.0);
+        vd d_split;
+        for (int c = 0; c < G; ++c) d_split[c] = dg[h][split[h][c]][c];
+        g[h] = d_split - dl + el / (t + (t >= 0.0 ? r : -r));
+        s[h] = splat(1.0);
+        cs[h] = splat(1.0);
+        p[h] = vd{};
+        run[h] = active[h];
+        stopped[h] = vm{};
+      }
+      // No horizontal test inside the sweep: a lane outside its block computes and discards.
+      for (int64_t i = top - 1; i >= l; --i) {
+        for (int h = 0; h < H; ++h) {
+          vd* dh = dg[h];
+          vd* eh = e[h];
+          const vm in = run[h] & (split[h] > i);
+          const vd f = s[h] * eh[i], b = cs[h] * eh[i];
+          const vd r = vsqrt(f * f + g[h] * g[h]);
+          eh[i + 1] = in ? r : eh[i + 1];
+          const vm underflow = in & (r == 0.0);  // the rotation vanished: deflate here
+          const vm ok = in & ~underflow;
+          const vd ir = 1.0 / r;
+          const vd sn = f * ir, cn = g[h] * ir;
+          const vd gg = dh[i + 1] - p[h];
+          const vd rr = (dh[i] - gg) * sn + 2.0 * cn * b;
+          const vd pn = sn * rr;
+          dh[i + 1] = ok ? gg + pn : (underflow ? dh[i + 1] - p[h] : dh[i + 1]);
+          g[h] = ok ? cn * rr - b : g[h];
+          s[h] = ok ? sn : s[h];
+          cs[h] = ok ? cn : cs[h];
+          p[h] = ok ? pn : p[h];
+          stopped[h] |= underflow;
+          run[h] &= ~underflow;
+        }
+      }
+      for (int h = 0; h < H; ++h) {
+        dg[h][l] = run[h] ? dg[h][l] - p[h] : dg[h][l];
+        e[h][l] = run[h] ? g[h] : e[h][l];
+        const vm closed = run[h] | stopped[h];
+        for (int c = 0; c < G; ++c)
+          if (closed[c]) e[h][split[h][c]][c] = 0.0;
+      }
+    }
+  }
+}
+
+// Sub-groups of G classes whose QL sweeps run interleaved (tridiagonal_eigenvalues).
+#if defined(FMKIT_SIMD_SCALAR)
+constexpr int H = 1;
+#else
+constexpr int H = 2;
+#endif
+
+struct Buffers {
+  std::vector<double> rows, inv, pt, gram;
+  std::vector<vd> a, v, w, dg[H], e[H];
+};
+
+// One class: norms and sums of its rows, and the lower triangle of its Gram matrix G (m × m,
+// m = min(n, d)) into buf.gram (transposed, row length ld). Returns false for a non-finite row,
+// or a zero row when normalising.
+template <typename T>
+bool class_gram(const T* x, int64_t s0, int64_t s1, int64_t d, const int64_t* rows, int64_t n, bool normalize,
+                double* sums, double* unit_sums, double* norms, Buffers& buf) {
+  const int64_t m = std::min(n, d);
+  const int64_t ld = round_up(round_up(m, TJ), L);
+  const bool rows_side = n <= d;  // G = U Uᵀ; else G = Uᵀ U, accumulated kChunkRows rows at a time
+  const int64_t block = rows_side ? n : std::min(n, kChunkRows);
+  buf.inv.resize(n);
+  bool good = true;
+  if (rows_side) {  // float64 copies of the rows (G is scaled by 1 / |x_i||x_j| afterwards)
+    const int64_t K = round_up(d, L);
+    const int64_t padded = round_up(n, TR);
+    buf.rows.resize(padded * K);  // no fill: every element is written below
+    buf.gram.resize(m * m);
+    double* inv = buf.inv.data();
+    std::fill(buf.rows.data() + n * K, buf.rows.data() + padded * K, 0.0);
+    for (int64_t i = 0; i < n; ++i) {
+      const T* src = x + rows[i] * s0;
+      double* __restrict row = buf.rows.data() + i * K;
+      vh sq = {};
+      if (s1 == 1) {
+        for (int64_t k = 0; k < d; ++k) row[k] = static_cast<double>(src[k]);
+      } else {
+        for (int64_t k = 0; k < d; ++k) row[k] = static_cast<double>(src[k * s1]);
+      }
+      for (int64_t k = d; k < K; ++k) row[k] = 0.0;
+      for (int64_t k = 0; k < K; k += L) {
+        vh v;
+        std::memcpy(&v, row + k, sizeof v);
+        sq += v * v;
+      }
+      const double norm = std::sqrt(hsum(sq));
+      norms[i] = norm;
+      if (!std::isfinite(norm) || (normalize && norm == 0)) good = false;
+      inv[i] = normalize && norm > 0 ? 1.0 / norm : 1.0;
+      double* __restrict su = sums;  // distinct buffers: lets the loop vectorise without alias checks
+      double* __restrict us = unit_sums;
+      const double iv = inv[i];
+      for (int64_t k = 0; k < d; ++k) {
+        su[k] += row[k];
+        us[k] += row[k] * iv;
+      }
+    }
+    gram_rows(buf.rows.data(), K, m, buf.gram.data());
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j <= i; ++j) buf.gram[i * m + j] *= inv[i] * inv[j];
+    return good;
+  }
+  buf.rows.resize(d);
+  buf.pt.assign(block * ld, 0.0);
+  buf.gram.assign((ld + TJ) * ld, 0.0);  // transposed: gram[j * ld + i] = G[i][j]
+  double* pt = buf.pt.data();
+  for (int64_t b0 = 0; b0 < n; b0 += block) {  // G = Uᵀ U, one block of rows at a time
+    const int64_t nb = std::min(block, n - b0);
+    for (int64_t i = 0; i < nb; ++i) {
+      const T* src = x + rows[b0 + i] * s0;
+      double* row = buf.rows.data();
+      double sq[8] = {};
+      for (int64_t k = 0; k < d; ++k) {
+        row[k] = static_cast<double>(src[k * s1]);
+        sq[k % 8] += row[k] * row[k];
+      }
+      const double norm = std::sqrt(((sq[0] + sq[1]) + (sq[2] + sq[3])) + ((sq[4] + sq[5]) + (sq[6] + sq[7])));
+      norms[b0 + i] = norm;
+      if (!std::isfinite(norm) || (normalize && norm == 0)) good = false;
+      const double inv = normalize && norm > 0 ? 1.0 / norm : 1.0;
+      double* dst = pt + i * ld;
+      for (int64_t k = 0; k < d; ++k) {
+        sums[k] += row[k];
+        unit_sums[k] += row[k] * inv;
+        dst[k] = row[k] * inv;
+      }
+    }
+    gram_lower(pt, nb, ld, m, buf.gram.data());
+  }
+  return good;
+}
+
+template <typename T>
+void run(const Tensor& features, const int64_t* rows, const int64_t* offsets, int64_t C, double* eig, int64_t P,
+         double* sums, double* unit_sums, double* norms, bool normalize, int num_threads) {
+  const T* x = features.ptr<T>();
+  const int64_t d = features.size(1), s0 = features.stride(0), s1 = features.stride(1);
+  std::vector<int64_t> order(C);
+  std::iota(order.begin(), order.end(), 0);
+  auto size_of = [&](int64_t c) { return std::min<int64_t>(offsets[c + 1] - offsets[c], d); };
+  // Largest first (the dynamic schedule then ends on small groups); lanes of a group share a size.
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return size_of(a) > size_of(b); });
+  const int64_t groups = (C + G * H - 1) / (G * H);
+#pragma omp parallel num_threads(std::max(1, num_threads))
+  {
+    Buffers buf;
+    std::vector<double> values;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      const int64_t first = gi * G * H, classes = std::min<int64_t>(G * H, C - first);
+      const int64_t mg = size_of(order[first]);
+      vm bad[H] = {};
+      vd* dg[H];
+      vd* e[H];
+      for (int h = 0; h < H; ++h) {
+        buf.dg[h].assign(mg, vd{});
+        buf.e[h].assign(mg, vd{});
+        dg[h] = buf.dg[h].data();
+        e[h] = buf.e[h].data();
+        buf.a.assign(mg * (mg + 1) / 2, vd{});
+        buf.v.assign(mg, vd{});
+        buf.w.assign(mg, vd{});
+        for (int64_t lane = 0; lane < G && h * G + lane < classes; ++lane) {
+          const int64_t c = order[first + h * G + lane], n = offsets[c + 1] - offsets[c];
+          const bool good = class_gram(x, s0, s1, d, rows + offsets[c], n, normalize, sums + c * d,
+                                       unit_sums + c * d, norms + offsets[c], buf);
+          if (!good) {
+            bad[h][lane] = -1;
+            continue;  // its lane stays zero; the caller raises for the bad row
+          }
+          const int64_t m = std::min(n, d);
+          // n <= d: gram is G row-major; else transposed with row length ld (gram_lower)
+          const int64_t si = n <= d ? m : 1, sj = n <= d ? 1 : round_up(round_up(m, TJ), L);
+          const double inv_n = 1.0 / static_cast<double>(n);
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j <= i; ++j) buf.a[packed(i, j)][lane] = buf.gram[i * si + j * sj] * inv_n;
+        }
+        tridiagonalize(buf.a.data(), mg, dg[h], e[h], buf.v.data(), buf.w.data());
+      }
+      vm failed[H];
+      tridiagonal_eigenvalues<H>(dg, e, mg, failed);
+      values.resize(mg);
+      for (int64_t k = 0; k < classes; ++k) {
+        const int h = static_cast<int>(k / G), lane = static_cast<int>(k % G);
+        double* out = eig + order[first + k] * P;
+        if (bad[h][lane] || failed[h][lane]) {
+          std::fill(out, out + P, std::numeric_limits<double>::quiet_NaN());
+          continue;
+        }
+        for (int64_t i = 0; i < mg; ++i) values[i] = dg[h][i][lane];
+        std::sort(values.begin(), values.end(), [](double a, double b) { return a > b; });
+        std::copy(values.begin(), values.end(), out);
+        std::fill(out + mg, out + P, 0.0);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void class_spectrum_cpu(const Tensor& features, const Tensor& rows, const Tensor& offsets, const Tensor& eigenvalues,
+                        const Tensor& sums, const Tensor& unit_sums, const Tensor& row_norms, bool normalize,
+                        int num_threads) {
+  features.check_device(DeviceKind::cpu);
+  class_spectrum_check(features, rows, offsets, eigenvalues, sums, unit_sums, row_norms);
+  const int64_t M = features.size(0), d = features.size(1), C = offsets.size(0) - 1, R = rows.size(0);
+  const int64_t* off = offsets.ptr<int64_t>();
+  const int64_t* idx = rows.ptr<int64_t>();
+  if (off[0] != 0 || off[C] != R) fail(offsets.name, "expected offsets[0] = 0 and offsets[-1] = len(rows)");
+  int64_t largest = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    if (off[c + 1] <= off[c]) fail(offsets.name, "expected strictly increasing offsets (every class non-empty)");
+    largest = std::max(largest, std::min(off[c + 1] - off[c], d));
+  }
+  for (int64_t r = 0; r < R; ++r)
+    if (idx[r] < 0 || idx[r] >= M) fail(rows.name, "expected row indices in [0, features.shape[0])");
+  if (eigenvalues.size(1) < largest)
+    fail(eigenvalues.name, "expected at least max_c min(n_c, d) = " + std::to_string(largest) + " columns");
+  std::fill(sums.ptr<double>(), sums.ptr<double>() + sums.numel(), 0.0);
+  std::fill(unit_sums.ptr<double>(), unit_sums.ptr<double>() + unit_sums.numel(), 0.0);
+  if (C == 0) return;
+  auto go = [&](auto tag) {
+    using T = decltype(tag);
+    run<T>(features, idx, off, C, eigenvalues.ptr<double>(), eigenvalues.size(1), sums.ptr<double>(),
+           unit_sums.ptr<double>(), row_norms.ptr<double>(), normalize, num_threads);
+  };
+  if (features.dtype == DType::f32) {
+    go(float{});
+  } else {
+    go(double{});
+  }
+}
+
+}  // namespace FMKIT_CPU_NS
+}  // namespace fmkit
