@@ -114,46 +114,84 @@ void gram_rows(const double* r, int64_t K, int64_t m, double* g) {
   }
 }
 
-// Householder reduction of the L packed lower-triangular matrices in `a` (m × m, one per lane)
+// The reflector of column k (LAPACK dlarfg): v (v[k + 1] = 1, rows k + 1 ..), tau, and the
+// column's entries of the tridiagonal form, dg[k] and e[k].
+inline vd reflector(const vd* a, int64_t k, int64_t m, vd* dg, vd* e, vd* v) {
+  const vd alpha = a[packed(k + 1, k)];
+  vd xn2 = {};
+  for (int64_t i = k + 2; i < m; ++i) xn2 += a[packed(i, k)] * a[packed(i, k)];
+  const vm zero = xn2 == 0.0;  // nothing to annihilate: H = I
+  const vd norm = vsqrt(alpha * alpha + xn2);
+  const vd beta = alpha >= 0.0 ? -norm : norm;
+  const vd scale = zero ? vd{} : 1.0 / (alpha - beta);
+  dg[k] = a[packed(k, k)];
+  e[k] = zero ? alpha : beta;
+  v[k + 1] = splat(1.0);
+  for (int64_t i = k + 2; i < m; ++i) v[i] = a[packed(i, k)] * scale;
+  return zero ? vd{} : (beta - alpha) / beta;
+}
+
+// w = tau A v + (-tau/2 (tau A v)·v) v on rows k + 1 .. from the partial products in w (A v).
+inline void finish_w(vd* w, const vd* v, vd tau, int64_t k, int64_t m) {
+  vd wv = {};
+  for (int64_t i = k + 1; i < m; ++i) {
+    w[i] *= tau;
+    wv += w[i] * v[i];
+  }
+  const vd half = -0.5 * tau * wv;
+  for (int64_t i = k + 1; i < m; ++i) w[i] += half * v[i];
+}
+
+// Householder reduction of the G packed lower-triangular matrices in `a` (m × m, one per lane)
 // to tridiagonal form: diagonal dg[0, m), off-diagonal e[0, m - 1), e[m - 1] = 0 (LAPACK
-// dsytd2's lower variant, without the reflectors).
-void tridiagonalize(vd* a, int64_t m, vd* dg, vd* e, vd* v, vd* w) {
-  for (int64_t k = 0; k + 2 < m; ++k) {
-    const vd alpha = a[packed(k + 1, k)];
-    vd xn2 = {};
-    for (int64_t i = k + 2; i < m; ++i) xn2 += a[packed(i, k)] * a[packed(i, k)];
-    const vm zero = xn2 == 0.0;  // nothing to annihilate: H = I
-    const vd norm = vsqrt(alpha * alpha + xn2);
-    const vd beta = alpha >= 0.0 ? -norm : norm;
-    const vd tau = zero ? vd{} : (beta - alpha) / beta;
-    const vd scale = zero ? vd{} : 1.0 / (alpha - beta);
-    dg[k] = a[packed(k, k)];
-    e[k] = zero ? alpha : beta;
-    v[k + 1] = splat(1.0);
-    for (int64_t i = k + 2; i < m; ++i) v[i] = a[packed(i, k)] * scale;
-    // w = tau A22 v, A22 = the trailing block (rows and columns k + 1 ..), stored lower
-    for (int64_t i = k + 1; i < m; ++i) w[i] = vd{};
-    for (int64_t i = k + 1; i < m; ++i) {
+// dsytd2's lower variant, without the reflectors). The rank-2 update of step k and the
+// matrix-vector product of step k + 1 share one pass over the trailing block (its column k + 1
+// is updated first, to build step k + 1's reflector), so the block is read from L2 once a step.
+void tridiagonalize(vd* a, int64_t m, vd* dg, vd* e, vd* v, vd* w, vd* v2, vd* w2) {
+  if (m >= 3) {
+    const vd tau = reflector(a, 0, m, dg, e, v);
+    for (int64_t i = 1; i < m; ++i) w[i] = vd{};
+    for (int64_t i = 1; i < m; ++i) {  // w = A22 v over the lower triangle
       const vd* row = a + packed(i, 0);
       const vd vi = v[i];
       vd s = row[i] * vi;
-      for (int64_t j = k + 1; j < i; ++j) {
+      for (int64_t j = 1; j < i; ++j) {
         s += row[j] * v[j];
         w[j] += row[j] * vi;
       }
       w[i] += s;
     }
-    vd wv = {};
-    for (int64_t i = k + 1; i < m; ++i) {
-      w[i] *= tau;
-      wv += w[i] * v[i];
-    }
-    const vd half = -0.5 * tau * wv;
-    for (int64_t i = k + 1; i < m; ++i) w[i] += half * v[i];
-    for (int64_t i = k + 1; i < m; ++i) {  // A22 -= v wᵀ + w vᵀ
-      vd* row = a + packed(i, 0);
-      const vd vi = v[i], wi = w[i];
-      for (int64_t j = k + 1; j <= i; ++j) row[j] -= vi * w[j] + wi * v[j];
+    finish_w(w, v, tau, 0, m);
+  }
+  for (int64_t k = 0; k + 2 < m; ++k) {
+    // column k + 1 of A22 -= v wᵀ + w vᵀ (rows k + 1 ..)
+    for (int64_t i = k + 1; i < m; ++i) a[packed(i, k + 1)] -= v[i] * w[k + 1] + w[i] * v[k + 1];
+    if (k + 3 < m) {  // step k + 1 exists: its reflector, then the fused pass
+      const vd tau2 = reflector(a, k + 1, m, dg, e, v2);
+      for (int64_t i = k + 2; i < m; ++i) w2[i] = vd{};
+      for (int64_t i = k + 2; i < m; ++i) {
+        vd* row = a + packed(i, 0);
+        const vd vi = v[i], wi = w[i], ui = v2[i];
+        vd s = {};
+        for (int64_t j = k + 2; j < i; ++j) {
+          const vd aij = row[j] - (vi * w[j] + wi * v[j]);
+          row[j] = aij;
+          s += aij * v2[j];
+          w2[j] += aij * ui;
+        }
+        const vd aii = row[i] - 2.0 * vi * wi;
+        row[i] = aii;
+        w2[i] += s + aii * ui;
+      }
+      finish_w(w2, v2, tau2, k + 1, m);
+      std::swap(v, v2);
+      std::swap(w, w2);
+    } else {
+      for (int64_t i = k + 2; i < m; ++i) {
+        vd* row = a + packed(i, 0);
+        const vd vi = v[i], wi = w[i];
+        for (int64_t j = k + 2; j <= i; ++j) row[j] -= vi * w[j] + wi * v[j];
+      }
     }
   }
   if (m >= 2) {
@@ -269,7 +307,7 @@ constexpr int H = 2;
 
 struct Buffers {
   std::vector<double> rows, inv, pt, gram;
-  std::vector<vd> a, v, w, dg[H], e[H];
+  std::vector<vd> a, v, w, v2, w2, dg[H], e[H];
 };
 
 // One class: norms and sums of its rows, and the lower triangle of its Gram matrix G (m × m,
@@ -383,6 +421,8 @@ void run(const Tensor& features, const int64_t* rows, const int64_t* offsets, in
         buf.a.assign(mg * (mg + 1) / 2, vd{});
         buf.v.assign(mg, vd{});
         buf.w.assign(mg, vd{});
+        buf.v2.assign(mg, vd{});
+        buf.w2.assign(mg, vd{});
         for (int64_t lane = 0; lane < G && h * G + lane < classes; ++lane) {
           const int64_t c = order[first + h * G + lane], n = offsets[c + 1] - offsets[c];
           const bool good = class_gram(x, s0, s1, d, rows + offsets[c], n, normalize, sums + c * d,
@@ -398,7 +438,7 @@ void run(const Tensor& features, const int64_t* rows, const int64_t* offsets, in
           for (int64_t i = 0; i < m; ++i)
             for (int64_t j = 0; j <= i; ++j) buf.a[packed(i, j)][lane] = buf.gram[i * si + j * sj] * inv_n;
         }
-        tridiagonalize(buf.a.data(), mg, dg[h], e[h], buf.v.data(), buf.w.data());
+        tridiagonalize(buf.a.data(), mg, dg[h], e[h], buf.v.data(), buf.w.data(), buf.v2.data(), buf.w2.data());
       }
       vm failed[H];
       tridiagonal_eigenvalues<H>(dg, e, mg, failed);
