@@ -15,16 +15,23 @@ stored in a local SQLite file: 200 topics x 50 passages = 10,000 passages in the
     random 100 of them (its rate is per fact: one prompt per `generate` call). The two are in
     separate table rows, so the table has no ratio for them; the summary printed after the
     cases gives facts/s, the ratio, the decision agreement on the 100 shared facts, and the
-    spread. In the full size the framework's warm-up call runs a small part of the work (the
-    first topic, or the first 2 facts), the timed call(s) the whole of it.
+    spread: the per-fact path's s/fact p10/p50/p90, fmkit's s/fact per prefix group p10/p50/p90
+    and the ratio of the two medians (robust to a load spike in one path's timing), each path's
+    CPU seconds (user+sys) per fact and the 1-minute load average around each timed call. Then
+    both paths run once more, interleaved topic by topic (`paired`), so that a change of load on
+    this shared machine hits both alike; that pooled ratio is the summary's last line. In the
+    full size the framework's warm-up call runs a small part of the work (the first topic, or the
+    first 2 facts), the timed call(s) the whole of it.
 - bm25: index + top-5 for a batch of queries over one corpus of all passages, fmkit's sparse BM25
   against rank_bm25.BM25Okapi (get_scores per query, as upstream); 'exact' = same top-5 scores.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import random
+import resource
 import statistics
 import tempfile
 import time
@@ -129,15 +136,20 @@ class _Run:
     def __init__(self, fn, work, warmup=None):
         self.fn, self.work, self.warmup = fn, work, warmup
         self.calls, self.times, self.result = 0, [], None
+        self.cpu, self.faults, self.load = [], [], []  # per timed call: CPU s, minor faults, loadavg(1 min)
 
     def __call__(self):
         self.calls += 1
         if self.calls == 1 and self.warmup is not None:
             return self.fn(self.warmup)
-        t0 = time.perf_counter()
+        r0, l0, t0 = resource.getrusage(resource.RUSAGE_SELF), os.getloadavg()[0], time.perf_counter()
         self.result = self.fn(self.work)
+        t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         if self.calls > 1:  # the first call is the framework's warm-up
-            self.times.append(time.perf_counter() - t0)
+            self.times.append(t1 - t0)
+            self.cpu.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+            self.faults.append(r1.ru_minflt - r0.ru_minflt)
+            self.load.append((l0, os.getloadavg()[0]))
         return self.result
 
 
@@ -186,6 +198,17 @@ def _verify_case(quick):
             return np.array(verifier.margins_of_ids([seqs[i] for i in idx]))
         return fn
 
+    # fmkit's spread: the wall time of each prefix group (its prefix, then its packed suffixes)
+    group_times: list[tuple[int, float]] = []
+    packed = shared._packed_suffixes
+
+    def timed_group(prefix, suffixes):
+        t0 = time.perf_counter()
+        out = packed(prefix, suffixes)
+        group_times.append((len(suffixes), time.perf_counter() - t0))
+        return out
+    shared._packed_suffixes = timed_group
+
     anchor = _Run(per_fact, sample, sample[:2] if full else None)
     ours = _Run(fmkit(shared), list(range(len(items))), first_topic if full else None)
     exact: dict = {}
@@ -202,7 +225,9 @@ def _verify_case(quick):
     SUMMARY.clear()
     SUMMARY.update(quick=quick, model=name, items=len(items), topics=len({t for t, _ in facts}),
                    passages=n_passages, anchor=anchor, ours=ours, shared=shared, sample=sample,
-                   prompt_tokens=n_tokens, tmp=tmp, per_fact=per_fact)
+                   prompt_tokens=n_tokens, tmp=tmp, per_fact=per_fact, group_times=group_times,
+                   item_list=items, seqs=seqs, plain_verifier=plain,
+                   load_start=os.getloadavg())
     sub = f"{len(sample)} of the {len(items)} facts (random)" if len(sample) < len(items) else f"{len(items)} facts"
     base = (f"{n_passages} passages in SQLite, k={size['k']} per-topic passages, "
             f"{SUMMARY['topics']} topics, {name}")
@@ -239,6 +264,15 @@ def summary() -> dict | None:
     ref, got = anchor.result, ours.result[sample]
     per = sorted(s["per_fact"].seconds[-len(sample):])
     groups = s["shared"].last_groups
+    # s/fact of each prefix group of fmkit's timed calls (the warm-up's groups dropped)
+    timed = s["group_times"][-len(groups) * len(ours.times):] if groups else []
+    group_s = sorted(t / n for n, t in timed)
+
+    def pct(xs):
+        return [xs[len(xs) // 10], xs[len(xs) // 2], xs[(9 * len(xs)) // 10]] if xs else []
+
+    a_cpu = statistics.median(c / len(sample) for c in anchor.cpu)
+    o_cpu = statistics.median(c / s["items"] for c in ours.cpu)
     return {
         "model": s["model"], "facts": s["items"], "topics": s["topics"], "passages": s["passages"],
         "anchor_facts": len(sample),
@@ -247,17 +281,70 @@ def summary() -> dict | None:
         "ratio": statistics.median(o_rate) / statistics.median(a_rate),
         "agreement": float(((got > 0) == (ref > 0)).mean()),
         "max_abs_margin_diff": float(np.abs(got - ref).max()),
-        "anchor_s_per_fact_p10_p50_p90": [per[len(per) // 10], per[len(per) // 2], per[(9 * len(per)) // 10]],
+        "anchor_s_per_fact_p10_p50_p90": pct(per),
+        "fmkit_group_s_per_fact_p10_p50_p90": pct(group_s),
+        "ratio_of_p50": pct(per)[1] / pct(group_s)[1] if group_s else None,
+        "anchor_cpu_s_per_fact": a_cpu, "fmkit_cpu_s_per_fact": o_cpu, "ratio_cpu": a_cpu / o_cpu,
+        "anchor_minor_faults": anchor.faults, "fmkit_minor_faults": ours.faults,
+        "loadavg_1min_anchor_calls": anchor.load, "loadavg_1min_fmkit_calls": ours.load,
+        "loadavg_case_start": list(s["load_start"]), "loadavg_summary": list(os.getloadavg()),
+        "threads": torch.get_num_threads(),
         "prompt_tokens_unshared": s["prompt_tokens"],
         "prompt_tokens_fmkit": s["shared"].last_forward_tokens,
         "groups": len(groups), "mean_shared_prefix": float(np.mean([g[0] for g in groups])) if groups else 0.0,
     }
 
 
+def paired() -> dict | None:
+    """Both paths again, interleaved topic by topic, so that both see the same load: for each topic
+    with facts in the per-fact sample, fmkit verifies all of the topic's facts (one call) and the
+    per-fact path its sampled facts, in alternating order (fmkit first on even topics). The ratio
+    is pooled over topics (fmkit facts/s over per-fact facts/s, each from summed times), with the
+    p10/p50/p90 of the per-topic ratios. Runs after the framework's timings; None before a run."""
+    s = SUMMARY
+    if not s or not s["anchor"].times or not s["ours"].times:
+        return None
+    items, seqs, shared, plain = s["item_list"], s["seqs"], s["shared"], s["plain_verifier"]
+    in_sample = set(s["sample"])
+    wrapped = shared.__dict__.pop("_packed_suffixes", None)  # untimed per group here
+    last = shared.last_groups, shared.last_forward_tokens  # kept for `summary` of the framework's runs
+    rows, agree = [], []
+    try:
+        for j, topic in enumerate(dict.fromkeys(it[0] for it in items)):
+            idx = [i for i, it in enumerate(items) if it[0] == topic]
+            a_idx = [i for i in idx if i in in_sample]
+            if not a_idx:
+                continue
+            timing = {}
+            for path in (("fmkit", "anchor") if j % 2 == 0 else ("anchor", "fmkit")):
+                t0 = time.perf_counter()
+                if path == "fmkit":
+                    ours = dict(zip(idx, shared.margins_of_ids([seqs[i] for i in idx])))
+                else:
+                    theirs = [plain.verify_generate([items[i]], 1)[0] for i in a_idx]
+                timing[path] = time.perf_counter() - t0
+            agree += [(ours[i] > 0) == (m > 0) for i, m in zip(a_idx, theirs)]
+            rows.append((len(idx), timing["fmkit"], len(a_idx), timing["anchor"]))
+    finally:
+        if wrapped is not None:
+            shared._packed_suffixes = wrapped
+        shared.last_groups, shared.last_forward_tokens = last
+    per_topic = sorted((n / tf) / (m / ta) for n, tf, m, ta in rows)
+    pooled = (sum(r[0] for r in rows) / sum(r[1] for r in rows)) / (sum(r[2] for r in rows) / sum(r[3] for r in rows))
+    return {"topics": len(rows), "fmkit_facts": sum(r[0] for r in rows), "anchor_facts": sum(r[2] for r in rows),
+            "fmkit_s": sum(r[1] for r in rows), "anchor_s": sum(r[3] for r in rows), "ratio": pooled,
+            "per_topic_ratio_p10_p50_p90": [per_topic[len(per_topic) // 10], per_topic[len(per_topic) // 2],
+                                            per_topic[(9 * len(per_topic)) // 10]],
+            "agreement": sum(agree) / len(agree), "loadavg_end": list(os.getloadavg())}
+
+
 def _print_summary():
     r = summary()
     if r is None:
         return
+    t0 = time.perf_counter()
+    r["paired"] = p = paired()
+    r["paired_wall_s"] = time.perf_counter() - t0
     print(f"\nfactscore verify summary ({r['model']}, {r['facts']} facts of {r['topics']} topics, {r['passages']} "
           f"passages):\n  per-fact generate: {r['anchor_facts_per_s']:.3f} facts/s (timed on {r['anchor_facts']} "
           f"facts; s/fact p10/p50/p90 {', '.join(f'{x:.2f}' for x in r['anchor_s_per_fact_p10_p50_p90'])})\n"
@@ -267,6 +354,20 @@ def _print_summary():
           f"facts both ran (max |margin diff| {r['max_abs_margin_diff']:.2e})\n"
           f"  prompt tokens run: {r['prompt_tokens_unshared']} unshared, {r['prompt_tokens_fmkit']} by fmkit "
           f"({r['groups']} prefix groups, mean shared prefix {r['mean_shared_prefix']:.0f} tokens)", flush=True)
+    if r["ratio_of_p50"] is not None:
+        print(f"  spread: fmkit s/fact per prefix group p10/p50/p90 "
+              f"{', '.join(f'{x:.3f}' for x in r['fmkit_group_s_per_fact_p10_p50_p90'])}; ratio of the medians "
+              f"(per-fact p50 / fmkit group p50) {r['ratio_of_p50']:.2f}x", flush=True)
+    print(f"  CPU s/fact (user+sys, {r['threads']} threads): per-fact {r['anchor_cpu_s_per_fact']:.3f}, fmkit "
+          f"{r['fmkit_cpu_s_per_fact']:.4f}, ratio {r['ratio_cpu']:.2f}x; load average (1 min) at the timed calls: "
+          f"per-fact {', '.join(f'{a:.2f}->{b:.2f}' for a, b in r['loadavg_1min_anchor_calls'])}, fmkit "
+          f"{', '.join(f'{a:.2f}->{b:.2f}' for a, b in r['loadavg_1min_fmkit_calls'])}", flush=True)
+    print(f"  interleaved rerun ({p['topics']} topics, both paths per topic in alternating order, "
+          f"{r['paired_wall_s']:.0f} s): fmkit {p['fmkit_facts']} facts in {p['fmkit_s']:.1f} s, per-fact "
+          f"{p['anchor_facts']} facts in {p['anchor_s']:.1f} s; ratio {p['ratio']:.2f}x (per-topic ratio "
+          f"p10/p50/p90 {', '.join(f'{x:.2f}' for x in p['per_topic_ratio_p10_p50_p90'])}); decision agreement "
+          f"{100 * p['agreement']:.1f}%", flush=True)
+    print("factscore verify summary JSON: " + json.dumps(r), flush=True)
 
 
 def _bm25_case(quick):
