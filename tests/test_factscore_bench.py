@@ -8,13 +8,6 @@ import torch
 
 pytest.importorskip("transformers")
 
-from fmkit.factscore._tiny import block_sockets  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    block_sockets(monkeypatch)
-
 
 @pytest.mark.slow
 def test_quick_bench_summary_has_spread_cpu_load_and_interleaved_rerun(monkeypatch, capsys):

@@ -5,17 +5,30 @@ import json
 import pytest
 
 from fmkit.cli import main
-from fmkit.factscore._tiny import block_sockets, toy_corpus
+from fmkit.factscore._tiny import toy_corpus
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    block_sockets(monkeypatch)
 
 
 def _write(path, rows):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return str(path)
+
+
+def _tiny_model_and_db(tmp_path, corpus, *build_args):
+    """A tiny random Llama with a word tokenizer saved to tmp_path/tiny, and `fmkit factscore
+    build-db` of `corpus` into tmp_path/kb.db with `build_args` (the model dir is passed to them
+    as a format field, e.g. "--tokenizer", "{model}")."""
+    pytest.importorskip("transformers")
+    from fmkit.factscore._tiny import all_texts, tiny_llama, word_tokenizer
+
+    tok = word_tokenizer(all_texts(corpus))
+    model_dir = str(tmp_path / "tiny")
+    tiny_llama(len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    db = str(tmp_path / "kb.db")
+    args = [a.format(model=model_dir) for a in build_args]
+    assert main(["factscore", "build-db", "--jsonl", _write(tmp_path / "kb.jsonl", corpus), "--db", db] + args) == 0
+    return model_dir, db
 
 
 def _fail(argv, capsys):
@@ -59,17 +72,8 @@ def test_score_input_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_score_writes_output_with_all_keys(tmp_path, capsys):
-    pytest.importorskip("transformers")
-    from fmkit.factscore._tiny import all_texts, tiny_llama, word_tokenizer
-
     corpus = toy_corpus(2)
-    tok = word_tokenizer(all_texts(corpus))
-    model_dir = str(tmp_path / "tiny")
-    tiny_llama(len(tok)).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    db = str(tmp_path / "kb.db")
-    main(["factscore", "build-db", "--jsonl", _write(tmp_path / "kb.jsonl", corpus), "--db", db,
-          "--tokenizer", model_dir, "--max-tokens", "24"])
+    model_dir, db = _tiny_model_and_db(tmp_path, corpus, "--tokenizer", "{model}", "--max-tokens", "24")
     t0, t1 = corpus[0]["title"], corpus[1]["title"]
     rows = [{"topic": t0, "output": "irrelevant", "annotations": [
                 {"text": "s", "model-atomic-facts": [{"text": f"{t0} worked as a judge ."}, {"text": "He met a pilot ."}]}]},
@@ -116,16 +120,8 @@ def test_strict_json_replaces_nan():
 
 @pytest.mark.slow
 def test_score_output_is_strict_json_when_no_response_has_facts(tmp_path, capsys):
-    pytest.importorskip("transformers")
-    from fmkit.factscore._tiny import all_texts, tiny_llama, word_tokenizer
-
     corpus = toy_corpus(1)
-    tok = word_tokenizer(all_texts(corpus))
-    model_dir = str(tmp_path / "tiny")
-    tiny_llama(len(tok)).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    db = str(tmp_path / "kb.db")
-    main(["factscore", "build-db", "--jsonl", _write(tmp_path / "kb.jsonl", corpus), "--db", db])
+    model_dir, db = _tiny_model_and_db(tmp_path, corpus)
     t0 = corpus[0]["title"]
     inp = _write(tmp_path / "gens.jsonl", [{"topic": t0, "output": "", "annotations": None},
                                             {"topic": t0, "output": "I'm sorry.", "annotations": []}])

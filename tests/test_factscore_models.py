@@ -11,23 +11,16 @@ pytest.importorskip("transformers")
 
 from fmkit.factscore import (AtomicFactGenerator, BM25Retriever, DenseRetriever, FactScorer, HFEncoder,  # noqa: E402
                              HFGenerator, KnowledgeSource, LogitVerifier, NPScorer)
-from fmkit.factscore._tiny import (OverlapVerifier, all_texts, block_sockets, tiny_llama, tiny_mlm,  # noqa: E402
-                                   toy_corpus, word_tokenizer)
+from fmkit.factscore._tiny import (OverlapVerifier, tiny_llama, tiny_mlm, toy_corpus, toy_knowledge,  # noqa: E402
+                                   word_tokenizer)
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    block_sockets(monkeypatch)
-
 
 @pytest.fixture(scope="module")
 def setup():
-    corpus = toy_corpus(3, sentences=14)
-    tok = word_tokenizer(all_texts(corpus))
-    ks = KnowledgeSource.from_records(corpus, tokenizer=tok, max_tokens=30)
-    return corpus, tok, ks
+    return toy_knowledge()
 
 
 def _items(ks, n_per_topic=5):

@@ -8,23 +8,16 @@ import torch
 
 pytest.importorskip("transformers")
 
-from fmkit.factscore import (BM25Retriever, FactScorer, KnowledgeSource, LogitVerifier, prompt_parts,  # noqa: E402
+from fmkit.factscore import (BM25Retriever, FactScorer, LogitVerifier, prompt_parts,  # noqa: E402
                              verification_prompt)
-from fmkit.factscore._tiny import all_texts, block_sockets, tiny_llama, toy_corpus, word_tokenizer  # noqa: E402
+from fmkit.factscore._tiny import tiny_llama, toy_knowledge, word_tokenizer  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    block_sockets(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def setup():
-    corpus = toy_corpus(3, sentences=14)
-    tok = word_tokenizer(all_texts(corpus) + ["was born in the year"])
-    ks = KnowledgeSource.from_records(corpus, tokenizer=tok, max_tokens=30)
-    model = tiny_llama(len(tok), seed=3).double()
-    return tok, ks, model
+    _, tok, ks = toy_knowledge(["was born in the year"])
+    return tok, ks, tiny_llama(len(tok), seed=3).double()
 
 
 def _mixed_items(ks):

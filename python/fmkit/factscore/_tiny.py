@@ -64,6 +64,15 @@ def toy_corpus(n_topics: int = 3, sentences: int = 12, seed: int = 0) -> list[di
     return out
 
 
+def toy_knowledge(extra_texts=(), n_topics: int = 3, sentences: int = 14, max_tokens: int = 30):
+    """(corpus, word tokenizer over it, KnowledgeSource of it): the tests' shared small setup."""
+    from fmkit.factscore.knowledge import KnowledgeSource
+
+    corpus = toy_corpus(n_topics, sentences=sentences)
+    tok = word_tokenizer(all_texts(corpus) + list(extra_texts))
+    return corpus, tok, KnowledgeSource.from_records(corpus, tokenizer=tok, max_tokens=max_tokens)
+
+
 def all_texts(corpus: list[dict]) -> list[str]:
     from fmkit.factscore.atomic_facts import DEMOS
 
