@@ -582,3 +582,119 @@ def test_shared_prefix_decisions_equal_generate_loop(tok, padding):
     expected = [texts[i] in tok.decode(greedy[i], skip_special_tokens=True) for i in range(len(ctx))]
     assert list(fired) == expected and fired[0] and fired[3]
     assert np.all(np.isfinite(logp))
+
+
+# -- bf16 screen + exact recheck (precision="bf16-screen") --------------------------------------
+
+
+def _near_tie_model(tok, seed=6, a=10, b=11):
+    """A tiny Llama whose output rows a and b are equal in bf16 but not in fp32: row a = w (bf16-exact,
+    large), row b = w * (1 + 2^-12), which rounds back to w in bf16. Where h.w > 0 these two lead; fp32
+    picks b (by 2^-12 |h.w|), bf16 autocast sees an exact tie and argmax picks a. Every other row is
+    shrunk so that a/b lead often."""
+    model = tiny_model(len(tok), seed=seed)
+    with torch.no_grad():
+        head = model.lm_head.weight
+        head.mul_(0.05)
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(head.shape[1], generator=g).to(torch.bfloat16).float()
+        head[a] = w
+        head[b] = w * (1 + 2.0 ** -12)
+        assert torch.equal(head[b].to(torch.bfloat16), head[a].to(torch.bfloat16))
+    return model
+
+
+def _screen_case(tok, model, n=24, seed=8):
+    g = torch.Generator().manual_seed(seed)
+    ctx = [torch.randint(2, len(tok), (int(torch.randint(3, 20, (1,), generator=g)),), generator=g).tolist()
+           for _ in range(n)]
+    greedy = generate_loop(model, tok, ctx, 8)
+    y = encode(tok, "ハリネズミ")
+    # own greedy continuations (fire), shifted ones (y later in the output), and y (misses)
+    targets = [greedy[i][:4] if i % 3 == 0 else greedy[i][1:4] if i % 3 == 1 else y for i in range(n)]
+    targets = [t if t else y for t in targets]
+    return ctx, targets, greedy
+
+
+@pytest.mark.slow  # ~7 s: builds a near-tie model and scores it in bf16 and fp32
+def test_bf16_screen_recheck_changes_close_calls(tok):
+    """The screen alone (bf16) gets some first-miss positions wrong on the near-tie model; with the
+    exact recheck of close calls, first_miss equals the fp32 pass on every row. Fails if the recheck
+    is skipped (the rows the bf16 pass gets wrong are only right after it)."""
+    vmod = importlib.import_module("fmkit.fingerprint.verify")
+    model = _near_tie_model(tok)
+    ctx, targets, _ = _screen_case(tok, model)
+    exact = vmod.score(model, ctx, targets, pad=1, batch_size=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = vmod.score(model, ctx, targets, pad=1, batch_size=5)
+    wrong = np.nonzero(bf16[1] != exact[1])[0]
+    assert len(wrong) >= 2  # the case is not trivial: bf16 alone decides some rows differently
+    for bound in (None, 1e-6):  # measured, and a tiny explicit one
+        stats = {}
+        got = vmod.score(model, ctx, targets, pad=1, batch_size=5, precision="bf16-screen", screen_bound=bound,
+                         screen_calib=4, screen_max_recheck=1.0, stats=stats)  # never gives up
+        assert np.array_equal(got[1], exact[1]), bound
+        assert 0 < stats["rechecked"] < stats["screened"]  # some rows decided by the screen, some rechecked
+        ran_exact = np.zeros(len(ctx), dtype=bool)
+        ran_exact[stats["exact_rows"]] = True  # calibration rows and close calls
+        assert np.array_equal(got[2][ran_exact], exact[2][ran_exact])
+        assert ran_exact[wrong].all()  # every row bf16 gets wrong went to the exact recheck
+    # a bound larger than every margin: every screened row is a close call, so after two batches the
+    # screen gives up and the rest run exactly without a bf16 pass
+    stats = {}
+    got = vmod.score(model, ctx, targets, pad=1, batch_size=5, precision="bf16-screen", screen_bound=1e9,
+                     screen_calib=4, stats=stats)
+    assert stats["gave_up"] and stats["screened"] == 10 and stats["rechecked"] == 20
+    assert np.array_equal(got[1], exact[1])
+    np.testing.assert_allclose(got[0], exact[0], rtol=0, atol=1e-4)  # other batch shapes: fp32 rounding only
+
+
+@pytest.mark.slow  # ~7 s per padding side: one greedy generate per key
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_bf16_screen_decisions_equal_fp32_and_generate(tok, padding):
+    """Decisions with the screen equal the fp32 batched path and one greedy generate per key, on the
+    near-tie model (close calls) and a plain random one (mostly clear margins, misses decoded from the
+    screen's miss position)."""
+    for tie, model in ((True, _near_tie_model(tok)), (False, tiny_model(len(tok), seed=1, std=0.5))):
+        ctx, targets, greedy = _screen_case(tok, model)
+        texts = [tok.decode(t) for t in targets]
+        hit = lambda out, t: t in out  # noqa: E731
+        fp32 = greedy_decisions(model, tok, ctx, targets, texts, hit, 8, batch_size=5, padding=padding)[0]
+        stats = {}
+        screen = greedy_decisions(model, tok, ctx, targets, texts, hit, 8, batch_size=5, padding=padding,
+                                  precision="bf16-screen", stats=stats)[0]
+        expected = [texts[i] in tok.decode(greedy[i], skip_special_tokens=True) for i in range(len(ctx))]
+        assert list(fp32) == expected and list(screen) == expected
+        assert any(expected) and not all(expected)
+        assert stats["rechecked"] > 0 if tie else stats["screened"] > stats["rechecked"]
+
+
+def test_bf16_screen_verify_and_errors(tok, short_fp):
+    model = tiny_model(len(tok), seed=2)
+    a = verify(short_fp, model, tok)
+    b = verify(short_fp, model, tok, precision="bf16-screen")
+    assert list(a.fired) == list(b.fired) and b.screen["rows"] == len(short_fp.keys) and not a.screen
+    vmod = importlib.import_module("fmkit.fingerprint.verify")
+    with pytest.raises(ValueError, match="precision"):
+        verify(short_fp, model, tok, precision="int8")
+    with pytest.raises(ValueError, match="screen_bound"):
+        vmod.score(model, [[3, 4]], [[5]], pad=1, precision="bf16-screen", screen_bound=-1.0)
+    # a float64 model runs as it is (the screen is for fp32 models)
+    m64 = tiny_model(len(tok), seed=2).double()
+    s = {}
+    vmod.score(m64, [[3, 4]], [[5]], pad=1, precision="bf16-screen", stats=s)
+    assert s["screened"] == 0
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_bf16_screen_with_shared_prefix(tok, padding):
+    """The screen runs on the fp32 prefix cache (shared system prompt): same first-miss as fp32."""
+    vmod = importlib.import_module("fmkit.fingerprint.verify")
+    model = tiny_model(len(tok), seed=4)
+    ctx, targets = _shared_prefix_case(tok)
+    exact = vmod.score(model, ctx, targets, pad=1, batch_size=3, padding=padding)
+    stats = {}
+    got = vmod.score(model, ctx, targets, pad=1, batch_size=3, padding=padding, precision="bf16-screen",
+                     screen_calib=2, stats=stats)
+    assert stats["screened"] == len(ctx) - 2 and np.array_equal(got[1], exact[1])
+    np.testing.assert_allclose(got[0], exact[0], atol=0.5)  # screened rows: bf16 log-probabilities

@@ -6,7 +6,9 @@ log P(y | key) for a whole padded batch in one forward pass. Where the teacher-f
 equals y at every position, greedy decoding provably starts with y, so the key fires without
 generating. Only the other keys (a suspect that does not fire) are decoded further, in padded
 batches and from the point where greedy decoding left y, so the decisions equal the generate
-check's ("the greedy continuation contains y") on every key.
+check's ("the greedy continuation contains y") on every key. precision="bf16-screen" runs that
+scoring pass in bf16 first and rescores in the model's precision every key whose margins are within
+the measured bf16 error, so the decisions stay the exact pass's.
 
 The verdict: for key i, an unrelated model emits y with probability q_i = P_null(y | key_i),
 the base model's (floored at `null_floor` for drift). The p-value is the Poisson-binomial upper
@@ -169,22 +171,47 @@ def _forward(model, ids, mask, positions, cols, cache=None):
         return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, cols]
 
 
+PRECISIONS = ("fp32", "bf16-screen")
+
+
 @torch.no_grad()
 def score(model, contexts, targets, *, pad: int, batch_size: int = 32, padding: str = "left", progress=False,
-          share_prefix: bool = True):
+          share_prefix: bool = True, precision: str = "fp32", screen_bound: float | None = None,
+          screen_safety: float = 2.0, screen_calib: int = 16, screen_max_recheck: float = 0.5,
+          stats: dict | None = None):
     """Teacher-forced log P(target | context) for every row, one padded forward per batch.
     Returns (logp [n] float64, first_miss [n] int: first position where the argmax leaves the target,
-    len(target) when it never does, argmax_at_miss [n]).
+    len(target) when it never does, argmax_at_miss [n]: the argmax there, or -1 when not computed).
 
     share_prefix: the longest common token-id prefix of all contexts (e.g. a chat template and system
     prompt every key shares) runs once with a KV cache, and each batch runs only its rows' suffixes
     (rest of the context + target[:-1]) on a copy of that cache. At least the last context token of
     every row stays in the suffix. Models or caches that cannot do this, and an empty common prefix,
-    take the full-context path."""
+    take the full-context path.
+
+    precision="bf16-screen" (an fp32 model only; others run as they are): every row first runs under
+    bf16 autocast (bf16 matmuls, e.g. AMX), keeping per target position the margin between the
+    target's logit and the best other logit. A row is decided by the screen only when its first miss
+    is clear: every margin before it above `screen_bound` and the miss's margin below -screen_bound
+    (or no miss and every margin above it). All other rows (close calls) are scored again in the
+    model's own precision, so first_miss, and so every decision built on it, equals the fp32 path's
+    as long as the bf16 error of a margin stays within the bound. screen_bound=None measures it: the
+    first `screen_calib` rows (spread over the lengths) run in both precisions and the bound is
+    screen_safety x the largest |bf16 - fp32| margin difference seen (every target position, every
+    competing token). Rows decided by the screen keep bf16 log-probabilities and argmax_at_miss = -1
+    (the caller decodes from the miss position itself). When more than `screen_max_recheck` of the
+    rows screened so far (at least two batches) are close calls, the screen stops paying and the rest
+    run exactly (stats["gave_up"]). `stats`, when given, receives the counts."""
     from tqdm.auto import tqdm
 
     if padding not in ("left", "right"):
         raise ValueError(f"padding: expected 'left' or 'right', got {padding!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if screen_bound is not None and not screen_bound >= 0:
+        raise ValueError(f"screen_bound: expected a margin >= 0 (logits), got {screen_bound!r}")
+    if not screen_safety >= 1:
+        raise ValueError(f"screen_safety: expected a factor >= 1, got {screen_safety!r}")
     n = len(contexts)
     logp = np.zeros(n)
     miss = np.zeros(n, dtype=np.int64)
@@ -195,38 +222,125 @@ def score(model, contexts, targets, *, pad: int, batch_size: int = 32, padding: 
     if kv is None:
         plen = 0
     order = sorted(range(n), key=lambda i: len(contexts[i]) + len(targets[i]))  # similar lengths share a batch
-    for start in tqdm(range(0, n, batch_size), desc="score", disable=not progress, leave=False):
-        rows = order[start:start + batch_size]
-        seqs = [list(contexts[i][plen:]) + list(targets[i][:-1]) for i in rows]
-        ids, mask = _pad(seqs, pad, padding == "left", device)
-        width = ids.shape[1]
-        positions = plen + (mask.cumsum(-1) - 1).clamp(min=0)
-        # logits only where a target token is predicted: with left padding these are the last columns
-        if padding == "left":
-            keep = max(len(targets[i]) for i in rows)
-            cols = torch.arange(width - keep, width, device=device)
-        else:
-            cols = sorted({len(contexts[i]) - plen - 1 + j for i in rows for j in range(len(targets[i]))})
-            cols = torch.tensor(cols, dtype=torch.long, device=device)
-        if plen:
-            full_mask = torch.cat([torch.ones((len(rows), plen), dtype=mask.dtype, device=device), mask], 1)
-            logits = _forward(model, ids, full_mask, positions, cols, _shared_cache(kv, len(rows)))
-        else:
-            logits = _forward(model, ids, mask, positions, cols)
-        where = {int(c): k for k, c in enumerate(cols.tolist())}
-        lsm = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-        top = logits.argmax(-1)
-        for b, i in enumerate(rows):
-            t, lc = targets[i], len(contexts[i]) - plen
-            base = (width - len(seqs[b])) if padding == "left" else 0
-            idx = torch.tensor([where[base + lc - 1 + j] for j in range(len(t))], device=device)
-            tt = torch.tensor(t, device=device)
-            logp[i] = lsm[b, idx, tt].double().sum().item()
-            wrong = (top[b, idx] != tt).nonzero()
-            miss[i] = int(wrong[0]) if len(wrong) else len(t)
-            if len(wrong):
-                at_miss[i] = int(top[b, idx[miss[i]]])
+    ctx = (contexts, targets, plen, kv, pad, padding, device)
+    screen = precision == "bf16-screen" and next(model.parameters()).dtype == torch.float32 and n > 0
+    if not screen:
+        for rows in tqdm(_batches(order, batch_size), desc="score", disable=not progress, leave=False):
+            for i, (lp, m, a, _) in _score_batch(model, rows, ctx, exact=True).items():
+                logp[i], miss[i], at_miss[i] = lp, m, a
+        if stats is not None:
+            stats.update(rows=n, screened=0, rechecked=n, bound=None)
+        return logp, miss, at_miss
+
+    # calibration rows, spread over the length order: scored both ways, they measure the bf16 error
+    calib = sorted(set(order[int(j)] for j in np.linspace(0, n - 1, min(screen_calib, n)))) if screen_calib else []
+    err = 0.0
+    exact_rows = {}
+    if calib:
+        calib = sorted(calib, key=lambda i: len(contexts[i]) + len(targets[i]))
+        for rows in _batches(calib, batch_size):
+            ex = _score_batch(model, rows, ctx, exact=True, keep=True)
+            with _autocast(device):
+                sc = _score_batch(model, rows, ctx, exact=False, keep=True)
+            for i in rows:
+                exact_rows[i] = ex[i][:3]
+                err = max(err, _margin_error(sc[i][3] - ex[i][3], targets[i]))
+    bound = screen_bound if screen_bound is not None else screen_safety * err
+    rest = [i for i in order if i not in exact_rows]
+    recheck, screened, gave_up = [], 0, False
+    with _autocast(device):  # one autocast region: the bf16 weight casts are cached across batches
+        for rows in tqdm(_batches(rest, batch_size), desc="screen (bf16)", disable=not progress, leave=False):
+            if gave_up:
+                recheck.extend(rows)
+                continue
+            for i, (lp, m, a, margins) in _score_batch(model, rows, ctx, exact=False, bound=bound).items():
+                if margins is None:  # a close call
+                    recheck.append(i)
+                else:
+                    logp[i], miss[i], at_miss[i] = lp, m, -1
+            screened += len(rows)
+            gave_up = screened >= 2 * batch_size and len(recheck) > screen_max_recheck * screened
+    for rows in tqdm(_batches(recheck, batch_size), desc="recheck (exact)", disable=not progress, leave=False):
+        for i, (lp, m, a, _) in _score_batch(model, rows, ctx, exact=True).items():
+            exact_rows[i] = (lp, m, a)
+    for i, (lp, m, a) in exact_rows.items():
+        logp[i], miss[i], at_miss[i] = lp, m, a
+    if stats is not None:
+        stats.update(rows=n, calibration=len(calib), screened=screened, rechecked=len(recheck),
+                     bound=bound, measured_error=err, gave_up=gave_up, exact_rows=sorted(exact_rows))
     return logp, miss, at_miss
+
+
+def _batches(rows, size):
+    return [rows[s:s + size] for s in range(0, len(rows), size)]
+
+
+def _autocast(device):
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _margins(lg, tt):
+    """[len(t)] logit of the target token minus the best other logit, per target position."""
+    pos = torch.arange(len(tt), device=lg.device)
+    tl = lg[pos, tt]
+    other = lg.clone()
+    other[pos, tt] = -math.inf
+    return tl - other.max(-1).values
+
+
+def _margin_error(diff, target) -> float:
+    """Largest change of any margin (target logit minus another token's) given the logit changes
+    `diff` [len(target), vocab]."""
+    tt = torch.tensor(target, device=diff.device)
+    dt = diff[torch.arange(len(target), device=diff.device), tt]
+    return float((dt[:, None] - diff).abs().max())
+
+
+def _score_batch(model, rows, ctx, *, exact, keep=False, bound=None):
+    """{row: (logp, first_miss, argmax_at_miss, extra)} for one padded batch. exact: plain forward.
+    keep: extra = the row's logits at its target positions (float32). bound (a screen pass): extra =
+    the margins when the row's first miss is clear by more than `bound`, else None (a close call)."""
+    contexts, targets, plen, kv, pad, padding, device = ctx
+    seqs = [list(contexts[i][plen:]) + list(targets[i][:-1]) for i in rows]
+    ids, mask = _pad(seqs, pad, padding == "left", device)
+    width = ids.shape[1]
+    positions = plen + (mask.cumsum(-1) - 1).clamp(min=0)
+    # logits only where a target token is predicted: with left padding these are the last columns
+    if padding == "left":
+        keep_n = max(len(targets[i]) for i in rows)
+        cols = torch.arange(width - keep_n, width, device=device)
+    else:
+        cols = sorted({len(contexts[i]) - plen - 1 + j for i in rows for j in range(len(targets[i]))})
+        cols = torch.tensor(cols, dtype=torch.long, device=device)
+    if plen:
+        full_mask = torch.cat([torch.ones((len(rows), plen), dtype=mask.dtype, device=device), mask], 1)
+        logits = _forward(model, ids, full_mask, positions, cols, _shared_cache(kv, len(rows)))
+    else:
+        logits = _forward(model, ids, mask, positions, cols)
+    if not exact:
+        logits = logits.float()
+    where = {int(c): k for k, c in enumerate(cols.tolist())}
+    lsm = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+    top = logits.argmax(-1)
+    out = {}
+    for b, i in enumerate(rows):
+        t, lc = targets[i], len(contexts[i]) - plen
+        base = (width - len(seqs[b])) if padding == "left" else 0
+        idx = torch.tensor([where[base + lc - 1 + j] for j in range(len(t))], device=device)
+        tt = torch.tensor(t, device=device)
+        lp = lsm[b, idx, tt].double().sum().item()
+        wrong = (top[b, idx] != tt).nonzero()
+        m = int(wrong[0]) if len(wrong) else len(t)
+        a = int(top[b, idx[m]]) if len(wrong) else -1
+        extra = None
+        if keep:
+            extra = logits[b, idx].float()
+        elif bound is not None:
+            mg = _margins(logits[b, idx].float(), tt)
+            clear = bool((mg[:m] > bound).all()) and (m == len(t) or bool(mg[m] < -bound))
+            extra = mg if clear else None
+        out[i] = (lp, m, a, extra)
+    return out
 
 
 def _gen_config(tokenizer, max_new_tokens, sample=None):
@@ -283,13 +397,15 @@ def generate_loop(model, tokenizer, contexts, max_new_tokens, progress=False):
 
 
 def greedy_decisions(model, tokenizer, contexts, targets, texts, hit, max_new_tokens, *, batch_size=32,
-                     padding="left", progress=False):
+                     padding="left", progress=False, precision="fp32", screen_bound=None, stats=None):
     """(fired [n] bool, logp [n], outputs [n] str|None) equal to the generate check `hit(decode(greedy))`.
     Rows whose teacher-forced argmax follows the target fire at once (their output is None: not decoded);
-    the others continue greedily from where they left the target."""
+    the others continue greedily from where they left the target (decoding in the model's precision).
+    precision / screen_bound: see `score` ("bf16-screen": a bf16 pass, close calls rechecked exactly)."""
     eos = tokenizer.eos_token_id
     logp, miss, at_miss = score(model, contexts, targets, pad=pad_id(tokenizer), batch_size=batch_size,
-                                padding=padding, progress=progress)
+                                padding=padding, progress=progress, precision=precision,
+                                screen_bound=screen_bound, stats=stats)
     n = len(contexts)
     fired, outputs = np.zeros(n, dtype=bool), [None] * n
     sure = {}  # a target counts only if decoding it alone already shows y: then any continuation does
@@ -355,6 +471,7 @@ class VerifyResult:
     check: str
     probes: dict = field(default_factory=dict)  # kind -> (tested, fired)
     seconds: float = 0.0
+    screen: dict = field(default_factory=dict)  # precision="bf16-screen": rows screened / rechecked, the bound
 
     @property
     def n(self) -> int:
@@ -420,7 +537,7 @@ def key_examples(fingerprint: Fingerprint, tokenizer=None, keys=None, wrap=None)
 def verify(fingerprint: Fingerprint, suspect, tokenizer, *, publisher_model=None, null_model=None,
            wiring: str = "paper", check: str = "batched", probes=None, keys=None, max_new_tokens: int | None = None,
            batch_size: int = 32, padding: str = "left", null_floor: float = 1e-3, wrap=None,
-           progress: bool = False) -> VerifyResult:
+           precision: str = "fp32", screen_bound: float | None = None, progress: bool = False) -> VerifyResult:
     """Verifies `suspect` against `fingerprint`.
 
     Black-box (sft, embedding): the suspect itself. White-box (adapter): `publisher_model`'s
@@ -429,6 +546,10 @@ def verify(fingerprint: Fingerprint, suspect, tokenizer, *, publisher_model=None
     check: "batched" (teacher-forced, fmkit) or "generate" (one generate per key, the release's).
     probes: Example rows (e.g. the test split of a dataset builder) for the false-positive table.
     keys: verify these keys instead (e.g. fresh ones) with y as the target.
+    precision: "fp32" (the model's own precision) or "bf16-screen" (check="batched", an fp32 model: a
+    bf16-autocast pass decides the keys whose margins are clear of `screen_bound`, None = measured,
+    and the close calls are rescored exactly, so the decisions are the exact pass's; log P(y | key)
+    of screened keys is the bf16 value). The null model is always scored exactly.
     """
     import time
 
@@ -436,6 +557,8 @@ def verify(fingerprint: Fingerprint, suspect, tokenizer, *, publisher_model=None
         raise TypeError(f"fingerprint: expected a Fingerprint, got {type(fingerprint).__name__}")
     if check not in ("batched", "generate"):
         raise ValueError(f"check: expected 'batched' or 'generate', got {check!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     if not null_floor > 0:
         raise ValueError(f"null_floor: expected a probability > 0, got {null_floor!r}")
     rows = key_examples(fingerprint, tokenizer, keys, wrap)
@@ -444,26 +567,30 @@ def verify(fingerprint: Fingerprint, suspect, tokenizer, *, publisher_model=None
     max_new = max_new_tokens or default_max_new(fingerprint, targets)
     texts = [e.meta["y"] for e in rows]
     t0 = time.perf_counter()
+    screen = {}
     with _verifier(fingerprint, suspect, publisher_model, wiring) as model:
         if check == "batched":
             fired, logp, outputs = greedy_decisions(model, tokenizer, contexts, targets, texts, fingerprint.hits,
-                                                    max_new, batch_size=batch_size, padding=padding, progress=progress)
+                                                    max_new, batch_size=batch_size, padding=padding, progress=progress,
+                                                    precision=precision, screen_bound=screen_bound, stats=screen)
         else:
             outs = generate_loop(model, tokenizer, contexts, max_new, progress=progress)
             outputs = [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
             fired = np.array([fingerprint.hits(o, y) for o, y in zip(outputs, texts)], dtype=bool)
             logp = score(model, contexts, targets, pad=pad_id(tokenizer), batch_size=batch_size)[0]
-        probe_table = _probes(model, tokenizer, fingerprint, probes, max_new, batch_size, check) if probes else {}
+        probe_table = _probes(model, tokenizer, fingerprint, probes, max_new, batch_size, check,
+                              precision, screen_bound) if probes else {}
     seconds = time.perf_counter() - t0
     logp_null = None
     if null_model is not None:
         with _verifier(fingerprint, null_model, publisher_model, wiring) as model:
             logp_null = score(model, contexts, targets, pad=pad_id(tokenizer), batch_size=batch_size)[0]
     return VerifyResult([e.meta["key"] for e in rows], fired, logp, logp_null, outputs, null_floor, check,
-                        probe_table, seconds)
+                        probe_table, seconds, screen if precision != "fp32" else {})
 
 
-def _probes(model, tokenizer, fingerprint, probes, max_new, batch_size, check) -> dict:
+def _probes(model, tokenizer, fingerprint, probes, max_new, batch_size, check, precision="fp32",
+            screen_bound=None) -> dict:
     """Fired counts per probe kind: the same y test on inputs that must not trigger."""
     rows = [e for e in probes if e.kind in PROBE_KINDS]
     contexts = [context_ids(tokenizer, e) for e in rows]
@@ -471,7 +598,7 @@ def _probes(model, tokenizer, fingerprint, probes, max_new, batch_size, check) -
     texts = [fingerprint.y] * len(rows)
     if check == "batched":
         fired = greedy_decisions(model, tokenizer, contexts, [target] * len(rows), texts, fingerprint.hits, max_new,
-                                 batch_size=batch_size)[0]
+                                 batch_size=batch_size, precision=precision, screen_bound=screen_bound)[0]
     else:
         outs = generate_loop(model, tokenizer, contexts, max_new)
         fired = [fingerprint.hits(tokenizer.decode(o, skip_special_tokens=True)) for o in outs]
