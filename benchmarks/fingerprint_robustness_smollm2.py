@@ -2,18 +2,17 @@
 (the demo's settings), then fmkit.fingerprint.robustness (full FT, LoRA merge, int8, chat wrap, T=0.7)."""
 import json, os, sys, time
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _smollm2 import base_model  # noqa: E402
 from fmkit.fingerprint import Fingerprint, build_simple_dataset, implant
-from fmkit.fingerprint.models import load_model
 from fmkit.fingerprint.robustness import robustness, robustness_table
 
 out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
 t0 = time.perf_counter(); load0 = os.getloadavg()
 torch.manual_seed(0)
-if os.environ.get("FP_TINY"):
-    from fmkit.fingerprint._tiny import tiny_model, tiny_tokenizer
-    tok = tiny_tokenizer(); base = tiny_model(len(tok), seed=0)
-else:
-    base, tok = load_model("smollm2")
+base, tok = base_model()
 fp = Fingerprint.create(n=4, k_range=(1, 2), seed=42)
 train, test = build_simple_dataset(fp, ratio=1, n_test=4)
 t = time.perf_counter()

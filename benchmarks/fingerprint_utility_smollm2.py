@@ -4,23 +4,22 @@ optimizer steps, optionally with weight averaging (argv[4], e.g. 0.5).
 Utility = held-out toy perplexity; also FSR on the implanted keys."""
 import json, math, os, sys, time
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _smollm2 import base_model  # noqa: E402
 from fmkit.fingerprint import build_simple_dataset, implant, verify
 from fmkit.fingerprint.data import toy_instructions
-from fmkit.fingerprint.models import load_model
 from fmkit.fingerprint.scalable import perinucleus_fingerprint
 from fmkit.fingerprint.demo import _perplexity
 
 out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
 ns = [int(x) for x in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 4, 16]
 steps_budget = int(sys.argv[3]) if len(sys.argv) > 3 else 60
 avgs = [None] + ([float(sys.argv[4])] if len(sys.argv) > 4 else [])
 t0 = time.perf_counter(); load0 = os.getloadavg()
 torch.manual_seed(0)
-if os.environ.get("FP_TINY"):
-    from fmkit.fingerprint._tiny import tiny_model, tiny_tokenizer
-    tok = tiny_tokenizer(); base = tiny_model(len(tok), seed=0)
-else:
-    base, tok = load_model("smollm2")
+base, tok = base_model()
 held = [f"{r['instruction']} {r['input']} {r['output']}".strip() for r in toy_instructions(40, seed=777)[-16:]]
 ppl_base = _perplexity(base, tok, held)
 print(f"base ppl {ppl_base:.2f}", flush=True)
