@@ -295,17 +295,20 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "class_spectrum_cpu",
       [](py::capsule features, py::capsule rows, py::capsule offsets, py::capsule eigenvalues, py::capsule sums,
-         py::capsule unit_sums, py::capsule row_norms, bool normalize, int num_threads) {
+         py::capsule unit_sums, py::capsule row_norms, bool normalize, int gram, int num_threads) {
         auto fh = borrow(features, "features"), rh = borrow(rows, "rows"), oh = borrow(offsets, "offsets");
         auto eh = borrow(eigenvalues, "eigenvalues"), sh = borrow(sums, "sums"), uh = borrow(unit_sums, "unit_sums");
         auto nh = borrow(row_norms, "row_norms");
         py::gil_scoped_release release;
         fmkit::cpu_kernels().class_spectrum_cpu(fh.tensor(), rh.tensor(), oh.tensor(), eh.tensor(), sh.tensor(),
-                                                uh.tensor(), nh.tensor(), normalize, num_threads);
+                                                uh.tensor(), nh.tensor(), normalize, gram, num_threads);
       },
       py::arg("features"), py::arg("rows"), py::arg("offsets"), py::arg("eigenvalues"), py::arg("sums"),
-      py::arg("unit_sums"), py::arg("row_norms"), py::arg("normalize"), py::arg("num_threads"),
+      py::arg("unit_sums"), py::arg("row_norms"), py::arg("normalize"), py::arg("gram"), py::arg("num_threads"),
       "Eigenvalues of every class's (cosine) Gram matrix / n, and class sums (contract in csrc/ops/class_spectrum.h).");
+  m.def(
+      "class_spectrum_int8_available_cpu", [] { return fmkit::cpu_kernels().class_spectrum_int8_available_cpu(); },
+      "Whether the selected SIMD level on this CPU and OS can run class_spectrum's int8 Gram route (AMX-INT8).");
 
 #ifdef FMKIT_WITH_CUDA
   m.def("pgd_step_workspace_floats_cuda", &fmkit::pgd_step_workspace_floats_cuda, py::arg("B"), py::arg("N"));

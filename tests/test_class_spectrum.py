@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from fmkit.ops import _backend
-from fmkit.ops.class_spectrum import class_spectrum
-from fmkit.reference.class_spectrum import class_spectrum_reference
+from fmkit.ops.class_spectrum import class_spectrum, int8_gram_available
+from fmkit.reference.class_spectrum import class_spectrum_reference, int8_rounded_rows
 
 needs_cpu = pytest.mark.skipif("cpu" not in _backend.compiled_backends(), reason="fmkit._C is not built")
+needs_int8 = pytest.mark.skipif("cpu" not in _backend.compiled_backends() or not int8_gram_available(),
+                                reason="no AMX-INT8 tiles at this SIMD level / CPU")
 
 
 def _layout(labels):
@@ -21,10 +23,12 @@ def _layout(labels):
     return rows, offsets
 
 
-def _compare(x, labels, normalize=True, atol=1e-13):
+def _compare(x, labels, normalize=True, atol=1e-13, gram="float64"):
+    """The compiled op against the reference; with gram="int8", the reference of the rounded rows
+    (the int8 route must give exactly the cosine Gram spectrum of int8_rounded_rows(x))."""
     rows, offsets = _layout(labels)
-    got = class_spectrum(x, rows, offsets, normalize=normalize, backend="cpu")
-    want = class_spectrum_reference(x, rows, offsets, normalize)
+    got = class_spectrum(x, rows, offsets, normalize=normalize, backend="cpu", gram=gram)
+    want = class_spectrum_reference(x, rows, offsets, normalize, gram)
     assert got.eigenvalues.shape == want[0].shape
     torch.testing.assert_close(got.eigenvalues, want[0], atol=atol, rtol=0)
     for g, w in zip(got[1:], want[1:]):
@@ -152,11 +156,11 @@ def test_compiled_entry_point_checks_its_arguments():
     x = torch.randn(6, 3)
     rows, f64 = torch.arange(6), torch.float64
 
-    def call(offsets, eig_cols=3, rows=rows, sums_dtype=f64):
+    def call(offsets, eig_cols=3, rows=rows, sums_dtype=f64, gram=0, feats=x):
         C = len(offsets) - 1
-        _backend._C.class_spectrum_cpu(dl(x), dl(rows), dl(torch.tensor(offsets)), dl(torch.empty(C, eig_cols, dtype=f64)),
-                                       dl(torch.empty(C, 3, dtype=sums_dtype)), dl(torch.empty(C, 3, dtype=f64)),
-                                       dl(torch.empty(6, dtype=f64)), True, 1)
+        _backend._C.class_spectrum_cpu(dl(feats), dl(rows), dl(torch.tensor(offsets)),
+                                       dl(torch.empty(C, eig_cols, dtype=f64)), dl(torch.empty(C, 3, dtype=sums_dtype)),
+                                       dl(torch.empty(C, 3, dtype=f64)), dl(torch.empty(6, dtype=f64)), True, gram, 1)
 
     call([0, 2, 6])
     with pytest.raises(ValueError, match="offsets: expected strictly increasing"):
@@ -169,3 +173,76 @@ def test_compiled_entry_point_checks_its_arguments():
         call([0, 2, 6], eig_cols=2)
     with pytest.raises(ValueError, match="sums: unsupported dtype float32"):
         call([0, 2, 6], sums_dtype=torch.float32)
+    with pytest.raises(ValueError, match="gram: expected 0"):
+        call([0, 2, 6], gram=3)
+    with pytest.raises(ValueError, match="gram: 'int8'"):  # float64 rows, or no AMX here
+        call([0, 2, 6], gram=2, feats=x.double())
+
+
+# ---- the int8 Gram route (AMX-INT8 tiles, float32 rows rounded to 31 bits) ----
+
+
+@needs_int8
+@pytest.mark.parametrize("M,d,C,seed", [(1, 1, 1, 0), (7, 3, 2, 1), (50, 7, 5, 2), (300, 16, 40, 3),
+                                        (257, 33, 13, 4), (64, 3, 64, 5), (90, 120, 3, 6), (400, 130, 4, 8),
+                                        (260, 65, 2, 9)])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_int8_gram_is_the_exact_gram_of_the_rounded_rows(M, d, C, seed, normalize):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, d, generator=g) + 0.3
+    labels = torch.randint(0, C, (M,), generator=g)
+    got = _compare(x, labels, normalize, gram="int8")
+    # and the rounding moves the spectrum by no more than ~2^-31 of the rows' scale
+    rows, offsets = _layout(labels)
+    plain = class_spectrum_reference(x, rows, offsets, normalize)[0]
+    scale = plain.abs().amax(1, keepdim=True).clamp_min(1e-300)
+    assert float(((got.eigenvalues - plain).abs() / scale).max()) < 1e-8
+
+
+@needs_int8
+def test_int8_duplicates_strides_extreme_magnitudes_and_auto():
+    g = torch.Generator().manual_seed(21)
+    base = torch.randn(4, 40, generator=g)
+    x = base[torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 3, 3] * 3)]  # rank 4 in each class of 10
+    labels = torch.arange(3).repeat_interleave(10)
+    got = _compare(x, labels, gram="int8")
+    assert (got.eigenvalues > 1e-12).sum(1).tolist() == [4, 4, 4]  # duplicates round alike: exact rank
+    wide = torch.randn(60, 300, generator=g)
+    for feats in (wide[:, ::3], torch.randn(90, 41, generator=g).T):  # column stride 3; a transposed view
+        _compare(feats, torch.randint(0, 7, (feats.shape[0],), generator=g), gram="int8")
+    # rows far outside float32's comfortable range: 2^e leaves float32 (tiny rows), or e < 0 (huge)
+    y = torch.randn(48, 24, generator=g)
+    y[:16] *= 1e-38
+    y[16:32] *= 3e37
+    y[32:40, ::2] = 1e-42  # subnormals beside normal values
+    _compare(y, torch.arange(48) // 8, gram="int8")
+    rows, offsets = _layout(torch.arange(48) // 8)
+    raw = class_spectrum(y, rows, offsets, normalize=False, backend="cpu", gram="int8").eigenvalues
+    want = class_spectrum_reference(y, rows, offsets, False, "int8")[0]
+    scale = want.abs().amax(1, keepdim=True)
+    assert float(((raw - want).abs() / scale).max()) < 1e-13  # the linear kernel, relative to each class
+    # "auto" takes the int8 route for float32 and float64 products for float64
+    rows, offsets = _layout(labels)
+    auto = class_spectrum(x, rows, offsets, backend="cpu")
+    assert torch.equal(auto.eigenvalues, got.eigenvalues)
+    f64 = class_spectrum(x.double(), rows, offsets, backend="cpu")
+    assert torch.equal(f64.eigenvalues, class_spectrum(x.double(), rows, offsets, backend="cpu", gram="float64").eigenvalues)
+
+
+@needs_cpu
+def test_gram_argument_errors():
+    x = torch.randn(10, 3)
+    rows, offsets = torch.arange(10), torch.tensor([0, 4, 10])
+    with pytest.raises(ValueError, match="gram: expected one of"):
+        class_spectrum(x, rows, offsets, gram="fp16")
+    with pytest.raises(TypeError, match="gram: 'int8' rounds float32 rows; features are float64"):
+        class_spectrum(x.double(), rows, offsets, gram="int8")
+    if not int8_gram_available():
+        with pytest.raises(ValueError, match="gram: 'int8' needs AMX-INT8"):
+            class_spectrum(x, rows, offsets, backend="cpu", gram="int8")
+    # the torch backend follows the same rounding contract
+    want = class_spectrum_reference(x, rows, offsets, True, "int8")[0]
+    torch.testing.assert_close(class_spectrum(x, rows, offsets, backend="torch", gram="int8").eigenvalues, want,
+                               atol=0, rtol=0)
+    small = torch.tensor([[1.0, 3e-3 + 2**-30, -0.5]])  # below max/128 float32 keeps bits the rounding drops
+    assert not torch.equal(int8_rounded_rows(small), small.double())

@@ -372,10 +372,12 @@ def test_compiled_and_batched_routes_agree_and_a_failed_class_is_redone(monkeypa
     rng = np.random.default_rng(4)
     x = torch.from_numpy(rng.normal(size=(700, 24))).float()
     y = torch.from_numpy(rng.integers(0, 40, 700))
-    compiled = class_diversity(x, y)
+    compiled = class_diversity(x, y, gram="float64")
+    rounded = class_diversity(x, y)  # "auto": the int8 Gram route where this CPU has AMX
     monkeypatch.setattr(metrics, "_MIN_CLASSES_COMPILED", 10**9)
     batched = class_diversity(x, y)
     torch.testing.assert_close(compiled.intra, batched.intra, atol=0, rtol=1e-12)
+    torch.testing.assert_close(rounded.intra, batched.intra, atol=0, rtol=1e-8)
     assert compiled.fisher == pytest.approx(batched.fisher, rel=1e-12)
     assert compiled.inter == pytest.approx(batched.inter, rel=1e-12)
     # A class whose eigenvalue iteration did not converge (NaN row) is solved again by LAPACK.
@@ -389,5 +391,5 @@ def test_compiled_and_batched_routes_agree_and_a_failed_class_is_redone(monkeypa
         return out
 
     monkeypatch.setattr(metrics, "class_spectrum", one_failed)
-    redone = class_diversity(x, y)
+    redone = class_diversity(x, y, gram="float64")
     torch.testing.assert_close(redone.intra, batched.intra, atol=0, rtol=1e-12)

@@ -15,9 +15,20 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "simd.h"
+
+// The exact int8 Gram route (below) needs AMX tiles: x86-64 Linux (the tile state is enabled per
+// process by arch_prctl), an AVX-512BW build level, and a compiler that knows the AMX target.
+#if defined(__x86_64__) && defined(__linux__) && defined(__AVX512BW__) && (defined(__clang__) || __GNUC__ >= 11)
+#define FMKIT_INT8_GRAM 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace fmkit {
 namespace FMKIT_CPU_NS {
@@ -117,6 +128,202 @@ void gram_rows(const double* r, int64_t K, int64_t m, double* g) {
     }
   }
 }
+
+#ifdef FMKIT_INT8_GRAM
+// Gram products of float32 rows from exact int8 products (AMX tiles; the Ozaki splitting).
+// Each row x is scaled by a power of two 2^e, so that max|x| 2^e lies in [0.99 · 2^30, 127 · 2^24),
+// and rounded to integers v: that rounding (at most 2^-31 max|x| per element) is the only error.
+// v = Σ_k D_k 256^(3-k) with signed digits D_k in [-128, 127], so
+//   <v_i, v_j> = Σ_{s=0..6} 256^(6-s) Σ_{k+l=s} <D_k(i), D_l(j)>,
+// and every inner sum is exact in int32 (at most 4 pairs × d × 2^14 < 2^31 for d < 32768). The
+// result is the float64 Gram matrix of the rounded rows, up to float64 rounding of the last
+// seven-term sum. An AMX tile product does 16 × 16 × 64 int8 multiply-adds, so the 16 digit
+// products cost less than one float64 product at AVX-512 rate.
+namespace int8_gram {
+
+constexpr int64_t kMaxD = 32767;
+constexpr int kDigits = 4;
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// The CPU has AMX-TILE and AMX-INT8 (CPUID.7.0:EDX bits 24, 25) and Linux grants this process the
+// tile state (ARCH_REQ_XCOMP_PERM for XTILEDATA); checked once.
+bool available() {
+  static const bool ok = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!((d >> 24) & 1) || !((d >> 25) & 1)) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+  }();
+  return ok;
+}
+
+// One row into its digit planes: planes[k * plane + j] = D_k of element j, zero for j in [d, K).
+// Returns e. x 2^e is exact (a power of two); it runs in float64 when 2^e leaves float32's range.
+inline int quantize_row(const float* x, int64_t d, float amax, int8_t* planes, int64_t plane, int64_t K) {
+  int p = 0;
+  const double mant = std::frexp(static_cast<double>(amax), &p);
+  const int e = amax > 0 ? (mant < 127.0 / 128.0 ? 31 - p : 30 - p) : 0;
+  const bool narrow = e >= -126 && e <= 127;  // 2^e is a normal float32: scale in float32
+  const __m512 scale32 = _mm512_set1_ps(narrow ? std::ldexp(1.0f, e) : 1.0f);
+  const __m512d scale = _mm512_set1_pd(std::ldexp(1.0, e));
+  const __m512i half = _mm512_set1_epi32(128);
+  for (int64_t j = 0; j < K; j += 16) {
+    const int64_t left = d - j;
+    const __mmask16 mask = left >= 16 ? 0xFFFF : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(mask, x + j);
+    __m512i q;
+    if (narrow) {
+      q = _mm512_cvtps_epi32(_mm512_mul_ps(v, scale32));
+    } else {
+      const __m256 v_lo = _mm512_castps512_ps256(v);
+      const __m256 v_hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+      const __m256i lo = _mm512_cvtpd_epi32(_mm512_mul_pd(_mm512_cvtps_pd(v_lo), scale));
+      const __m256i hi = _mm512_cvtpd_epi32(_mm512_mul_pd(_mm512_cvtps_pd(v_hi), scale));
+      q = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    }
+    for (int k = kDigits - 1; k >= 0; --k) {  // the low byte, read as signed, is the digit; carry the rest
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(planes + k * plane + j), _mm512_cvtepi32_epi8(q));
+      q = _mm512_srai_epi32(_mm512_add_epi32(q, half), 8);
+    }
+  }
+  return e;
+}
+
+// The B operand of a tile product is the VNNI layout of the transposed rows: for each plane,
+// 16-row block J and 64-byte column block t, a 16 × 64-byte tile with
+// tile[r][4c + u] = planes[row 16J + c][64t + 4r + u], i.e. the block's 16 × 16 int32 transposed
+// (four rounds of 2 × 2 block swaps: 32-bit, 64-bit, 128-bit and 256-bit).
+inline void transpose16x16(const int8_t* src, int64_t stride, int8_t* dst) {
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + i * stride);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4)
+    for (int j = 0; j < 2; ++j) {
+      r[i + j] = _mm512_unpacklo_epi64(t[i + j], t[i + j + 2]);
+      r[i + j + 2] = _mm512_unpackhi_epi64(t[i + j], t[i + j + 2]);
+    }
+  for (int i = 0; i < 16; i += 8)
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0x88);
+      t[i + j + 4] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0xdd);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+  }
+  // the rounds leave input column i in register kFrom[i] (columns 1 and 2 of each four swapped)
+  static constexpr int kFrom[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
+  for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + i * 64, r[kFrom[i]]);
+}
+
+void to_vnni(const int8_t* planes, int64_t np, int64_t K, int8_t* vnni) {
+  const int64_t blocks = np / 16, steps = K / 64;
+  for (int k = 0; k < kDigits; ++k)
+    for (int64_t J = 0; J < blocks; ++J)
+      for (int64_t t = 0; t < steps; ++t)
+        transpose16x16(planes + (k * np + 16 * J) * K + 64 * t, K, vnni + ((k * blocks + J) * steps + t) * 1024);
+}
+
+// g[i][j] = <v_i, v_j> (the rounded rows, in units of 2^-(e_i + e_j)) for j <= i < m; g row-major,
+// row length m (diagonal tiles also write some entries above the diagonal). Tiles 0-3 accumulate
+// the weights s = 0..3 (10 digit pairs), then s = 4..6 (6 pairs); tiles 4, 5 hold A, 6, 7 hold B,
+// each loaded once per product it feeds but one.
+__attribute__((target("amx-tile,amx-int8"))) void gram(const int8_t* planes, const int8_t* vnni, int64_t np,
+                                                        int64_t K, int64_t m, int32_t* scratch, double* g) {
+  const int64_t blocks = np / 16, steps = K / 64;
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+  asm volatile("" ::: "memory");  // the planes were written by plain stores; tile loads are asm
+  double weight[7];
+  for (int s = 0; s < 7; ++s) weight[s] = std::ldexp(1.0, 8 * (6 - s));
+  for (int64_t I = 0; I < blocks; ++I) {
+    for (int64_t J = 0; J <= I; ++J) {
+      const int8_t* a = planes + 16 * I * K;
+      const int8_t* b = vnni + J * steps * 1024;
+      const int64_t ap = np * K, bp = blocks * steps * 1024;  // plane strides
+#define FMKIT_A(tile, k) _tile_loadd(tile, a + (k) * ap + 64 * t, K)
+#define FMKIT_B(tile, l) _tile_loadd(tile, b + (l) * bp + t * 1024, 64)
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t t = 0; t < steps; ++t) {  // accumulator s holds the pairs k + l = s
+        FMKIT_A(4, 0);
+        FMKIT_B(6, 0);
+        _tile_dpbssd(0, 4, 6);  // (0, 0)
+        FMKIT_B(7, 1);
+        _tile_dpbssd(1, 4, 7);  // (0, 1)
+        FMKIT_A(5, 1);
+        _tile_dpbssd(1, 5, 6);  // (1, 0)
+        _tile_dpbssd(2, 5, 7);  // (1, 1)
+        FMKIT_B(6, 2);
+        _tile_dpbssd(2, 4, 6);  // (0, 2)
+        _tile_dpbssd(3, 5, 6);  // (1, 2)
+        FMKIT_B(7, 3);
+        _tile_dpbssd(3, 4, 7);  // (0, 3)
+        FMKIT_A(4, 2);
+        FMKIT_B(6, 0);
+        _tile_dpbssd(2, 4, 6);  // (2, 0)
+        FMKIT_B(7, 1);
+        _tile_dpbssd(3, 4, 7);  // (2, 1)
+        FMKIT_A(5, 3);
+        _tile_dpbssd(3, 5, 6);  // (3, 0)
+      }
+      _tile_stored(0, scratch + 0 * 256, 64);
+      _tile_stored(1, scratch + 1 * 256, 64);
+      _tile_stored(2, scratch + 2 * 256, 64);
+      _tile_stored(3, scratch + 3 * 256, 64);
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      for (int64_t t = 0; t < steps; ++t) {  // s = 4, 5, 6 in tiles 0, 1, 2
+        FMKIT_A(4, 2);
+        FMKIT_B(6, 2);
+        _tile_dpbssd(0, 4, 6);  // (2, 2)
+        FMKIT_B(7, 3);
+        _tile_dpbssd(1, 4, 7);  // (2, 3)
+        FMKIT_A(5, 3);
+        _tile_dpbssd(1, 5, 6);  // (3, 2)
+        _tile_dpbssd(2, 5, 7);  // (3, 3)
+        FMKIT_B(6, 1);
+        _tile_dpbssd(0, 5, 6);  // (3, 1)
+        FMKIT_A(4, 1);
+        _tile_dpbssd(0, 4, 7);  // (1, 3)
+      }
+#undef FMKIT_A
+#undef FMKIT_B
+      _tile_stored(0, scratch + 4 * 256, 64);
+      _tile_stored(1, scratch + 5 * 256, 64);
+      _tile_stored(2, scratch + 6 * 256, 64);
+      for (int r = 0; r < 16 && 16 * I + r < m; ++r) {
+        double* out = g + (16 * I + r) * m + 16 * J;
+        const int cols = static_cast<int>(std::min<int64_t>(16, m - 16 * J));
+        for (int c = 0; c < cols; ++c) {
+          double v = 0;
+          for (int s = 0; s < 7; ++s) v += weight[s] * scratch[s * 256 + r * 16 + c];
+          out[c] = v;
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+}  // namespace int8_gram
+#endif
 
 // The reflector of column k (LAPACK dlarfg): v (v[k + 1] = 1, rows k + 1 ..), tau, and the
 // column's entries of the tridiagonal form, dg[k] and e[k].
@@ -312,14 +519,83 @@ constexpr int H = 2;
 struct Buffers {
   std::vector<double> rows, inv, pt, gram;
   std::vector<vd> a, v, w, v2, w2, dg[H], e[H];
+  std::vector<int8_t> planes, vnni;  // the int8 route's digit planes and their VNNI copy
+  std::vector<float> staging;        // strided float32 rows, gathered
+  std::vector<float> amax;
+  std::vector<int32_t> scratch;
 };
+
+#ifdef FMKIT_INT8_GRAM
+// class_gram's n <= d side for float32 rows through int8_gram: the norms and sums in float64 as
+// there, then G from the rounded rows, scaled to the cosine kernel by its own diagonal (so G is
+// exactly the cosine Gram matrix of the rounded rows) or, without normalising, by 2^-(e_i + e_j).
+bool class_gram_int8(const float* x, int64_t s0, int64_t s1, int64_t d, const int64_t* rows, int64_t n,
+                     bool normalize, double* __restrict sums, double* __restrict unit_sums, double* norms,
+                     Buffers& buf) {
+  const int64_t np = round_up(n, 16), K = round_up(d, 64);
+  buf.amax.resize(n);
+  if (s1 != 1) buf.staging.resize(n * d);
+  auto row_of = [&](int64_t i) { return s1 == 1 ? x + rows[i] * s0 : buf.staging.data() + i * d; };
+  bool good = true;
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    if (s1 != 1)
+      for (int64_t j = 0; j < d; ++j) buf.staging[i * d + j] = x[rows[i] * s0 + j * s1];
+    const float* src = row_of(i);
+    __m512d sq = _mm512_setzero_pd();
+    __m512 top = _mm512_setzero_ps();
+    for (int64_t j = 0; j < d; j += 8) {
+      const __mmask8 mask = d - j >= 8 ? 0xFF : static_cast<__mmask8>((1u << (d - j)) - 1);
+      const __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, src + j));
+      sq = _mm512_fmadd_pd(v, v, sq);
+      _mm512_mask_storeu_pd(sums + j, mask, _mm512_add_pd(_mm512_maskz_loadu_pd(mask, sums + j), v));
+      top = _mm512_max_ps(top, _mm512_andnot_ps(sign, _mm512_castps256_ps512(_mm256_maskz_loadu_ps(mask, src + j))));
+    }
+    const double norm = std::sqrt(_mm512_reduce_add_pd(sq));
+    norms[i] = norm;
+    buf.amax[i] = _mm512_reduce_max_ps(top);
+    if (!std::isfinite(norm) || (normalize && norm == 0)) good = false;
+    const __m512d inv = _mm512_set1_pd(normalize && norm > 0 ? 1.0 / norm : 1.0);
+    for (int64_t j = 0; j < d; j += 8) {
+      const __mmask8 mask = d - j >= 8 ? 0xFF : static_cast<__mmask8>((1u << (d - j)) - 1);
+      const __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, src + j));
+      _mm512_mask_storeu_pd(unit_sums + j, mask, _mm512_fmadd_pd(v, inv, _mm512_maskz_loadu_pd(mask, unit_sums + j)));
+    }
+  }
+  if (!good) return false;  // the caller reports the row; nothing below would be used
+  buf.planes.resize(int8_gram::kDigits * np * K);
+  buf.vnni.resize(buf.planes.size());
+  buf.scratch.resize(7 * 256);
+  buf.gram.resize(n * n);
+  buf.inv.resize(n);
+  const int64_t plane = np * K;
+  for (int k = 0; k < int8_gram::kDigits; ++k)
+    std::memset(buf.planes.data() + k * plane + n * K, 0, (np - n) * K);
+  for (int64_t i = 0; i < n; ++i) {
+    const int e = int8_gram::quantize_row(row_of(i), d, buf.amax[i], buf.planes.data() + i * K, plane, K);
+    buf.inv[i] = std::ldexp(1.0, -e);
+  }
+  int8_gram::to_vnni(buf.planes.data(), np, K, buf.vnni.data());
+  double* g = buf.gram.data();
+  int8_gram::gram(buf.planes.data(), buf.vnni.data(), np, K, n, buf.scratch.data(), g);
+  if (normalize)
+    for (int64_t i = 0; i < n; ++i) buf.inv[i] = 1.0 / std::sqrt(g[i * n + i]);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j <= i; ++j) g[i * n + j] *= buf.inv[i] * buf.inv[j];
+  return true;
+}
+#endif
 
 // One class: norms and sums of its rows, and the lower triangle of its Gram matrix G (m × m,
 // m = min(n, d)) into buf.gram (transposed, row length ld). Returns false for a non-finite row,
 // or a zero row when normalising.
 template <typename T>
 bool class_gram(const T* x, int64_t s0, int64_t s1, int64_t d, const int64_t* rows, int64_t n, bool normalize,
-                double* sums, double* unit_sums, double* norms, Buffers& buf) {
+                bool int8, double* sums, double* unit_sums, double* norms, Buffers& buf) {
+#ifdef FMKIT_INT8_GRAM
+  if constexpr (std::is_same_v<T, float>)
+    if (int8 && n <= d) return class_gram_int8(x, s0, s1, d, rows, n, normalize, sums, unit_sums, norms, buf);
+#endif
   const int64_t m = std::min(n, d);
   const int64_t ld = round_up(round_up(m, TJ), L);
   const bool rows_side = n <= d;  // G = U Uᵀ; else G = Uᵀ U, accumulated kChunkRows rows at a time
@@ -396,7 +672,7 @@ bool class_gram(const T* x, int64_t s0, int64_t s1, int64_t d, const int64_t* ro
 
 template <typename T>
 void run(const Tensor& features, const int64_t* rows, const int64_t* offsets, int64_t C, double* eig, int64_t P,
-         double* sums, double* unit_sums, double* norms, bool normalize, int num_threads) {
+         double* sums, double* unit_sums, double* norms, bool normalize, bool int8, int num_threads) {
   const T* x = features.ptr<T>();
   const int64_t d = features.size(1), s0 = features.stride(0), s1 = features.stride(1);
   std::vector<int64_t> order(C);
@@ -428,7 +704,7 @@ void run(const Tensor& features, const int64_t* rows, const int64_t* offsets, in
         buf.w2.assign(mg, vd{});
         for (int64_t lane = 0; lane < G && h * G + lane < classes; ++lane) {
           const int64_t c = order[first + h * G + lane], n = offsets[c + 1] - offsets[c];
-          const bool good = class_gram(x, s0, s1, d, rows + offsets[c], n, normalize, sums + c * d,
+          const bool good = class_gram(x, s0, s1, d, rows + offsets[c], n, normalize, int8, sums + c * d,
                                        unit_sums + c * d, norms + offsets[c], buf);
           if (!good) {
             bad[h][lane] = -1;
@@ -464,9 +740,17 @@ void run(const Tensor& features, const int64_t* rows, const int64_t* offsets, in
 
 }  // namespace
 
+bool class_spectrum_int8_available_cpu() {
+#ifdef FMKIT_INT8_GRAM
+  return int8_gram::available();
+#else
+  return false;
+#endif
+}
+
 void class_spectrum_cpu(const Tensor& features, const Tensor& rows, const Tensor& offsets, const Tensor& eigenvalues,
                         const Tensor& sums, const Tensor& unit_sums, const Tensor& row_norms, bool normalize,
-                        int num_threads) {
+                        int gram, int num_threads) {
   features.check_device(DeviceKind::cpu);
   class_spectrum_check(features, rows, offsets, eigenvalues, sums, unit_sums, row_norms);
   const int64_t M = features.size(0), d = features.size(1), C = offsets.size(0) - 1, R = rows.size(0);
@@ -482,13 +766,21 @@ void class_spectrum_cpu(const Tensor& features, const Tensor& rows, const Tensor
     if (idx[r] < 0 || idx[r] >= M) fail(rows.name, "expected row indices in [0, features.shape[0])");
   if (eigenvalues.size(1) < largest)
     fail(eigenvalues.name, "expected at least max_c min(n_c, d) = " + std::to_string(largest) + " columns");
+  if (gram < 0 || gram > 2) fail("gram", "expected 0 (auto), 1 (float64) or 2 (int8)");
+  const bool int8_ready = class_spectrum_int8_available_cpu();
+  if (gram == 2 && !int8_ready)
+    fail("gram", "'int8' needs AMX-INT8 tiles (an x86-64 Linux CPU with AMX, at the avx512 SIMD level); "
+                 "this CPU or build has none: use 'auto' or 'float64'");
+  if (gram == 2 && features.dtype != DType::f32) fail("gram", "'int8' rounds float32 rows; features are float64");
+  if (gram == 2 && d > 32767) fail("gram", "'int8' supports d <= 32767 (int32 accumulators)");
+  const bool int8 = gram != 1 && int8_ready && features.dtype == DType::f32 && d <= 32767;
   std::fill(sums.ptr<double>(), sums.ptr<double>() + sums.numel(), 0.0);
   std::fill(unit_sums.ptr<double>(), unit_sums.ptr<double>() + unit_sums.numel(), 0.0);
   if (C == 0) return;
   auto go = [&](auto tag) {
     using T = decltype(tag);
     run<T>(features, idx, off, C, eigenvalues.ptr<double>(), eigenvalues.size(1), sums.ptr<double>(),
-           unit_sums.ptr<double>(), row_norms.ptr<double>(), normalize, num_threads);
+           unit_sums.ptr<double>(), row_norms.ptr<double>(), normalize, int8, num_threads);
   };
   if (features.dtype == DType::f32) {
     go(float{});

@@ -28,7 +28,7 @@
   X(kmeans_cluster_sums_cpu) X(gaussian_kernel_sum_cpu) X(contrastive_forward_cpu)                  \
   X(contrastive_backward_cpu) X(perceiver_attention_forward_cpu) X(perceiver_attention_backward_cpu) \
   X(media_cross_attention_forward_cpu) X(media_cross_attention_backward_cpu) X(pgd_step_cpu) \
-  X(stain_jitter_cpu) X(class_spectrum_cpu)
+  X(stain_jitter_cpu) X(class_spectrum_cpu) X(class_spectrum_int8_available_cpu)
 
 #define FMKIT_CPU_DECLARE_ONE(fn) decltype(::fmkit::fn) fn;
 // The entry points of one level, plus the level's name as its compiler flags define it

@@ -17,16 +17,23 @@
 // row_norms:   float64 [R] contiguous: |x| of each listed row (the caller names bad rows from it).
 // Everything is computed in float64: Gram products by a register-tiled kernel, eigenvalues by
 // Householder tridiagonalisation and implicit QL, each run on as many classes at once as a
-// vector register holds doubles (one class per lane).
+// vector register holds doubles (one class per lane). The int8 Gram route (float32 features,
+// n_c <= d, AMX-INT8 CPUs) rounds each row to 31 bits (error at most 2^-31 of the row's largest
+// |x|) and forms the exact Gram matrix of the rounded rows from int8 tile products; the cosine
+// kernel then divides by the rounded rows' own norms. sums, unit_sums and row_norms always come
+// from the float64 pass over the unrounded rows.
 #pragma once
 
 #include "../tensor.h"
 
 namespace fmkit {
 
+// gram: 0 "auto" (int8 for float32 features where available, else float64), 1 "float64", 2 "int8".
 void class_spectrum_cpu(const Tensor& features, const Tensor& rows, const Tensor& offsets, const Tensor& eigenvalues,
                         const Tensor& sums, const Tensor& unit_sums, const Tensor& row_norms, bool normalize,
-                        int num_threads);
+                        int gram, int num_threads);
+// Whether this CPU, OS and SIMD level can run the int8 Gram route (AMX-INT8 tiles).
+bool class_spectrum_int8_available_cpu();
 
 inline void class_spectrum_check(const Tensor& features, const Tensor& rows, const Tensor& offsets,
                                  const Tensor& eigenvalues, const Tensor& sums, const Tensor& unit_sums,

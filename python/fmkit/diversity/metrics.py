@@ -17,7 +17,7 @@ import torch
 
 from fmkit.diversity._checks import as_labels, check_q
 from fmkit.ops import _backend
-from fmkit.ops.class_spectrum import class_spectrum
+from fmkit.ops.class_spectrum import GRAMS, class_spectrum
 
 # Padded chunks hold at most this many float64 elements (the padded features or the Gram
 # matrices, whichever is larger): memory stays modest at any number of classes, and there are
@@ -61,7 +61,7 @@ def vendi_from_eigenvalues(w: torch.Tensor, q: float | str = 1.0) -> torch.Tenso
 
 
 def class_diversity(features: torch.Tensor, labels, q: float | str = 1.0, normalize: bool = True,
-                    threads: int | None = None) -> ClassDiversity:
+                    threads: int | None = None, gram: str = "auto") -> ClassDiversity:
     """Intra-class Vendi score per class, inter-class Vendi score of the class means, and the
     Fisher ratio, for all classes at once.
 
@@ -73,6 +73,10 @@ def class_diversity(features: torch.Tensor, labels, q: float | str = 1.0, normal
         class means are then means of unit vectors, normalised again for the inter-class score.
     threads: chunks of classes run in this many threads of single-threaded torch ops (default:
         torch's thread count); many small problems run faster side by side than each threaded.
+    gram: the Gram products of the per-class scores on the CPU (`fmkit.ops.class_spectrum`):
+        "auto" (float32 features on a CPU with AMX-INT8: exact products of the rows rounded to 31
+        bits, within ~1e-9 relative of float64 products; else float64), "float64" or "int8".
+        CUDA tensors always use float64 products.
     """
     features = _check_features(features, "features")
     y = as_labels(labels, "labels", device=features.device)
@@ -85,7 +89,9 @@ def class_diversity(features: torch.Tensor, labels, q: float | str = 1.0, normal
                                     np.unique(y.numpy(), return_inverse=True, return_counts=True))
     else:
         classes, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
-    scan = _scan(features, inverse, counts, q, normalize, threads, "features")
+    if gram not in GRAMS:
+        raise ValueError(f"gram: expected one of {GRAMS}, got {gram!r}")
+    scan = _scan(features, inverse, counts, q, normalize, threads, "features", gram)
     if normalize and bool((scan.unit_means.norm(dim=1) == 0).any()):
         inter = float("nan")  # a class whose unit vectors cancel exactly has no direction
     else:
@@ -151,33 +157,38 @@ _MIN_CLASSES_COMPILED = 16
 
 
 def _scan(x: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor, q, normalize: bool, threads,
-          name: str) -> _Scan:
+          name: str, gram: str = "float64") -> _Scan:
     """Per-class Vendi scores, raw and unit class means and the within-class scatter, all in
-    float64: through `fmkit.ops.class_spectrum` on the CPU, else `_scan_batched`."""
-    if x.device.type == "cpu" and len(counts) >= _MIN_CLASSES_COMPILED and "cpu" in _backend.compiled_backends():
-        return _scan_compiled(x, inverse, counts, q, normalize, threads, name)
+    float64: through `fmkit.ops.class_spectrum` on the CPU (always for gram="int8"), else
+    `_scan_batched`."""
+    compiled = x.device.type == "cpu" and "cpu" in _backend.compiled_backends()
+    if compiled and (len(counts) >= _MIN_CLASSES_COMPILED or gram == "int8"):
+        return _scan_compiled(x, inverse, counts, q, normalize, threads, name, gram)
+    if gram == "int8":
+        raise ValueError("gram: 'int8' runs in the compiled CPU op (fmkit.ops.class_spectrum); "
+                         f"features are on {x.device.type} or fmkit._C is not built: use gram='auto'")
     return _scan_batched(x, inverse, counts, q, normalize, threads, name)
 
 
-def _scan_compiled(x, inverse, counts, q, normalize, threads, name) -> _Scan:
+def _scan_compiled(x, inverse, counts, q, normalize, threads, name, gram) -> _Scan:
     """The op runs its own OpenMP threads; the small torch ops around it run single-threaded
     (on a busy machine torch's intra-op threads cost more than these ops' work)."""
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _scan_compiled_body(x, inverse, counts, q, normalize, threads or saved, name)
+        return _scan_compiled_body(x, inverse, counts, q, normalize, threads or saved, name, gram)
     finally:
         torch.set_num_threads(saved)
 
 
-def _scan_compiled_body(x, inverse, counts, q, normalize, threads, name) -> _Scan:
+def _scan_compiled_body(x, inverse, counts, q, normalize, threads, name, gram) -> _Scan:
     f64 = torch.float64
     order = torch.from_numpy(np.argsort(inverse.numpy(), kind="stable"))
     offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(counts, 0)
     if x.dtype not in (torch.float32, f64):
         x = x.to(torch.float32 if torch.finfo(x.dtype).bits < 32 else f64)
-    spec = class_spectrum(x, order, offsets, normalize=normalize, backend="cpu", num_threads=threads)
+    spec = class_spectrum(x, order, offsets, normalize=normalize, backend="cpu", gram=gram, num_threads=threads)
     norms = spec.row_norms
     real = torch.ones(1, len(norms), dtype=f64)
     _check_rows(norms[None], real, normalize, x, order, name)
