@@ -414,15 +414,19 @@ void tridiagonalize(vd* a, int64_t m, vd* dg, vd* e, vd* v, vd* w, vd* v2, vd* w
 }
 
 // Eigenvalues of H × G tridiagonal matrices (dg[h], e[h]: H sub-groups of G lanes; e[h][m - 1]
-// = 0) in dg: implicit QL with Wilkinson shifts (tqli), eigenvalues only. Every lane runs every
-// sweep; a lane takes part only between its own split point and the current eigenvalue. A sweep
-// step is a chain of a square root and a division, so one register of lanes would wait on their
-// latency: the H independent sub-groups run in the same loop and the core overlaps them.
-// Returns, per sub-group, the lanes that did not converge within 30 sweeps for one eigenvalue.
+// = 0) in dg: implicit QL with Wilkinson shifts (tqli), eigenvalues only. Each lane works on its
+// own eigenvalue l[c]: a lane whose eigenvalue has converged moves on at once instead of idling
+// until every lane's has (that lock-step cost ~2.8 sweeps per eigenvalue against ~1.7 needed).
+// A sweep runs over the union of the lanes' ranges [l[c], split[c]); a lane computes and discards
+// outside its own. A sweep step is a chain of a square root and a division, so one register of
+// lanes would wait on their latency: the H independent sub-groups run in the same loop and the
+// core overlaps them. Returns, per sub-group, the lanes that did not converge within 30 sweeps
+// for one eigenvalue.
 template <int H>
 void tridiagonal_eigenvalues(vd* const* dg, vd* const* e, int64_t m, vm* failed) {
   constexpr double eps = std::numeric_limits<double>::epsilon();
   vd floor[H];
+  vm l[H], iters[H];
   for (int h = 0; h < H; ++h) {
     vd norm = {};
     for (int64_t i = 0; i < m; ++i) {
@@ -432,80 +436,106 @@ void tridiagonal_eigenvalues(vd* const* dg, vd* const* e, int64_t m, vm* failed)
     // An off-diagonal below eps ||T|| moves no eigenvalue by more than the reduction's own error.
     floor[h] = eps * norm;
     failed[h] = vm{};
+    l[h] = vm{};
+    iters[h] = vm{};
   }
-  for (int64_t l = 0; l < m; ++l) {
-    for (int iter = 0;; ++iter) {
-      vm split[H], active[H];
-      bool any_active = false;
-      int64_t top = l;
-      for (int h = 0; h < H; ++h) {
-        vm found = {};
-        split[h] = splat_m(m - 1);
-        for (int64_t s = l; s < m - 1; ++s) {
-          const vm small = vabs(e[h][s]) <= eps * (vabs(dg[h][s]) + vabs(dg[h][s + 1])) + floor[h];
-          split[h] = (small & ~found) ? splat_m(s) : split[h];
-          found |= small;
-          if ((s - l) % 8 == 7 && all(found)) break;  // a horizontal test costs more than a few compares
+  auto small = [&](int h, int64_t s, int c) {
+    return std::abs(e[h][s][c]) <= eps * (std::abs(dg[h][s][c]) + std::abs(dg[h][s + 1][c])) + floor[h][c];
+  };
+  for (;;) {
+    // Each lane moves past its converged eigenvalues; a lane at m - 1 (or failed) is done.
+    vm split[H], active[H];
+    int64_t top = 0, low = m;
+    bool any_active = false;
+    for (int h = 0; h < H; ++h) {
+      for (int c = 0; c < G; ++c) {
+        int64_t lc = l[h][c];
+        while (lc < m - 1 && small(h, lc, c)) {
+          ++lc;
+          iters[h][c] = 0;
         }
-        active[h] = (split[h] != l) & ~failed[h];
-        any_active |= any(active[h]);
-        for (int c = 0; c < G; ++c)
-          if (active[h][c]) top = std::max<int64_t>(top, split[h][c]);
-      }
-      if (!any_active) break;
-      if (iter == 30) {
-        for (int h = 0; h < H; ++h) failed[h] |= active[h];
-        break;
-      }
-      // Wilkinson shift from the leading 2 × 2 of each lane's block (l + 1 < m: some lane is active)
-      vd g[H], s[H], cs[H], p[H];
-      vm run[H], stopped[H];
-      for (int h = 0; h < H; ++h) {
-        const vd el = e[h][l], dl = dg[h][l];
-        vd t = (dg[h][l + 1] - dl) / (2.0 * el);
-        const vd r = vsqrt(t * t + 1.0);
-        vd d_split;
-        for (int c = 0; c < G; ++c) d_split[c] = dg[h][split[h][c]][c];
-        g[h] = d_split - dl + el / (t + (t >= 0.0 ? r : -r));
-        s[h] = splat(1.0);
-        cs[h] = splat(1.0);
-        p[h] = vd{};
-        run[h] = active[h];
-        stopped[h] = vm{};
-      }
-      // No horizontal test inside the sweep: a lane outside its block computes and discards.
-      for (int64_t i = top - 1; i >= l; --i) {
-        for (int h = 0; h < H; ++h) {
-          vd* dh = dg[h];
-          vd* eh = e[h];
-          const vm in = run[h] & (split[h] > i);
-          const vd f = s[h] * eh[i], b = cs[h] * eh[i];
-          const vd r = vsqrt(f * f + g[h] * g[h]);
-          eh[i + 1] = in ? r : eh[i + 1];
-          const vm underflow = in & (r == 0.0);  // the rotation vanished: deflate here
-          const vm ok = in & ~underflow;
-          const vd ir = 1.0 / r;
-          const vd sn = f * ir, cn = g[h] * ir;
-          const vd gg = dh[i + 1] - p[h];
-          const vd rr = (dh[i] - gg) * sn + 2.0 * cn * b;
-          const vd pn = sn * rr;
-          dh[i + 1] = ok ? gg + pn : (underflow ? dh[i + 1] - p[h] : dh[i + 1]);
-          g[h] = ok ? cn * rr - b : g[h];
-          s[h] = ok ? sn : s[h];
-          cs[h] = ok ? cn : cs[h];
-          p[h] = ok ? pn : p[h];
-          stopped[h] |= underflow;
-          run[h] &= ~underflow;
+        if (lc < m - 1 && iters[h][c] == 30) {
+          failed[h][c] = -1;
+          lc = m - 1;
         }
+        l[h][c] = lc;
       }
+      active[h] = (l[h] < m - 1) & ~failed[h];
+      vm found = ~active[h];
+      split[h] = splat_m(m - 1);
+      int64_t from = m;
+      for (int c = 0; c < G; ++c)
+        if (active[h][c]) from = std::min<int64_t>(from, l[h][c]);
+      for (int64_t s = from + 1; s < m - 1; ++s) {  // e[l] is not small: the split is after l
+        const vm hit = (vabs(e[h][s]) <= eps * (vabs(dg[h][s]) + vabs(dg[h][s + 1])) + floor[h]) & (l[h] < s);
+        split[h] = (hit & ~found) ? splat_m(s) : split[h];
+        found |= hit;
+        if ((s - from) % 8 == 7 && all(found)) break;  // a horizontal test costs more than a few compares
+      }
+      for (int c = 0; c < G; ++c)
+        if (active[h][c]) {
+          any_active = true;
+          top = std::max<int64_t>(top, split[h][c]);
+          low = std::min<int64_t>(low, l[h][c]);
+        }
+      iters[h] += active[h] & 1;
+    }
+    if (!any_active) break;
+    // Wilkinson shift from the leading 2 × 2 of each lane's block
+    vd g[H], s[H], cs[H], p[H];
+    vm run[H], stopped[H];
+    for (int h = 0; h < H; ++h) {
+      vd el, dl, dl1, d_split;
+      for (int c = 0; c < G; ++c) {
+        const int64_t lc = std::min<int64_t>(l[h][c], m - 2);
+        el[c] = e[h][lc][c];
+        dl[c] = dg[h][lc][c];
+        dl1[c] = dg[h][lc + 1][c];
+        d_split[c] = dg[h][split[h][c]][c];
+      }
+      el = active[h] ? el : splat(1.0);  // finished lanes: any finite shift, discarded
+      vd t = (dl1 - dl) / (2.0 * el);
+      const vd r = vsqrt(t * t + 1.0);
+      g[h] = d_split - dl + el / (t + (t >= 0.0 ? r : -r));
+      s[h] = splat(1.0);
+      cs[h] = splat(1.0);
+      p[h] = vd{};
+      run[h] = active[h];
+      stopped[h] = vm{};
+    }
+    for (int64_t i = top - 1; i >= low; --i) {
       for (int h = 0; h < H; ++h) {
-        dg[h][l] = run[h] ? dg[h][l] - p[h] : dg[h][l];
-        e[h][l] = run[h] ? g[h] : e[h][l];
-        const vm closed = run[h] | stopped[h];
-        for (int c = 0; c < G; ++c)
-          if (closed[c]) e[h][split[h][c]][c] = 0.0;
+        vd* dh = dg[h];
+        vd* eh = e[h];
+        const vm in = run[h] & (split[h] > i) & (l[h] <= i);
+        const vd f = s[h] * eh[i], b = cs[h] * eh[i];
+        const vd r = vsqrt(f * f + g[h] * g[h]);
+        eh[i + 1] = in ? r : eh[i + 1];
+        const vm underflow = in & (r == 0.0);  // the rotation vanished: deflate here
+        const vm ok = in & ~underflow;
+        const vd ir = 1.0 / r;
+        const vd sn = f * ir, cn = g[h] * ir;
+        const vd gg = dh[i + 1] - p[h];
+        const vd rr = (dh[i] - gg) * sn + 2.0 * cn * b;
+        const vd pn = sn * rr;
+        dh[i + 1] = ok ? gg + pn : (underflow ? dh[i + 1] - p[h] : dh[i + 1]);
+        g[h] = ok ? cn * rr - b : g[h];
+        s[h] = ok ? sn : s[h];
+        cs[h] = ok ? cn : cs[h];
+        p[h] = ok ? pn : p[h];
+        stopped[h] |= underflow;
+        run[h] &= ~underflow;
       }
     }
+    for (int h = 0; h < H; ++h)
+      for (int c = 0; c < G; ++c) {
+        if (run[h][c]) {
+          const int64_t lc = l[h][c];
+          dg[h][lc][c] -= p[h][c];
+          e[h][lc][c] = g[h][c];
+        }
+        if (run[h][c] || stopped[h][c]) e[h][split[h][c]][c] = 0.0;
+      }
   }
 }
 

@@ -232,13 +232,26 @@ def _scan_batched(x: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor, 
         step = max(1, _CHUNK_ELEMENTS // max(width * d, min(width, d) ** 2))
         tasks += [(group[c0:c0 + step], width) for c0 in range(0, len(group), step)]
     rank = []  # the general gather's row ranks, computed once on first use
+    saved = torch.get_num_threads()
+    # One large problem (the inter-class score of many class means): its Gram product may use all
+    # of torch's threads; eigvalsh stays single-threaded (threaded LAPACK spins on a busy machine).
+    product_threads = saved if device.type == "cpu" and len(tasks) == 1 else 1
+
+    def product(a, b):
+        if product_threads == 1:
+            return a @ b
+        torch.set_num_threads(product_threads)
+        try:
+            return a @ b
+        finally:
+            torch.set_num_threads(1)
 
     def work(task):
         chunk, width = task
         n = counts[chunk].to(f64)
         raw, real, rows = _gather(x, chunk, width, inverse, counts, starts, order, rank)
         if width <= d:  # n×n: the raw Gram gives the norms, and is then scaled to the cosine one
-            gram = raw @ raw.transpose(1, 2)
+            gram = product(raw, raw.transpose(1, 2))
             norms = gram.diagonal(dim1=1, dim2=2).sqrt()
         else:
             norms = raw.norm(dim=2)
@@ -256,13 +269,12 @@ def _scan_batched(x: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor, 
                 gram *= inv_norms[:, :, None] * inv_norms[:, None, :]
         else:
             unit = raw * inv_norms[..., None] if normalize else raw
-            gram = unit.transpose(1, 2) @ unit
+            gram = product(unit.transpose(1, 2), unit)
         gram /= n[:, None, None]
         score = vendi_from_eigenvalues(torch.linalg.eigvalsh(gram), q)
         return chunk, score, mean, sums[:, 1] / n[:, None], within
 
     if device.type == "cpu":
-        saved = torch.get_num_threads()
         threads = min(threads or saved, len(tasks))
         torch.set_num_threads(1)
         try:
