@@ -24,6 +24,12 @@
 // process by arch_prctl), an AVX-512BW build level, and a compiler that knows the AMX target.
 #if defined(__x86_64__) && defined(__linux__) && defined(__AVX512BW__) && (defined(__clang__) || __GNUC__ >= 11)
 #define FMKIT_INT8_GRAM 1
+// GCC 12's AVX-512 intrinsics initialise their "undefined" pass-through operand from itself,
+// which -Wuninitialized reports at every inlined call (GCC bug 105593); nothing is read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -572,24 +578,34 @@ bool class_gram_int8(const float* x, int64_t s0, int64_t s1, int64_t d, const in
     if (s1 != 1)
       for (int64_t j = 0; j < d; ++j) buf.staging[i * d + j] = x[rows[i] * s0 + j * s1];
     const float* src = row_of(i);
-    __m512d sq = _mm512_setzero_pd();
+    __m512d sq_lo = _mm512_setzero_pd(), sq_hi = _mm512_setzero_pd();
     __m512 top = _mm512_setzero_ps();
-    for (int64_t j = 0; j < d; j += 8) {
-      const __mmask8 mask = d - j >= 8 ? 0xFF : static_cast<__mmask8>((1u << (d - j)) - 1);
-      const __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, src + j));
-      sq = _mm512_fmadd_pd(v, v, sq);
-      _mm512_mask_storeu_pd(sums + j, mask, _mm512_add_pd(_mm512_maskz_loadu_pd(mask, sums + j), v));
-      top = _mm512_max_ps(top, _mm512_andnot_ps(sign, _mm512_castps256_ps512(_mm256_maskz_loadu_ps(mask, src + j))));
+    for (int64_t j = 0; j < d; j += 16) {  // 16 floats: two halves of 8 doubles
+      const __mmask16 mask = d - j >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (d - j)) - 1);
+      const __mmask8 m_lo = static_cast<__mmask8>(mask), m_hi = static_cast<__mmask8>(mask >> 8);
+      const __m512 v = _mm512_maskz_loadu_ps(mask, src + j);
+      top = _mm512_max_ps(top, _mm512_andnot_ps(sign, v));
+      const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+      const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+      sq_lo = _mm512_fmadd_pd(lo, lo, sq_lo);
+      sq_hi = _mm512_fmadd_pd(hi, hi, sq_hi);
+      _mm512_mask_storeu_pd(sums + j, m_lo, _mm512_add_pd(_mm512_maskz_loadu_pd(m_lo, sums + j), lo));
+      _mm512_mask_storeu_pd(sums + j + 8, m_hi, _mm512_add_pd(_mm512_maskz_loadu_pd(m_hi, sums + j + 8), hi));
     }
-    const double norm = std::sqrt(_mm512_reduce_add_pd(sq));
+    const double norm = std::sqrt(_mm512_reduce_add_pd(_mm512_add_pd(sq_lo, sq_hi)));
     norms[i] = norm;
     buf.amax[i] = _mm512_reduce_max_ps(top);
     if (!std::isfinite(norm) || (normalize && norm == 0)) good = false;
     const __m512d inv = _mm512_set1_pd(normalize && norm > 0 ? 1.0 / norm : 1.0);
-    for (int64_t j = 0; j < d; j += 8) {
-      const __mmask8 mask = d - j >= 8 ? 0xFF : static_cast<__mmask8>((1u << (d - j)) - 1);
-      const __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, src + j));
-      _mm512_mask_storeu_pd(unit_sums + j, mask, _mm512_fmadd_pd(v, inv, _mm512_maskz_loadu_pd(mask, unit_sums + j)));
+    for (int64_t j = 0; j < d; j += 16) {
+      const __mmask16 mask = d - j >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (d - j)) - 1);
+      const __mmask8 m_lo = static_cast<__mmask8>(mask), m_hi = static_cast<__mmask8>(mask >> 8);
+      const __m512 v = _mm512_maskz_loadu_ps(mask, src + j);
+      const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+      const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+      _mm512_mask_storeu_pd(unit_sums + j, m_lo, _mm512_fmadd_pd(lo, inv, _mm512_maskz_loadu_pd(m_lo, unit_sums + j)));
+      _mm512_mask_storeu_pd(unit_sums + j + 8, m_hi,
+                            _mm512_fmadd_pd(hi, inv, _mm512_maskz_loadu_pd(m_hi, unit_sums + j + 8)));
     }
   }
   if (!good) return false;  // the caller reports the row; nothing below would be used

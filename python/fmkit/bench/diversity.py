@@ -8,8 +8,10 @@ BLAS thread (scipy's OpenBLAS with two threads took ~0.9 s per 512×512 solve in
 on the loaded 2-core machine). A plain per-class loop in the n×n form (numpy, float64) is shown
 as a third row, not an anchor. `class_diversity` also computes the inter-class score (a 512×512
 eigenproblem over the 1,000 class means) and the Fisher ratio, which the anchor does not; the
-"intra scores only" row times the anchor's work alone. 'exact': every class's score within 1e-6 relative of score_dual
-on float64 copies of the features. GFLOP/s counts fmkit's work, 2·C·n²·d + 4/3·C·n³.
+"intra scores only" row times the anchor's work alone. On a CPU with AMX-INT8 the main row uses
+the int8 Gram route (exact products of the rows rounded to 31 bits) and a second row times the
+float64-product route. 'exact': every class's score within 1e-6 relative of score_dual on float64
+copies of the features. GFLOP/s counts fmkit's work, 2·C·n²·d + 4/3·C·n³.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from fmkit.bench import unavailable
 from fmkit.bench._shapes import embedded_shapes
 from fmkit.diversity import class_diversity
 from fmkit.diversity._threads import single_blas_thread
+from fmkit.ops.class_spectrum import int8_gram_available
 
 SHAPES = {  # (classes, samples per class, d)
     ("cpu", "quick"): [(60, 100, 256)],
@@ -83,24 +86,31 @@ def cases(device: torch.device, quick: bool, shapes=None):
         x = feats.numpy()
         feats, labels = feats.to(device), labels.to(device)
 
-        def ours(feats=feats, labels=labels):
-            return class_diversity(feats, labels).intra
+        def ours(feats=feats, labels=labels, gram="auto"):
+            return class_diversity(feats, labels, gram=gram).intra
 
         def intra_only(feats=feats, labels=labels):  # the anchor's work: one Vendi score per class
             return intra_scores(feats, labels)
 
-        contenders = [("fmkit class_diversity (intra, inter, Fisher)", ours, False)]
+        int8 = device.type == "cpu" and int8_gram_available()
+        main = "fmkit class_diversity (intra, inter, Fisher)" + (", int8 AMX Gram" if int8 else "")
+        contenders = [(main, ours, False)]
         if device.type == "cpu":
             contenders.append(("fmkit intra scores only (class_spectrum op)", intra_only, False))
+        if int8:  # the float64-product route on the same machine
+            contenders.append(("fmkit class_diversity, float64 Gram", lambda: ours(gram="float64"), False))
         exact = {}
         if device.type == "cpu":
             contenders.append(("numpy per-class n×n loop (float64)", lambda x=x, C=C, n=n: _nn_loop(x, C, n), False))
         if have_vendi:
             contenders.append(("vendi-score score_dual loop", lambda x=x, C=C, n=n: _score_dual_loop(x, C, n), True))
             truth = _score_dual_loop(x.astype(np.float64), C, n)
-            exact = {"fmkit class_diversity (intra, inter, Fisher)": _close(ours().cpu().numpy(), truth),
-                     "fmkit intra scores only (class_spectrum op)": _close(intra_only().numpy(), truth),
+            exact = {main: _close(ours().cpu().numpy(), truth),
                      "vendi-score score_dual loop": _close(_score_dual_loop(x, C, n), truth)}
+            if device.type == "cpu":
+                exact["fmkit intra scores only (class_spectrum op)"] = _close(intra_only().numpy(), truth)
+            if int8:
+                exact["fmkit class_diversity, float64 Gram"] = _close(ours(gram="float64").numpy(), truth)
             if device.type == "cpu":
                 exact["numpy per-class n×n loop (float64)"] = _close(_nn_loop(x, C, n), truth)
         else:
