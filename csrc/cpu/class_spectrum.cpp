@@ -169,9 +169,14 @@ bool available() {
   return ok;
 }
 
-// One row into its digit planes: planes[k * plane + j] = D_k of element j, zero for j in [d, K).
-// Returns e. x 2^e is exact (a power of two); it runs in float64 when 2^e leaves float32's range.
-inline int quantize_row(const float* x, int64_t d, float amax, int8_t* planes, int64_t plane, int64_t K) {
+// The digit planes are stored as tiles, [plane][16-row block][64-column block][16][64]: a tile
+// load then reads 1 KB from one page rather than 16 lines K bytes apart (measured: 4% less time
+// for the whole op at d = 512; tile products slowed ~2x once a class's operands passed ~256 KB).
+inline int64_t tile_offset(int64_t i, int64_t steps) { return (i / 16) * steps * 1024 + (i % 16) * 64; }
+
+// One row into its digit planes: row[k * plane + (j / 64) * 1024 + j % 64] = D_k of element j
+// (row: the row's place in plane 0, tile_offset), zero for j in [d, K). Returns e. x 2^e is exact (a power of two); it runs in float64 when 2^e leaves float32's range.
+inline int quantize_row(const float* x, int64_t d, float amax, int8_t* row, int64_t plane, int64_t K) {
   int p = 0;
   const double mant = std::frexp(static_cast<double>(amax), &p);
   const int e = amax > 0 ? (mant < 127.0 / 128.0 ? 31 - p : 30 - p) : 0;
@@ -194,7 +199,8 @@ inline int quantize_row(const float* x, int64_t d, float amax, int8_t* planes, i
       q = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
     }
     for (int k = kDigits - 1; k >= 0; --k) {  // the low byte, read as signed, is the digit; carry the rest
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(planes + k * plane + j), _mm512_cvtepi32_epi8(q));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(row + k * plane + (j / 64) * 1024 + j % 64),
+                       _mm512_cvtepi32_epi8(q));
       q = _mm512_srai_epi32(_mm512_add_epi32(q, half), 8);
     }
   }
@@ -236,7 +242,8 @@ void to_vnni(const int8_t* planes, int64_t np, int64_t K, int8_t* vnni) {
   for (int k = 0; k < kDigits; ++k)
     for (int64_t J = 0; J < blocks; ++J)
       for (int64_t t = 0; t < steps; ++t)
-        transpose16x16(planes + (k * np + 16 * J) * K + 64 * t, K, vnni + ((k * blocks + J) * steps + t) * 1024);
+        transpose16x16(planes + ((k * blocks + J) * steps + t) * 1024, 64,
+                       vnni + ((k * blocks + J) * steps + t) * 1024);
 }
 
 // g[i][j] = <v_i, v_j> (the rounded rows, in units of 2^-(e_i + e_j)) for j <= i < m; g row-major,
@@ -257,10 +264,10 @@ __attribute__((target("amx-tile,amx-int8"))) void gram(const int8_t* planes, con
   for (int s = 0; s < 7; ++s) weight[s] = std::ldexp(1.0, 8 * (6 - s));
   for (int64_t I = 0; I < blocks; ++I) {
     for (int64_t J = 0; J <= I; ++J) {
-      const int8_t* a = planes + 16 * I * K;
+      const int8_t* a = planes + I * steps * 1024;
       const int8_t* b = vnni + J * steps * 1024;
       const int64_t ap = np * K, bp = blocks * steps * 1024;  // plane strides
-#define FMKIT_A(tile, k) _tile_loadd(tile, a + (k) * ap + 64 * t, K)
+#define FMKIT_A(tile, k) _tile_loadd(tile, a + (k) * ap + t * 1024, 64)
 #define FMKIT_B(tile, l) _tile_loadd(tile, b + (l) * bp + t * 1024, 64)
       _tile_zero(0);
       _tile_zero(1);
@@ -615,10 +622,14 @@ bool class_gram_int8(const float* x, int64_t s0, int64_t s1, int64_t d, const in
   buf.gram.resize(n * n);
   buf.inv.resize(n);
   const int64_t plane = np * K;
-  for (int k = 0; k < int8_gram::kDigits; ++k)
-    std::memset(buf.planes.data() + k * plane + n * K, 0, (np - n) * K);
+  const int64_t steps = K / 64;
+  for (int k = 0; k < int8_gram::kDigits; ++k)  // the padding rows of the last block
+    for (int64_t t = 0; t < steps; ++t)
+      for (int64_t i = n; i < np; ++i)
+        std::memset(buf.planes.data() + k * plane + int8_gram::tile_offset(i, steps) + t * 1024, 0, 64);
   for (int64_t i = 0; i < n; ++i) {
-    const int e = int8_gram::quantize_row(row_of(i), d, buf.amax[i], buf.planes.data() + i * K, plane, K);
+    const int e = int8_gram::quantize_row(row_of(i), d, buf.amax[i],
+                                          buf.planes.data() + int8_gram::tile_offset(i, steps), plane, K);
     buf.inv[i] = std::ldexp(1.0, -e);
   }
   int8_gram::to_vnni(buf.planes.data(), np, K, buf.vnni.data());
