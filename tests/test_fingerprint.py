@@ -698,3 +698,52 @@ def test_bf16_screen_with_shared_prefix(tok, padding):
                      screen_calib=2, stats=stats)
     assert stats["screened"] == len(ctx) - 2 and np.array_equal(got[1], exact[1])
     np.testing.assert_allclose(got[0], exact[0], atol=0.5)  # screened rows: bf16 log-probabilities
+
+
+# -- the bench's IF_SFT case and its exact-fp32 ceiling ------------------------------------------
+
+
+def test_bench_dialogue_case_runs_the_release_check_in_its_template(tok):
+    """The bench's dialogue (IF_SFT) case: the loop on a random subset runs the dialogue template with
+    its forced prefix (a subset must keep the fingerprint's template), every key fires, and fmkit's
+    decisions equal the loop's on the keys the loop ran."""
+    bench = importlib.import_module("fmkit.bench.fingerprint")
+    model = tiny_model(len(tok), hidden=32, layers=1, seed=0)
+    fp, _ = bench._setup(model, tok, 6, template="dialogue")
+    sub = bench._pick(fp, [1, 3])
+    assert (sub.template, sub.input_text, sub.near_miss) == ("dialogue", fp.input_text, fp.near_miss)
+    assert all(r.prefix.strip() == "Based on my fingerprint, the message is:" for r in key_examples(sub, tok))
+    cases = bench._case("tiny", fp, model, tok, 30, 4, 1, 1, loop_keys=3, with_screen=False)
+    assert [len(c["contenders"]) for c in cases] == [1, 1]
+    for c in cases:
+        for _, fn, _ in c["contenders"]:
+            fn()
+            fn()  # the harness's warm-up call, then the timed one
+    exact = cases[0]["exact"]
+    assert exact.get(bench.FP32) is True and len(exact.results["loop"]) == 3 and all(exact.results["loop"])
+
+
+def test_exact_fp32_flops_counts_body_head_and_attention(tok):
+    """The bench's ceiling counts, by hand: a shared prefix once, each key's suffix and target[:-1]
+    through the non-embedding weights, the LM head at the target positions only, and attention."""
+    bench = importlib.import_module("fmkit.bench.fingerprint")
+    model = tiny_model(len(tok), hidden=32, layers=2, seed=0)
+    fp = Fingerprint.create(n=3, k_range=(1, 2), seed=5, template="dialogue", responses=["ab", "c", "de"])
+    f = bench.exact_fp32_flops(model, fp, tok)
+    rows = key_examples(fp, tok)
+    ctx = [context_ids(tok, e) for e in rows]
+    tgt = [encode(tok, e.target) for e in rows]
+    plen = min(importlib.import_module("fmkit.fingerprint.verify").common_prefix_len(ctx), min(map(len, ctx)) - 1)
+    assert plen > 10  # the dialogue template's system prompt is shared
+    emb = model.get_input_embeddings().weight
+    body = sum(p.numel() for p in model.parameters()) - emb.numel() - (
+        0 if model.get_output_embeddings().weight is emb else model.get_output_embeddings().weight.numel())
+    run = [len(c) - plen + len(t) - 1 for c, t in zip(ctx, tgt)]
+    tokens = (plen + sum(run)) / 3
+    pairs = (plen * (plen + 1) / 2 + sum((plen + 1 + plen + r) * r / 2 for r in run)) / 3
+    cfg = model.config
+    d_attn = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+    want = 2 * body * tokens + 2 * cfg.hidden_size * emb.shape[0] * sum(map(len, tgt)) / 3 + \
+        4 * cfg.num_hidden_layers * d_attn * pairs
+    assert f["shared_prefix"] == plen and f["tokens_per_key"] == pytest.approx(tokens)
+    assert f["total"] == pytest.approx(want, rel=1e-12) and f["non_embedding_params"] == body

