@@ -7,7 +7,8 @@
 // different class: the Householder reduction and the QL sweeps run the same instructions on
 // L classes at once (L = doubles per vector register), with per-lane masks where the classes'
 // convergence differs. The Gram products use a register-tiled float64 kernel on the lower
-// triangle only.
+// triangle only, or, for float32 rows on AMX-INT8 CPUs, exact int8 tile products of the rows
+// rounded to 31 bits (int8_gram below).
 #include "../ops/class_spectrum.h"
 
 #include <algorithm>
