@@ -23,7 +23,8 @@
 
 // The exact int8 Gram route (below) needs AMX tiles: x86-64 Linux (the tile state is enabled per
 // process by arch_prctl), an AVX-512BW build level, and a compiler that knows the AMX target.
-#if defined(__x86_64__) && defined(__linux__) && defined(__AVX512BW__) && (defined(__clang__) || __GNUC__ >= 11)
+#if defined(__x86_64__) && defined(__linux__) && defined(__AVX512BW__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
 #define FMKIT_INT8_GRAM 1
 // GCC 12's AVX-512 intrinsics initialise their "undefined" pass-through operand from itself,
 // which -Wuninitialized reports at every inlined call (GCC bug 105593); nothing is read.
