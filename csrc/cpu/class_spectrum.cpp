@@ -83,6 +83,10 @@ inline bool all(vm m) {
   return true;
 }
 inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+// Row length of gram_lower's transposed Gram buffer for m columns.
+inline int64_t gram_ld(int64_t m) { return round_up(round_up(m, TJ), L); }
+// Largest d of the int8 route: its int32 tile accumulators sum up to 4 × d products of 2^14.
+constexpr int64_t kInt8MaxD = 32767;
 inline int64_t packed(int64_t i, int64_t j) { return i * (i + 1) / 2 + j; }  // lower triangle, j <= i
 
 // gt[j][i] += Σ_k pt[k][i] pt[k][j] for j <= i < m (gt row-major with row length ld; entries
@@ -149,7 +153,6 @@ void gram_rows(const double* r, int64_t K, int64_t m, double* g) {
 // products cost less than one float64 product at AVX-512 rate.
 namespace int8_gram {
 
-constexpr int64_t kMaxD = 32767;
 constexpr int kDigits = 4;
 
 struct alignas(64) TileConfig {
@@ -656,7 +659,7 @@ bool class_gram(const T* x, int64_t s0, int64_t s1, int64_t d, const int64_t* ro
     if (int8 && n <= d) return class_gram_int8(x, s0, s1, d, rows, n, normalize, sums, unit_sums, norms, buf);
 #endif
   const int64_t m = std::min(n, d);
-  const int64_t ld = round_up(round_up(m, TJ), L);
+  const int64_t ld = gram_ld(m);
   const bool rows_side = n <= d;  // G = U Uᵀ; else G = Uᵀ U, accumulated kChunkRows rows at a time
   const int64_t block = rows_side ? n : std::min(n, kChunkRows);
   buf.inv.resize(n);
@@ -771,7 +774,7 @@ void run(const Tensor& features, const int64_t* rows, const int64_t* offsets, in
           }
           const int64_t m = std::min(n, d);
           // n <= d: gram is G row-major; else transposed with row length ld (gram_lower)
-          const int64_t si = n <= d ? m : 1, sj = n <= d ? 1 : round_up(round_up(m, TJ), L);
+          const int64_t si = n <= d ? m : 1, sj = n <= d ? 1 : gram_ld(m);
           const double inv_n = 1.0 / static_cast<double>(n);
           for (int64_t i = 0; i < m; ++i)
             for (int64_t j = 0; j <= i; ++j) buf.a[packed(i, j)][lane] = buf.gram[i * si + j * sj] * inv_n;
@@ -831,8 +834,8 @@ void class_spectrum_cpu(const Tensor& features, const Tensor& rows, const Tensor
     fail("gram", "'int8' needs AMX-INT8 tiles (an x86-64 Linux CPU with AMX, at the avx512 SIMD level); "
                  "this CPU or build has none: use 'auto' or 'float64'");
   if (gram == 2 && features.dtype != DType::f32) fail("gram", "'int8' rounds float32 rows; features are float64");
-  if (gram == 2 && d > 32767) fail("gram", "'int8' supports d <= 32767 (int32 accumulators)");
-  const bool int8 = gram != 1 && int8_ready && features.dtype == DType::f32 && d <= 32767;
+  if (gram == 2 && d > kInt8MaxD) fail("gram", "'int8' supports d <= 32767 (int32 accumulators)");
+  const bool int8 = gram != 1 && int8_ready && features.dtype == DType::f32 && d <= kInt8MaxD;
   std::fill(sums.ptr<double>(), sums.ptr<double>() + sums.numel(), 0.0);
   std::fill(unit_sums.ptr<double>(), unit_sums.ptr<double>() + unit_sums.numel(), 0.0);
   if (C == 0) return;
