@@ -67,6 +67,22 @@ def test_both_gram_orientations_and_size_one_classes():
 
 
 @needs_cpu
+@pytest.mark.parametrize("scale", [1e-150, 1e-100, 1e-74, 1e72, 1e100, 1e140])
+def test_unnormalised_rows_of_any_magnitude_keep_their_accuracy(scale):
+    """Without normalising, Gram entries of 1e-300 .. 1e280 reach the reduction; squared there they
+    would under- or overflow (at 1e-74 this op was off by 0.3% of the largest eigenvalue). Each class's
+    matrix is scaled by a power of two first, so the error stays at float64 rounding."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(16 * 24, 24, generator=g, dtype=torch.float64) + 0.5
+    labels = torch.arange(16).repeat_interleave(24)
+    rows, offsets = _layout(labels)
+    got = class_spectrum(x * scale, rows, offsets, normalize=False, backend="cpu").eigenvalues
+    want = class_spectrum_reference(x, rows, offsets, False, "float64")[0] * scale ** 2
+    assert bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-13 * float(want.abs().max()))
+
+
+@needs_cpu
 def test_duplicate_rows_give_exact_zero_rank():
     g = torch.Generator().manual_seed(3)
     base = torch.randn(4, 32, generator=g, dtype=torch.float64)
