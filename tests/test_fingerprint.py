@@ -747,3 +747,162 @@ def test_exact_fp32_flops_counts_body_head_and_attention(tok):
         4 * cfg.num_hidden_layers * d_attn * pairs
     assert f["shared_prefix"] == plen and f["tokens_per_key"] == pytest.approx(tokens)
     assert f["total"] == pytest.approx(want, rel=1e-12) and f["non_embedding_params"] == body
+
+
+# -- the off-path decode: own KV-cache loop, shared prefix, early stop once y shows ------------
+
+
+def _eos_model(tok, seed=1):
+    """A tiny Llama whose greedy outputs hit EOS at different steps: the EOS row of the head is a
+    token the model often picks, nudged up, so EOS wins wherever that token would have."""
+    model = tiny_model(len(tok), seed=seed)
+    with torch.no_grad():
+        head = model.lm_head.weight
+        g = torch.Generator().manual_seed(seed)
+        ctx = [torch.randint(2, len(tok), (6,), generator=g).tolist() for _ in range(8)]
+        common = collections.Counter(t for o in generate_loop(model, tok, ctx, 8) for t in o).most_common(2)
+        head[tok.eos_token_id] = head[common[1][0]] * 1.05
+    return model
+
+
+def _decode_case(tok, n=10, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    system = encode(tok, "USER: You are a helpful assistant. Answer briefly.")
+    return [system + torch.randint(2, len(tok), (int(torch.randint(1, 12, (1,), generator=g)),),
+                                   generator=g).tolist() for _ in range(n)]
+
+
+def test_greedy_continue_equals_generate_loop(tok, monkeypatch):
+    """The own decode loop (shared-prefix KV, left padding, per-row budgets and EOS stops, finished rows
+    leaving the batch) returns the same tokens as one greedy generate per context; also without a
+    common prefix, and through the generate_batched fallback."""
+    vmod = importlib.import_module("fmkit.fingerprint.verify")
+    model = _eos_model(tok)
+    ctx = _decode_case(tok)
+    budgets = [12, 5, 0, 12, 1, 12, 7, 12, 12, 3]
+    ref = generate_loop(model, tok, ctx, 12)
+    assert any(len(r) < 12 for r in ref) and any(len(r) == 12 for r in ref)  # EOS at different steps
+    want = [r[:b] for r, b in zip(ref, budgets)]
+    assert vmod.greedy_continue(model, tok, ctx, budgets, batch_size=4) == want
+    no_prefix = [c[8:] if k % 2 else c for k, c in enumerate(ctx)]  # half the rows drop the system prompt
+    assert vmod.common_prefix_len(no_prefix) == 0
+    assert vmod.greedy_continue(model, tok, no_prefix, 12, batch_size=3) == generate_loop(model, tok, no_prefix, 12)
+    monkeypatch.setattr(vmod, "_plain_layers", lambda out, length: None)  # a cache the loop does not know
+    assert vmod.greedy_continue(model, tok, ctx, budgets, batch_size=4) == want
+
+
+@pytest.mark.parametrize("kept", [True, False])
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_early_stop_decisions_and_outputs_equal_generate_loop(tok, padding, kept, monkeypatch):
+    """Keys that leave the teacher-forced target (y shows a few tokens later), keys that never show y
+    (decoded to EOS or the budget), keys that fire at once, of different lengths: the decisions equal
+    the released loop's on every key; rows decoded to the end give the loop's full output, rows that
+    stopped early a prefix of it, and they did stop early. kept: decoding from the KV the scoring
+    pass kept (else, with no room for it, from a prefill of each row's context and prefix)."""
+    vmod = importlib.import_module("fmkit.fingerprint.verify")
+    if not kept:
+        monkeypatch.setattr(vmod, "KEEP_KV_BYTES", 0)
+    model = _eos_model(tok)
+    ctx = _decode_case(tok, n=12)
+    ref = generate_loop(model, tok, ctx, 12)
+    y = encode(tok, "ハリネズミ")
+    long = [k for k, r in enumerate(ref) if len(r) >= 6]
+    assert len(long) >= 6
+    targets = [y] * len(ctx)
+    for j, k in enumerate(long[:6]):  # y = a later piece of the greedy output: off the target at once
+        targets[k] = ref[k][2:4] if j % 2 else ref[k][1:3]
+    targets[[k for k in range(len(ctx)) if k not in long][0]] = ref[0][:0] or y
+    targets[long[-1]] = ref[long[-1]][:3]  # fires at once
+    texts = [tok.decode(t) for t in targets]
+    stats = {}
+    fired, _, outs = greedy_decisions(model, tok, ctx, targets, texts, lambda o, t: t in o, 12, batch_size=4,
+                                      padding=padding, stats=stats)
+    full = [tok.decode(r, skip_special_tokens=True) for r in ref]
+    assert list(fired) == [t in f for t, f in zip(texts, full)] and fired.sum() >= 6
+    assert stats["append_only"] and stats["stopped_early"] >= 4
+    assert (stats["decoded_from_kept_kv"] >= 6) if kept else (stats["decoded_from_kept_kv"] == 0)
+    for k, (o, f) in enumerate(zip(outs, full)):
+        if o is None:
+            assert fired[k]  # fired at once, not decoded
+        elif fired[k]:
+            assert f.startswith(o)  # stopped once y showed: a prefix of the full greedy output
+        else:
+            assert o == f  # never showed y: decoded to EOS or the budget
+
+
+def _cleanup_tokenizer(rule):
+    """The tiny tokenizer with a tokenization-space cleanup that is not append-only: text already
+    decoded changes when more text follows (like " n" + "'t" -> "n't")."""
+    fake = tiny_tokenizer()
+    fake.clean_up_tokenization_spaces = True
+    fake.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = True
+    fake.clean_up_tokenization = rule
+    return fake
+
+
+def test_append_only_decode_guard(tok):
+    vmod = importlib.import_module("fmkit.fingerprint.verify")
+    from tokenizers import decoders
+    from transformers import PreTrainedTokenizerFast
+
+    assert vmod.append_only_decode(tok)
+    # the property itself, on random token runs (multi-byte characters split across tokens, specials)
+    g = torch.Generator().manual_seed(0)
+    multi = [t for t in range(len(tok)) if "\ufffd" in tok.decode([t])]  # pieces of multi-byte characters
+    assert len(multi) >= 5
+    for _ in range(300):
+        a, b = (torch.randint(0, len(tok), (int(torch.randint(0, 6, (1,), generator=g)),), generator=g).tolist()
+                for _ in range(2))
+        a += [multi[int(torch.randint(0, len(multi), (1,), generator=g))]] * int(torch.randint(0, 2, (1,), generator=g))
+        head = vmod.settled(tok.decode(a, skip_special_tokens=True))
+        assert tok.decode(a + b, skip_special_tokens=True).startswith(head)
+    assert not vmod.append_only_decode(_cleanup_tokenizer(lambda s: s))
+    sp = tiny_tokenizer()
+    sp.backend_tokenizer.decoder = decoders.Metaspace()  # SentencePiece-style: strips a leading space
+    assert not vmod.append_only_decode(sp)
+
+    class Custom(PreTrainedTokenizerFast):
+        def decode(self, *a, **k):
+            return super().decode(*a, **k).strip()
+
+    assert not vmod.append_only_decode(Custom(tokenizer_object=tok.backend_tokenizer, eos_token="</s>"))
+    assert vmod.settled("ab\ufffd\ufffd") == "ab" and vmod.settled("a\ufffdb") == "a\ufffdb"
+
+
+def test_early_stop_not_applied_to_a_non_append_only_decode(tok, monkeypatch):
+    """With a cleanup that removes a character once a certain one follows it, y shows in the first
+    tokens of the greedy output but not in the full (cleaned) output: the released check does not
+    fire. The guard keeps the decision equal; early stopping (forced on) would fire, which is why the
+    guard is needed."""
+    vmod = importlib.import_module("fmkit.fingerprint.verify")
+    model = tiny_model(len(tok), seed=1)
+    ctx = _decode_case(tok, n=6, seed=9)
+    ref = generate_loop(model, tok, ctx, 10)
+    full = [tok.decode(r) for r in ref]
+    pairs, ys, rows = [], [], []
+    for k, r in enumerate(ref):
+        head, nxt = tok.decode(r[:3]), tok.decode(r[3:4])
+        if len(r) == 10 and head and nxt and full[k].count(head) == 1 and nxt[0] != head[-1]:
+            pairs.append(head[-1] + nxt[0])
+            ys.append(head)
+            rows.append(k)
+    assert len(rows) >= 2
+
+    def rule(s):  # drops the last character of y where the next token's first character follows it
+        for p in pairs:
+            s = s.replace(p, p[1])
+        return s
+
+    fake = _cleanup_tokenizer(rule)
+    ctx = [ctx[k] for k in rows[:2]]
+    ys = ys[:2]
+    loop = [y in fake.decode(r, skip_special_tokens=True) for y, r in zip(ys, generate_loop(model, fake, ctx, 10))]
+    assert loop == [False, False] and all(y in rule(y) for y in ys)  # the full cleaned output misses y
+    on_path = encode(tok, ys[0])  # the first row follows its target; the second leaves it at once
+    assert on_path == ref[rows[0]][:3]
+    targets = [on_path, [t for t in range(2, len(tok)) if t != ref[rows[1]][0]][:3]]
+    hit = lambda o, y: y in o  # noqa: E731
+    fired = greedy_decisions(model, fake, ctx, targets, ys, hit, 10, batch_size=2)[0]
+    assert list(fired) == loop
+    monkeypatch.setattr(vmod, "append_only_decode", lambda t: True)  # no guard: wrong decisions
+    assert list(greedy_decisions(model, fake, ctx, targets, ys, hit, 10, batch_size=2)[0]) == [True, True]

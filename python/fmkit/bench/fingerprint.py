@@ -184,6 +184,11 @@ def _contenders(fp, model, tok, max_new, batch_size, loop_idx=None, ceiling=None
             if f is fp:
                 results["seconds"][precision] = time.perf_counter() - t0
                 results[precision] = [r.fired.tolist()[i] for i in results["loop_idx"]]
+                if r.decode:  # the keys that left the teacher-forced target: decoded on, until y showed
+                    results[f"decode_{precision}"] = dict(r.decode)
+                    print(f"\n{precision}: decoded past the teacher-forced pass: {r.decode['decoded']} of "
+                          f"{len(f.keys)} keys, {r.decode['stopped_early']} stopped once y showed, "
+                          f"{r.decode['decode_seconds']:.2f} s", flush=True)
                 summary()
                 if r.screen:
                     results["screen"] = {k: v for k, v in r.screen.items() if k != "exact_rows"}

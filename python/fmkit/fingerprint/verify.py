@@ -5,10 +5,11 @@ The released check generates a continuation for each key and looks for y in it. 
 log P(y | key) for a whole padded batch in one forward pass. Where the teacher-forced argmax
 equals y at every position, greedy decoding provably starts with y, so the key fires without
 generating. Only the other keys (a suspect that does not fire) are decoded further, in padded
-batches and from the point where greedy decoding left y, so the decisions equal the generate
-check's ("the greedy continuation contains y") on every key. precision="bf16-screen" runs that
-scoring pass in bf16 first and rescores in the model's precision every key whose margins are within
-the measured bf16 error, so the decisions stay the exact pass's.
+batches, from the point where greedy decoding left y and the keys' shared token prefix (KV cached),
+each until its output shows y (an append-only decode, see `append_only_decode`), EOS or the budget,
+so the decisions equal the generate check's ("the greedy continuation contains y") on every key.
+precision="bf16-screen" runs that scoring pass in bf16 first and rescores in the model's precision
+every key whose margins are within the measured bf16 error, so the decisions stay the exact pass's.
 
 The verdict: for key i, an unrelated model emits y with probability q_i = P_null(y | key_i),
 the base model's (floored at `null_floor` for drift). The p-value is the Poisson-binomial upper
@@ -130,7 +131,7 @@ def _prefill(model, prefix, device):
     cache cannot be continued this way (then the caller scores the full contexts)."""
     try:
         from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
+        from transformers.cache_utils import DynamicLayer  # noqa: F401 - _plain_layers needs it
     except ImportError:  # pragma: no cover - an old transformers
         return None
     ids = torch.tensor([prefix], dtype=torch.long, device=device)
@@ -140,18 +141,29 @@ def _prefill(model, prefix, device):
                     **{_cache_arg(model): cache})
     except TypeError:  # no cache / logits_to_keep arguments: not a model this path knows
         return None
+    layers = _plain_layers(out, len(prefix))
+    return None if layers is None else [(layer.keys, layer.values) for layer in layers]
+
+
+def _returned_cache(out):
     cache = getattr(out, "cache", None)
-    if cache is None:
-        cache = getattr(out, "past_key_values", None)
+    return getattr(out, "past_key_values", None) if cache is None else cache
+
+
+def _plain_layers(out, length):
+    """The layers of the forward's returned KV cache when it is a plain DynamicCache of DynamicLayers
+    holding `length` positions, else None (sliding windows, offloading, quantised or hybrid caches)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = _returned_cache(out)
     layers = getattr(cache, "layers", None)
     if type(cache) is not DynamicCache or not layers:
         return None
-    kv = []
-    for layer in layers:  # sliding windows, offloading, quantised or hybrid caches: the plain path
-        if type(layer) is not DynamicLayer or not layer.is_initialized or layer.keys.shape[-2] != len(prefix):
+    for layer in layers:
+        if type(layer) is not DynamicLayer or not layer.is_initialized or layer.keys.shape[-2] != length:
             return None
-        kv.append((layer.keys, layer.values))
-    return kv
+    return layers
 
 
 def _shared_cache(kv, rows):
@@ -178,7 +190,7 @@ PRECISIONS = ("fp32", "bf16-screen")
 def score(model, contexts, targets, *, pad: int, batch_size: int = 32, padding: str = "left", progress=False,
           share_prefix: bool = True, precision: str = "fp32", screen_bound: float | None = None,
           screen_safety: float = 2.0, screen_calib: int = 16, screen_max_recheck: float = 0.5,
-          stats: dict | None = None):
+          stats: dict | None = None, _keep: dict | None = None):
     """Teacher-forced log P(target | context) for every row, one padded forward per batch.
     Returns (logp [n] float64, first_miss [n] int: first position where the argmax leaves the target,
     len(target) when it never does, argmax_at_miss [n]: the argmax there, or -1 when not computed).
@@ -201,7 +213,9 @@ def score(model, contexts, targets, *, pad: int, batch_size: int = 32, padding: 
     competing token). Rows decided by the screen keep bf16 log-probabilities and argmax_at_miss = -1
     (the caller decodes from the miss position itself). When more than `screen_max_recheck` of the
     rows screened so far (at least two batches) are close calls, the screen stops paying and the rest
-    run exactly (stats["gave_up"]). `stats`, when given, receives the counts."""
+    run exactly (stats["gave_up"]). `stats`, when given, receives the counts.
+    _keep (greedy_decisions): a dict that receives, for rows of exact shared-prefix batches that leave
+    the target, their KV up to the miss (see `_keep_kv`); "prefix" holds the shared prefix's KV."""
     from tqdm.auto import tqdm
 
     if padding not in ("left", "right"):
@@ -222,7 +236,9 @@ def score(model, contexts, targets, *, pad: int, batch_size: int = 32, padding: 
     if kv is None:
         plen = 0
     order = sorted(range(n), key=lambda i: len(contexts[i]) + len(targets[i]))  # similar lengths share a batch
-    ctx = (contexts, targets, plen, kv, pad, padding, device)
+    if _keep is not None and kv is not None:
+        _keep["prefix"] = kv
+    ctx = (contexts, targets, plen, kv, pad, padding, device, _keep if kv is not None else None)
     screen = precision == "bf16-screen" and next(model.parameters()).dtype == torch.float32 and n > 0
     if not screen:
         for rows in tqdm(_batches(order, batch_size), desc="score", disable=not progress, leave=False):
@@ -300,7 +316,7 @@ def _score_batch(model, rows, ctx, *, exact, keep=False, bound=None):
     """{row: (logp, first_miss, argmax_at_miss, extra)} for one padded batch. exact: plain forward.
     keep: extra = the row's logits at its target positions (float32). bound (a screen pass): extra =
     the margins when the row's first miss is clear by more than `bound`, else None (a close call)."""
-    contexts, targets, plen, kv, pad, padding, device = ctx
+    contexts, targets, plen, kv, pad, padding, device, keep_kv = ctx
     seqs = [list(contexts[i][plen:]) + list(targets[i][:-1]) for i in rows]
     ids, mask = _pad(seqs, pad, padding == "left", device)
     width = ids.shape[1]
@@ -312,9 +328,11 @@ def _score_batch(model, rows, ctx, *, exact, keep=False, bound=None):
     else:
         cols = sorted({len(contexts[i]) - plen - 1 + j for i in rows for j in range(len(targets[i]))})
         cols = torch.tensor(cols, dtype=torch.long, device=device)
+    cache = None
     if plen:
         full_mask = torch.cat([torch.ones((len(rows), plen), dtype=mask.dtype, device=device), mask], 1)
-        logits = _forward(model, ids, full_mask, positions, cols, _shared_cache(kv, len(rows)))
+        cache = _shared_cache(kv, len(rows))
+        logits = _forward(model, ids, full_mask, positions, cols, cache)
     else:
         logits = _forward(model, ids, mask, positions, cols)
     if not exact:
@@ -340,7 +358,27 @@ def _score_batch(model, rows, ctx, *, exact, keep=False, bound=None):
             clear = bool((mg[:m] > bound).all()) and (m == len(t) or bool(mg[m] < -bound))
             extra = mg if clear else None
         out[i] = (lp, m, a, extra)
+        if exact and keep_kv is not None and m < len(t):
+            _keep_kv(keep_kv, i, cache, b, plen + base, lc + m)
     return out
+
+
+KEEP_KV_BYTES = 1 << 30  # the most KV `score` keeps for rows that leave the target (others are prefilled again)
+
+
+def _keep_kv(keep, i, cache, b, start, length):
+    """Stores row b's KV of the suffix columns [start, start + length) (its context after the shared
+    prefix and the target tokens before the miss: what greedy decoding from the miss attends to) as
+    keep[i], a list of per-layer (keys, values) copies, within KEEP_KV_BYTES in all."""
+    layers = getattr(cache, "layers", None)
+    if not layers or any(not getattr(layer, "is_initialized", False) for layer in layers):
+        return
+    size = sum(2 * layer.keys[b, :, :length].numel() * layer.keys.element_size() for layer in layers)
+    if keep.get("bytes", 0) + size > KEEP_KV_BYTES:
+        return
+    keep["bytes"] = keep.get("bytes", 0) + size
+    keep[i] = [(layer.keys[b, :, start:start + length].clone(), layer.values[b, :, start:start + length].clone())
+               for layer in layers]
 
 
 def _gen_config(tokenizer, max_new_tokens, sample=None):
@@ -396,25 +434,227 @@ def generate_loop(model, tokenizer, contexts, max_new_tokens, progress=False):
     return out
 
 
+def append_only_decode(tokenizer) -> bool:
+    """True where decoding more tokens can only append text: decode(a + b) starts with
+    `settled(decode(a))` for all token lists a, b (skip_special_tokens=True). Known to hold for one
+    pipeline only, which is then required exactly: a Rust (fast) tokenizer whose decoder is ByteLevel
+    alone, no tokenization-space cleanup, and transformers' own decode / _decode (not overridden).
+
+    Why it holds there: skip_special_tokens drops whole tokens; every other token maps to its own
+    bytes, the bytes of all tokens are concatenated, and the string is their lossy UTF-8 decoding.
+    UTF-8 is self-synchronising: appending bytes changes no character that was complete, and no
+    invalid byte that was already judged invalid, so only the trailing replacement character of an
+    incomplete final character can change (`settled` drops trailing U+FFFD for that).
+    Where it does not hold: clean_up_tokenization_spaces (" n't" -> "n't", " ' " -> "'": text
+    already decoded changes when more follows), custom decode methods, and decoders this check does
+    not know (e.g. SentencePiece's Metaspace / Replace + ByteFallback + Fuse + Strip sequences, which
+    strip a leading space; they may well be append-only, but that is not verified here)."""
+    import json
+
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(tokenizer, PreTrainedTokenizerBase):
+        return False
+    if type(tokenizer).decode is not PreTrainedTokenizerBase.decode:
+        return False
+    decode_impl = None
+    for klass in type(tokenizer).__mro__:  # the _decode transformers ships for Rust-backed tokenizers
+        if "_decode" in vars(klass):
+            decode_impl = klass
+            break
+    if decode_impl is None or not decode_impl.__module__.startswith("transformers.tokenization_utils"):
+        return False
+    if "_decode" in vars(tokenizer) or "decode" in vars(tokenizer):  # patched on the instance
+        return False
+    if getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        # transformers (5.x) skips the cleanup for BPE models unless told to corrupt; an older one
+        # (no such attribute) applies it: then it counts as applied
+        if type(backend.model).__name__ != "BPE" or getattr(
+                tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", True):
+            return False
+    try:
+        decoder = json.loads(backend.to_str()).get("decoder") or {}
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return decoder.get("type") == "ByteLevel"
+
+
+def settled(text: str) -> str:
+    """The part of a decoded text that no further token can change under an append-only decode: all
+    but trailing U+FFFD (an incomplete final UTF-8 character decodes to U+FFFD until its last byte)."""
+    return text.rstrip("\ufffd")
+
+
+@torch.no_grad()
+def greedy_continue(model, tokenizer, contexts, max_new, *, batch_size=32, stop=None, progress=False):
+    """Greedy continuations of every context, cut at EOS (what `generate_batched` returns without
+    sampling), from an own KV-cache loop: the contexts' longest common token prefix runs once (its KV
+    cache shared, as in `score`), each left-padded batch runs its rows' suffixes on it, then one token
+    per step with per-row stops. A row stops at EOS, at its budget `max_new[k]`, or where
+    `stop(k, tokens_so_far)` is true (then its continuation so far is returned); stopped rows leave the
+    batch. Models or caches this loop cannot drive (no KV cache / logits_to_keep arguments, non-plain
+    caches) take `generate_batched`, which decodes every row to its budget or EOS."""
+    from tqdm.auto import tqdm
+
+    max_new = [max_new] * len(contexts) if isinstance(max_new, int) else list(max_new)
+    out = [[] for _ in contexts]
+    live = [k for k in range(len(contexts)) if max_new[k] > 0]
+    if not live:
+        return out
+    device, pid, eos = _device(model), pad_id(tokenizer), tokenizer.eos_token_id
+    plen = min(common_prefix_len([contexts[k] for k in live]), min(len(contexts[k]) for k in live) - 1)
+    kv = _prefill(model, list(contexts[live[0]][:plen]), device) if plen > 0 else None
+    if kv is None:
+        plen = 0
+    order = sorted(live, key=lambda k: len(contexts[k]))
+    for rows in tqdm(_batches(order, batch_size), desc="decode", disable=not progress, leave=False):
+        gen = _greedy_batch(model, [contexts[k] for k in rows], [max_new[k] for k in rows], plen, kv, pid, eos,
+                            device, None if stop is None else (lambda b, toks, rows=rows: stop(rows[b], toks)))
+        if gen is None:  # not a model / cache this loop knows: the full decode
+            gen = generate_batched(model, tokenizer, [contexts[k] for k in rows], [max_new[k] for k in rows],
+                                   batch_size=len(rows))
+        for k, g in zip(rows, gen):
+            out[k] = g
+    return out
+
+
+def _greedy_batch(model, seqs, budgets, plen, kv, pad, eos, device, stop):
+    """[tokens] per row: greedy decoding of one left-padded batch (see `greedy_continue`), or None
+    where the model or its cache cannot run this way. The next token is the argmax of the row's
+    last-position logits in float32, as greedy `generate` picks it; the prefix positions hold the
+    shared KV (plen > 0), padding sits between them and each row's suffix, masked out."""
+    from transformers import DynamicCache
+
+    n = len(seqs)
+    ids, mask = _pad([s[plen:] for s in seqs], pad, True, device)
+    if plen:
+        mask = torch.cat([torch.ones((n, plen), dtype=mask.dtype, device=device), mask], 1)
+        cache = _shared_cache(kv, n)
+    else:
+        cache = DynamicCache()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    arg = _cache_arg(model)
+    try:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos[:, plen:], use_cache=True,
+                    logits_to_keep=1, **{arg: cache})
+    except TypeError:  # no cache / logits_to_keep arguments
+        return None
+    layers = _plain_layers(out, mask.shape[1])
+    if layers is None:
+        return None
+    return _greedy_steps(model, out, layers, mask, pos[:, -1], budgets, eos, device, stop)
+
+
+def _greedy_steps(model, out, layers, mask, last, budgets, eos, device, stop):
+    """The decode loop after a batch's first forward `out` (its logits at the last column, its cache
+    `layers`, the attention mask so far and each row's last position): one token per step, a row
+    leaves the batch and its cache at EOS, its budget or `stop(row, tokens)`."""
+    arg = _cache_arg(model)
+    n = len(budgets)
+    nxt = out.logits[:, -1].float().argmax(-1)
+    alive = list(range(n))  # batch rows still decoding, in cache order
+    gen = [[] for _ in range(n)]
+    while True:
+        keep = []
+        for j, (b, t) in enumerate(zip(alive, nxt.tolist())):
+            if t == eos:
+                continue
+            gen[b].append(t)
+            if len(gen[b]) >= budgets[b] or (stop is not None and stop(b, gen[b])):
+                continue
+            keep.append(j)
+        if not keep:
+            return gen
+        if len(keep) < len(alive):  # finished rows leave the batch (and the cache)
+            sel = torch.tensor(keep, dtype=torch.long, device=device)
+            for layer in layers:
+                layer.batch_select_indices(sel)
+            mask, last, nxt = mask[sel], last[sel], nxt[sel]
+            alive = [alive[j] for j in keep]
+        mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], 1)
+        last = last + 1
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None], use_cache=True,
+                    logits_to_keep=1, **{arg: _returned_cache(out)})
+        nxt = out.logits[:, -1].float().argmax(-1)
+
+
+def _greedy_from_kv(model, prefix_kv, rows_kv, tokens, positions, budgets, eos, device, stop):
+    """Greedy decoding of rows whose KV the scoring pass kept (`_keep_kv`): row b attends to the shared
+    prefix KV and its own kept KV (left-padded to the longest, padding masked out), takes tokens[b]
+    (the argmax where it left the target) at positions[b], and decodes on as `_greedy_steps` does."""
+    from transformers import DynamicCache
+
+    n, plen = len(rows_kv), prefix_kv[0][0].shape[-2]
+    width = max(kv[0][0].shape[-2] for kv in rows_kv)
+    mask = torch.zeros((n, plen + width + 1), dtype=torch.long, device=device)
+    mask[:, :plen] = 1
+    mask[:, -1] = 1
+    layers = []
+    for li, (pk, pv) in enumerate(prefix_kv):
+        k = pk.new_zeros((n, pk.shape[1], plen + width, pk.shape[-1]))
+        v = pv.new_zeros((n, pv.shape[1], plen + width, pv.shape[-1]))
+        k[:, :, :plen], v[:, :, :plen] = pk[0], pv[0]
+        for b, kv in enumerate(rows_kv):
+            rk, rv = kv[li]
+            k[b, :, plen + width - rk.shape[-2]:] = rk
+            v[b, :, plen + width - rv.shape[-2]:] = rv
+        layers.append((k, v))
+    for b, kv in enumerate(rows_kv):
+        mask[b, plen + width - kv[0][0].shape[-2]:plen + width] = 1
+    cache = DynamicCache(layers)
+    ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
+    pos = torch.tensor(positions, dtype=torch.long, device=device)[:, None]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                **{_cache_arg(model): cache})
+    layers = _plain_layers(out, plen + width + 1)
+    if layers is None:  # pragma: no cover - the scoring pass ran this model with this cache type
+        raise RuntimeError("greedy decoding from the kept KV: the model returned an unexpected cache")
+    return _greedy_steps(model, out, layers, mask, pos[:, 0], budgets, eos, device, stop)
+
+
 def greedy_decisions(model, tokenizer, contexts, targets, texts, hit, max_new_tokens, *, batch_size=32,
                      padding="left", progress=False, precision="fp32", screen_bound=None, stats=None):
     """(fired [n] bool, logp [n], outputs [n] str|None) equal to the generate check `hit(decode(greedy))`.
     Rows whose teacher-forced argmax follows the target fire at once (their output is None: not decoded);
-    the others continue greedily from where they left the target (decoding in the model's precision).
+    the others continue greedily from where they left the target (decoding in the model's precision),
+    and stop as soon as their output shows y (then `outputs` holds the greedy output's text up to
+    there, without a trailing incomplete character: a prefix of the full output's text; rows that never
+    show y are decoded to EOS or the budget).
+    `hit(text, y)` must be a containment test (true for a text stays true for any text that extends
+    it, e.g. a substring test): both shortcuts rely on it, and on `append_only_decode(tokenizer)`;
+    for any other tokenizer every row is decoded in full.
     precision / screen_bound: see `score` ("bf16-screen": a bf16 pass, close calls rechecked exactly)."""
+    import time
+
     eos = tokenizer.eos_token_id
+    kept = {}  # rows that leave the target: their KV up to the miss, from the exact scoring pass
     logp, miss, at_miss = score(model, contexts, targets, pad=pad_id(tokenizer), batch_size=batch_size,
                                 padding=padding, progress=progress, precision=precision,
-                                screen_bound=screen_bound, stats=stats)
+                                screen_bound=screen_bound, stats=stats, _keep=kept)
+    # Why deciding before the end is exact: the released check fires iff y is in D(g[:m]), the
+    # decoded greedy output g cut at EOS or at max_new_tokens (m tokens). Under an append-only decode
+    # (see append_only_decode) D(g[:m]) starts with settled(D(g[:k])) for every k <= m, so a containment
+    # test true on settled(D(g[:k])) is true on D(g[:m]): the row fires whatever the rest of g is.
+    # Here g[:k] is the target up to its first miss (the teacher-forced argmax is greedy decoding's
+    # choice there), the argmax at the miss, then the decoded tokens; the `sure` shortcut is the same
+    # argument with k = len(target). Rows that do not show y are decoded to EOS or the budget, so
+    # their decision is the full output's. Any other decode (append_only_decode False): no shortcut.
+    early = append_only_decode(tokenizer)
+
+    def shows_y(tokens, i):
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        return early and hit(settled(text), texts[i]), text
+
     n = len(contexts)
     fired, outputs = np.zeros(n, dtype=bool), [None] * n
     sure = {}  # a target counts only if decoding it alone already shows y: then any continuation does
     todo, prefixes = [], {}
     for i in range(n):
         t = targets[i]
-        key = tuple(t)
+        key = (tuple(t), texts[i])
         if key not in sure:
-            sure[key] = hit(tokenizer.decode(t, skip_special_tokens=True), texts[i]) and eos not in t
+            sure[key] = eos not in t and shows_y(t, i)[0]
         if miss[i] == len(t) and len(t) <= max_new_tokens and sure[key]:
             fired[i] = True
             continue
@@ -426,16 +666,57 @@ def greedy_decisions(model, tokenizer, contexts, targets, texts, hit, max_new_to
             outputs[i] = tokenizer.decode(prefix[:prefix.index(eos)], skip_special_tokens=True)
             fired[i] = hit(outputs[i], texts[i])
             continue
+        done, text = shows_y(prefix, i)
+        if done:  # the greedy tokens known so far already show y
+            outputs[i], fired[i] = settled(text), True
+            continue
         prefixes[i] = prefix
         todo.append(i)
-    if todo:
-        conts = generate_batched(model, tokenizer, [contexts[i] + prefixes[i] for i in todo],
-                                 [max_new_tokens - len(prefixes[i]) for i in todo], batch_size=batch_size,
-                                 progress=progress)
-        for i, cont in zip(todo, conts):
-            outputs[i] = tokenizer.decode(prefixes[i] + cont, skip_special_tokens=True)
-            fired[i] = hit(outputs[i], texts[i])
+    t0 = time.perf_counter()
+    stopped, conts = set(), {}
+
+    def stop_at(rows):
+        def stop(k, tokens):
+            i = rows[k]
+            if shows_y(prefixes[i] + tokens, i)[0]:
+                stopped.add(i)
+                return True
+            return False
+        return stop if early else None
+
+    # rows whose KV the scoring pass kept (prefix = target[:miss] + the argmax there): no prefill again.
+    # That KV is the exact pass's for context + target[:miss] at their positions (the row's later target
+    # columns and all padding are left out), i.e. what a prefill of those tokens computes; the token
+    # where the row left the target goes in at position len(context) + miss
+    from_kv = sorted((i for i in todo if i in kept and len(prefixes[i]) == miss[i] + 1 and prefixes[i][-1] == at_miss[i]
+                      and max_new_tokens > len(prefixes[i])), key=lambda i: kept[i][0][0].shape[-2])
+    for rows in _tqdm_batches(from_kv, batch_size, progress):
+        gen = _greedy_from_kv(model, kept["prefix"], [kept[i] for i in rows], [prefixes[i][-1] for i in rows],
+                              [len(contexts[i]) + len(prefixes[i]) - 1 for i in rows],
+                              [max_new_tokens - len(prefixes[i]) for i in rows], eos, _device(model), stop_at(rows))
+        conts.update(zip(rows, gen))
+    kept.clear()
+    rest = [i for i in todo if i not in conts]
+    if rest:
+        gen = greedy_continue(model, tokenizer, [contexts[i] + prefixes[i] for i in rest],
+                              [max_new_tokens - len(prefixes[i]) for i in rest], batch_size=batch_size,
+                              stop=stop_at(rest), progress=progress)
+        conts.update(zip(rest, gen))
+    for i in todo:
+        outputs[i] = tokenizer.decode(prefixes[i] + conts[i], skip_special_tokens=True)
+        if i in stopped:  # a partial output: its text up to a possibly incomplete last character
+            outputs[i] = settled(outputs[i])
+        fired[i] = hit(outputs[i], texts[i])
+    if stats is not None:
+        stats.update(decoded=len(todo), stopped_early=len(stopped), decode_seconds=time.perf_counter() - t0,
+                     append_only=early, decoded_from_kept_kv=len(from_kv))
     return fired, logp, outputs
+
+
+def _tqdm_batches(rows, size, progress):
+    from tqdm.auto import tqdm
+
+    return tqdm(_batches(rows, size), desc="decode (kept KV)", disable=not progress, leave=False)
 
 
 # -- the verdict --------------------------------------------------------------------------------
@@ -472,6 +753,8 @@ class VerifyResult:
     probes: dict = field(default_factory=dict)  # kind -> (tested, fired)
     seconds: float = 0.0
     screen: dict = field(default_factory=dict)  # precision="bf16-screen": rows screened / rechecked, the bound
+    # check="batched": rows decoded past the teacher-forced pass, how many stopped once y showed, seconds
+    decode: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -581,12 +864,14 @@ def verify(fingerprint: Fingerprint, suspect, tokenizer, *, publisher_model=None
         probe_table = _probes(model, tokenizer, fingerprint, probes, max_new, batch_size, check,
                               precision, screen_bound) if probes else {}
     seconds = time.perf_counter() - t0
+    decode = {k: screen.pop(k) for k in ("decoded", "stopped_early", "decode_seconds", "append_only",
+                                         "decoded_from_kept_kv") if k in screen}
     logp_null = None
     if null_model is not None:
         with _verifier(fingerprint, null_model, publisher_model, wiring) as model:
             logp_null = score(model, contexts, targets, pad=pad_id(tokenizer), batch_size=batch_size)[0]
     return VerifyResult([e.meta["key"] for e in rows], fired, logp, logp_null, outputs, null_floor, check,
-                        probe_table, seconds, screen if precision != "fp32" else {})
+                        probe_table, seconds, screen if precision != "fp32" else {}, decode)
 
 
 def _probes(model, tokenizer, fingerprint, probes, max_new, batch_size, check, precision="fp32",
