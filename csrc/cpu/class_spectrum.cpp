@@ -430,51 +430,19 @@ void tridiagonalize(vd* a, int64_t m, vd* dg, vd* e, vd* v, vd* w, vd* v2, vd* w
     if (k + 3 < m) {  // step k + 1 exists: its reflector, then the fused pass
       const vd tau2 = reflector(a, k + 1, m, dg, e, v2);
       for (int64_t i = k + 2; i < m; ++i) w2[i] = vd{};
-      // Two rows at a time: the vectors v, w, v2 and w2 are loaded (and w2 stored) once for both,
-      // and each row's sum has two partial sums so that no add waits on the one before.
-      int64_t i = k + 2;
-      for (; i + 1 < m; i += 2) {
-        vd* r0 = a + packed(i, 0);
-        vd* r1 = a + packed(i + 1, 0);
-        const vd v0 = v[i], w0 = w[i], u0 = v2[i], v1 = v[i + 1], w1 = w[i + 1], u1 = v2[i + 1];
-        vd s0[2] = {}, s1[2] = {};
-        auto step = [&](int64_t j, int p) {
-          const vd vj = v[j], wj = w[j], uj = v2[j];
-          const vd a0 = r0[j] - (v0 * wj + w0 * vj), a1 = r1[j] - (v1 * wj + w1 * vj);
-          r0[j] = a0;
-          r1[j] = a1;
-          s0[p] += a0 * uj;
-          s1[p] += a1 * uj;
-          w2[j] += a0 * u0 + a1 * u1;
-        };
-        int64_t j = k + 2;
-        for (; j + 2 <= i; j += 2) {
-          step(j, 0);
-          step(j + 1, 1);
-        }
-        if (j < i) step(j, 0);
-        const vd a00 = r0[i] - 2.0 * v0 * w0;  // row i's diagonal, row i + 1's column i, its diagonal
-        const vd a10 = r1[i] - (v1 * w0 + w1 * v0);
-        const vd a11 = r1[i + 1] - 2.0 * v1 * w1;
-        r0[i] = a00;
-        r1[i] = a10;
-        r1[i + 1] = a11;
-        w2[i] += (s0[0] + s0[1]) + a00 * u0 + a10 * u1;
-        w2[i + 1] += (s1[0] + s1[1]) + a10 * u0 + a11 * u1;
-      }
-      if (i < m) {  // the last row when the count is odd
+      for (int64_t i = k + 2; i < m; ++i) {
         vd* row = a + packed(i, 0);
         const vd vi = v[i], wi = w[i], ui = v2[i];
-        vd s0 = {};
+        vd s = {};
         for (int64_t j = k + 2; j < i; ++j) {
           const vd aij = row[j] - (vi * w[j] + wi * v[j]);
           row[j] = aij;
-          s0 += aij * v2[j];
+          s += aij * v2[j];
           w2[j] += aij * ui;
         }
         const vd aii = row[i] - 2.0 * vi * wi;
         row[i] = aii;
-        w2[i] += s0 + aii * ui;
+        w2[i] += s + aii * ui;
       }
       finish_w(w2, v2, tau2, k + 1, m);
       std::swap(v, v2);
@@ -896,7 +864,7 @@ void class_spectrum_cpu(const Tensor& features, const Tensor& rows, const Tensor
     fail("gram", "'int8' needs AMX-INT8 tiles (an x86-64 Linux CPU with AMX, at the avx512 SIMD level); "
                  "this CPU or build has none: use 'auto' or 'float64'");
   if (gram == 2 && features.dtype != DType::f32) fail("gram", "'int8' rounds float32 rows; features are float64");
-  if (gram == 2 && d > kInt8MaxD) fail("gram", "'int8' supports d <= 32767 (int32 accumulators)");
+  if (gram == 2 && d > kInt8MaxD) fail("gram", "'int8' supports d <= " + std::to_string(kInt8MaxD) + " (int32 accumulators)");
   const bool int8 = gram != 1 && int8_ready && features.dtype == DType::f32 && d <= kInt8MaxD;
   std::fill(sums.ptr<double>(), sums.ptr<double>() + sums.numel(), 0.0);
   std::fill(unit_sums.ptr<double>(), unit_sums.ptr<double>() + unit_sums.numel(), 0.0);

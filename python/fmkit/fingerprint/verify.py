@@ -627,6 +627,8 @@ def greedy_decisions(model, tokenizer, contexts, targets, texts, hit, max_new_to
     precision / screen_bound: see `score` ("bf16-screen": a bf16 pass, close calls rechecked exactly)."""
     import time
 
+    from tqdm.auto import tqdm
+
     eos = tokenizer.eos_token_id
     kept = {}  # rows that leave the target: their KV up to the miss, from the exact scoring pass
     logp, miss, at_miss = score(model, contexts, targets, pad=pad_id(tokenizer), batch_size=batch_size,
@@ -690,7 +692,7 @@ def greedy_decisions(model, tokenizer, contexts, targets, texts, hit, max_new_to
     # where the row left the target goes in at position len(context) + miss
     from_kv = sorted((i for i in todo if i in kept and len(prefixes[i]) == miss[i] + 1 and prefixes[i][-1] == at_miss[i]
                       and max_new_tokens > len(prefixes[i])), key=lambda i: kept[i][0][0].shape[-2])
-    for rows in _tqdm_batches(from_kv, batch_size, progress):
+    for rows in tqdm(_batches(from_kv, batch_size), desc="decode (kept KV)", disable=not progress, leave=False):
         gen = _greedy_from_kv(model, kept["prefix"], [kept[i] for i in rows], [prefixes[i][-1] for i in rows],
                               [len(contexts[i]) + len(prefixes[i]) - 1 for i in rows],
                               [max_new_tokens - len(prefixes[i]) for i in rows], eos, _device(model), stop_at(rows))
@@ -711,12 +713,6 @@ def greedy_decisions(model, tokenizer, contexts, targets, texts, hit, max_new_to
         stats.update(decoded=len(todo), stopped_early=len(stopped), decode_seconds=time.perf_counter() - t0,
                      append_only=early, decoded_from_kept_kv=len(from_kv))
     return fired, logp, outputs
-
-
-def _tqdm_batches(rows, size, progress):
-    from tqdm.auto import tqdm
-
-    return tqdm(_batches(rows, size), desc="decode (kept KV)", disable=not progress, leave=False)
 
 
 # -- the verdict --------------------------------------------------------------------------------
