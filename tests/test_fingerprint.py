@@ -277,6 +277,33 @@ def test_verify_batched_equals_generate_check(tok, short_fp):
     np.testing.assert_allclose(a.logp, b.logp, rtol=1e-5)
 
 
+def test_verify_packed_weights_equal_plain_model(tok, monkeypatch):
+    import fmkit.packed_linear as pl
+
+    calls = []
+    make = pl._packed_forward
+
+    def counting(module, packed_for, original):
+        fwd = make(module, packed_for, original)
+        return lambda x: calls.append(1) or fwd(x)
+
+    monkeypatch.setattr(pl, "_packed_forward", counting)
+    monkeypatch.setattr(pl, "MIN_MACS", 0)  # the tiny model's products are all small
+    fp = Fingerprint.create(n=8, k_range=(1, 3), seed=5)
+    model = tiny_model(len(tok), seed=2)
+    a = verify(fp, model, tok, null_model=tiny_model(len(tok), seed=4))
+    assert bool(calls) == pl.available()  # the batched check and the null ran the packed layers
+    n = len(calls)
+    b = verify(fp, model, tok, null_model=tiny_model(len(tok), seed=4), pack_weights=False)
+    assert len(calls) == n
+    verify(fp, model, tok, check="generate")  # the released check runs the model as it is
+    assert len(calls) == n
+    assert list(a.fired) == list(b.fired) and a.outputs == b.outputs
+    np.testing.assert_allclose(a.logp, b.logp, rtol=1e-5)
+    np.testing.assert_allclose(a.logp_null, b.logp_null, rtol=1e-5)
+    assert all("forward" not in vars(m) for m in model.modules())
+
+
 def test_verify_errors(tok, short_fp):
     small = tiny_model(len(tok) + 7, seed=0)
     fp = short_fp.copy()

@@ -3,7 +3,10 @@ check (one greedy `generate` per key, the substring test, nothing else: what
 cnut1648/Model-Fingerprint runs) on the same model and keys.
 
 Contenders: fmkit `verify` in fp32, fmkit `verify(precision="bf16-screen")` (a bf16-autocast pass,
-close calls rescored in fp32; its screen counts are printed), and the released loop (the anchor).
+close calls rescored in fp32; its screen counts are printed), the released loop (the anchor), and
+the released loop with its model's linear layers run from oneDNN-reordered weights as fmkit's verify
+runs them (`fmkit.packed_linear`): the ratio against that one is what the batched check gains by
+itself, without the faster GEMM path it shares with any model.
 The suspect fires on every key (each key's response is the model's own greedy continuation), and
 a second case uses a model that fires on none (the batched check then decodes in padded batches).
 The `exact` column says whether a contender's decisions equal the loop's on every key. Quick: a
@@ -135,6 +138,7 @@ def _contenders(fp, model, tok, max_new, batch_size, loop_idx=None, ceiling=None
     from fmkit.fingerprint import verify
     from fmkit.fingerprint.data import context_ids
     from fmkit.fingerprint.verify import generate_loop, key_examples
+    from fmkit.packed_linear import packed_linears
 
     results, calls = {"seconds": {}}, {}
     warm = _subset(fp, min(WARM_KEYS, len(fp.keys)))
@@ -145,9 +149,12 @@ def _contenders(fp, model, tok, max_new, batch_size, loop_idx=None, ceiling=None
         sec = results["seconds"]
         if "loop" not in sec:
             return
-        rate = {k: (len(loop_fp.keys) if k == "loop" else len(fp.keys)) / v for k, v in sec.items()}
+        rate = {k: (len(loop_fp.keys) if k.startswith("loop") else len(fp.keys)) / v for k, v in sec.items()}
         line = ", ".join(f"{k} {v:.2f} keys/s" for k, v in rate.items())
         ratios = ", ".join(f"{k} {rate[k] / rate['loop']:.2f}x" for k in rate if k != "loop")
+        if "loop_packed" in rate:
+            ratios += " (against the loop with packed linears: " + ", ".join(
+                f"{k} {rate[k] / rate['loop_packed']:.2f}x" for k in rate if not k.startswith("loop")) + ")"
         print(f"\nfingerprint bench summary ({fp.template} template, up to {max_new} new tokens; responses: "
               f"{fp.config.get('bench_responses')}): loop on {len(loop_fp.keys)} of {len(fp.keys)} keys; {line}; "
               f"per-key rate vs the loop: {ratios}", flush=True)
@@ -195,19 +202,22 @@ def _contenders(fp, model, tok, max_new, batch_size, loop_idx=None, ceiling=None
                     print(f"\nbf16 screen: {results['screen']}", flush=True)
         return fn
 
-    def released_loop():
-        f = pick("loop")
-        f = loop_fp if f is fp else f
-        t0 = time.perf_counter()
-        rows = key_examples(f, tok)
-        outs = generate_loop(model, tok, [context_ids(tok, e) for e in rows], max_new)
-        fired = [f.hits(tok.decode(o, skip_special_tokens=True), e.meta["y"]) for o, e in zip(outs, rows)]
-        if f is loop_fp:
-            results["seconds"]["loop"] = time.perf_counter() - t0
-            results["loop"] = fired
-            summary()
+    def released_loop(name="loop"):
+        def fn():
+            f = pick(name)
+            f = loop_fp if f is fp else f
+            t0 = time.perf_counter()
+            rows = key_examples(f, tok)
+            with packed_linears(model, enabled=name == "loop_packed"):
+                outs = generate_loop(model, tok, [context_ids(tok, e) for e in rows], max_new)
+            fired = [f.hits(tok.decode(o, skip_special_tokens=True), e.meta["y"]) for o, e in zip(outs, rows)]
+            if f is loop_fp:
+                results["seconds"][name] = time.perf_counter() - t0
+                results[name] = fired
+                summary()
+        return fn
 
-    return batched("fp32"), batched("bf16-screen"), released_loop, results
+    return batched("fp32"), batched("bf16-screen"), released_loop(), released_loop("loop_packed"), results
 
 
 class _Agreement(dict):
@@ -228,10 +238,13 @@ class _Agreement(dict):
 
 FP32, SCREEN = "fmkit verify (batched, teacher-forced, fp32)", "fmkit verify (bf16 screen + fp32 recheck)"
 LOOP = "per-key generate loop (released check)"
+# the released loop with its model's linear layers run as fmkit's verify runs them (fmkit.packed_linear):
+# what the loop gains from that GEMM path alone, so the ratio against it is the batched check's own
+LOOP_PACKED = "per-key generate loop, linears packed as in fmkit verify"
 
 
 def _case(label, fp, suspect, tok, max_new, batch_size, n_params, n_tokens, loop_keys=None, with_screen=True,
-          device=None):
+          device=None, with_packed_loop=False):
     """One case with all three contenders (the screen only `with_screen`); with loop_keys < the keys, two
     cases: the loop on a random loop_keys of them (seed 0), then fmkit on all (no anchor in that row:
     compare keys per second). With `device`, the summary also prints the exact-fp32 ceiling."""
@@ -244,15 +257,16 @@ def _case(label, fp, suspect, tok, max_new, batch_size, n_params, n_tokens, loop
         from fmkit.bench import measured_peak
 
         ceiling = (exact_fp32_flops(suspect, fp, tok), measured_peak(device))
-    fp32, screen, loop, results = _contenders(fp, suspect, tok, max_new, batch_size, loop_idx, ceiling)
-    agree = _Agreement(results, {FP32: "fp32", SCREEN: "bf16-screen"})
+    fp32, screen, loop, loop_packed, results = _contenders(fp, suspect, tok, max_new, batch_size, loop_idx, ceiling)
+    agree = _Agreement(results, {FP32: "fp32", SCREEN: "bf16-screen", LOOP_PACKED: "loop_packed"})
     fmkit = [(FP32, fp32, False)] + ([(SCREEN, screen, False)] if with_screen else [])
+    loops = [(LOOP, loop, True)] + ([(LOOP_PACKED, loop_packed, False)] if with_packed_loop else [])
     if loop_idx is None:
         return [{"shape": f"{label}: {n} keys", "flops": 2.0 * n_params * n_tokens,
-                 "contenders": fmkit + [(LOOP, loop, True)], "exact": agree, "repeats": 1}]
+                 "contenders": fmkit + loops, "exact": agree, "repeats": 1}]
     loop_tokens = _tokens(_pick(fp, loop_idx), tok)
     return [{"shape": f"{label}: loop on a random {len(loop_idx)} of {n} keys",
-             "flops": 2.0 * n_params * loop_tokens, "contenders": [(LOOP, loop, True)], "exact": agree, "repeats": 1},
+             "flops": 2.0 * n_params * loop_tokens, "contenders": loops, "exact": agree, "repeats": 1},
             {"shape": f"{label}: all {n} keys (compare per-key rates with the row above)",
              "flops": 2.0 * n_params * n_tokens, "contenders": fmkit, "exact": agree, "repeats": 1}]
 
@@ -267,7 +281,8 @@ SMOLLM2_CASES = {
                      label="SmolLM2-135M-Instruct, IF_SFT check (dialogue template + forced prefix, 30 new tokens)"),
 }
 # FMKIT_FINGERPRINT_BENCH_CASES=simple,dialogue (default both) picks the SmolLM2 cases;
-# FMKIT_FINGERPRINT_BENCH_SCREEN=1 adds the bf16-screen contender to the dialogue case too.
+# FMKIT_FINGERPRINT_BENCH_SCREEN=1 adds the bf16-screen contender to the dialogue case too;
+# FMKIT_FINGERPRINT_BENCH_PACKED_LOOP=0 leaves out the loop with packed linears (it runs the loop twice).
 FULL_LOOP_KEYS_SMOLLM2 = 256  # the loop's random subset at 1,024 keys (FMKIT_FINGERPRINT_BENCH_LOOP_KEYS overrides)
 
 
@@ -291,12 +306,13 @@ def cases(device: torch.device, quick: bool):
             raise ValueError(f"FMKIT_FINGERPRINT_BENCH_CASES: unknown case(s) {bad}; expected some of "
                              f"{list(SMOLLM2_CASES)}")
         n_params = sum(p.numel() for p in model.parameters())
+        packed_loop = os.environ.get("FMKIT_FINGERPRINT_BENCH_PACKED_LOOP", "1") == "1"
         for name in names:
             c = SMOLLM2_CASES[name]
             fp, contexts = _setup(model, tok, n_keys, template=c["template"])
             screen = c["screen"] or os.environ.get("FMKIT_FINGERPRINT_BENCH_SCREEN") == "1"
             out += _case(c["label"], fp, model, tok, c["max_new"], 32, n_params, _tokens(fp, tok),
-                         loop_keys, with_screen=screen, device=device)
+                         loop_keys, with_screen=screen, device=device, with_packed_loop=packed_loop)
         return out
     size = QUICK if quick else FULL_RANDOM
     tok = tiny_tokenizer()
@@ -305,7 +321,7 @@ def cases(device: torch.device, quick: bool):
     n_params = sum(p.numel() for p in model.parameters())
     n_tok = _tokens(fp, tok)
     tag = f"random Llama d={size['hidden']} L={size['layers']}"
-    out += _case(f"{tag}, fingerprinted", fp, model, tok, 8, 64, n_params, n_tok, device=device)
+    out += _case(f"{tag}, fingerprinted", fp, model, tok, 8, 64, n_params, n_tok, device=device, with_packed_loop=True)
     if not quick:  # a suspect that fires on no key: the batched check decodes in padded batches
         other = tiny_model(len(tok), hidden=size["hidden"], layers=size["layers"], seed=1).to(device)
         out += _case(f"{tag}, unrelated", fp, other, tok, 8, 64, n_params, n_tok)

@@ -28,6 +28,7 @@ from fmkit.fingerprint.adapter import FingerprintEmbedding
 from fmkit.fingerprint.artifact import Fingerprint
 from fmkit.fingerprint.data import Example, context_ids, encode, key_prompt, target_text
 from fmkit.fingerprint.train import pad_id
+from fmkit.packed_linear import packed_linears
 
 PROBE_KINDS = ("plain", "fingerprint_input", "fresh_key", "hint")
 
@@ -816,7 +817,8 @@ def key_examples(fingerprint: Fingerprint, tokenizer=None, keys=None, wrap=None)
 def verify(fingerprint: Fingerprint, suspect, tokenizer, *, publisher_model=None, null_model=None,
            wiring: str = "paper", check: str = "batched", probes=None, keys=None, max_new_tokens: int | None = None,
            batch_size: int = 32, padding: str = "left", null_floor: float = 1e-3, wrap=None,
-           precision: str = "fp32", screen_bound: float | None = None, progress: bool = False) -> VerifyResult:
+           precision: str = "fp32", screen_bound: float | None = None, pack_weights: bool = True,
+           progress: bool = False) -> VerifyResult:
     """Verifies `suspect` against `fingerprint`.
 
     Black-box (sft, embedding): the suspect itself. White-box (adapter): `publisher_model`'s
@@ -829,6 +831,9 @@ def verify(fingerprint: Fingerprint, suspect, tokenizer, *, publisher_model=None
     bf16-autocast pass decides the keys whose margins are clear of `screen_bound`, None = measured,
     and the close calls are rescored exactly, so the decisions are the exact pass's; log P(y | key)
     of screened keys is the bf16 value). The null model is always scored exactly.
+    pack_weights: the batched check runs a float32 CPU model's linear layers from oneDNN-reordered
+    copies of their weights (`fmkit.packed_linear`; ~1.2x faster on an AMD EPYC, the same decisions
+    up to float32 rounding); check="generate" always runs the model as it is.
     """
     import time
 
@@ -847,7 +852,8 @@ def verify(fingerprint: Fingerprint, suspect, tokenizer, *, publisher_model=None
     texts = [e.meta["y"] for e in rows]
     t0 = time.perf_counter()
     screen = {}
-    with _verifier(fingerprint, suspect, publisher_model, wiring) as model:
+    with _verifier(fingerprint, suspect, publisher_model, wiring) as model, \
+            packed_linears(model, enabled=pack_weights and check == "batched"):
         if check == "batched":
             fired, logp, outputs = greedy_decisions(model, tokenizer, contexts, targets, texts, fingerprint.hits,
                                                     max_new, batch_size=batch_size, padding=padding, progress=progress,
@@ -864,7 +870,8 @@ def verify(fingerprint: Fingerprint, suspect, tokenizer, *, publisher_model=None
                                          "decoded_from_kept_kv") if k in screen}
     logp_null = None
     if null_model is not None:
-        with _verifier(fingerprint, null_model, publisher_model, wiring) as model:
+        with _verifier(fingerprint, null_model, publisher_model, wiring) as model, \
+                packed_linears(model, enabled=pack_weights):
             logp_null = score(model, contexts, targets, pad=pad_id(tokenizer), batch_size=batch_size)[0]
     return VerifyResult([e.meta["key"] for e in rows], fired, logp, logp_null, outputs, null_floor, check,
                         probe_table, seconds, screen if precision != "fp32" else {}, decode)
