@@ -16,8 +16,8 @@ IF_adapter check (simple template, at most 8 new tokens; with the screen) and th
 (dialogue template with the forced assistant prefix, at most 30 new tokens; fmkit shares the
 template's common token prefix through a KV cache). Else a larger random Llama. Each case's summary
 also prints the best ratio any exact fp32 check could reach here: the loop's seconds per key over
-the exact work per key (`exact_fp32_flops`) at torch.mm's fp32 GEMM rate, measured just before the
-case (both outside the timed calls). GFLOP/s counts the forward FLOPs of one teacher-forced pass as fmkit
+the exact work per key (`exact_fp32_flops`) at the faster of torch.mm's and oneDNN's packed fp32
+GEMM rates, measured just before the case (both outside the timed calls). GFLOP/s counts the forward FLOPs of one teacher-forced pass as fmkit
 runs it (2 x parameters x tokens, where the tokens are the keys' common prefix once plus every
 key's suffix and target[:-1]), the same count for every contender (for the screen it is an
 equivalent rate: it runs its calibration rows twice and its close calls again).
@@ -111,6 +111,22 @@ def exact_fp32_flops(model, fp, tok) -> dict:
     return flops
 
 
+def packed_gemm_rate(device: torch.device) -> float:
+    """fp32 GFLOP/s of oneDNN's product from a reordered weight (`fmkit.packed_linear`, what verify
+    runs) on the square shape torch.mm's rate is measured on (best of three timings); 0 where it cannot run."""
+    from fmkit.bench import timed
+    from fmkit.packed_linear import available
+
+    if device.type != "cpu" or not available():
+        return 0.0
+    n = 1536
+    a, w = torch.randn(n, n), torch.randn(n, n)
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, n)
+    ms = min(timed(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""), device, 3)
+             for _ in range(3))
+    return 2 * n**3 / (ms * 1e-3) / 1e9
+
+
 WARM_KEYS = 16  # the bench's untimed warm-up call runs on this many keys; the timed calls run all of them
 
 
@@ -162,8 +178,8 @@ def _contenders(fp, model, tok, max_new, batch_size, loop_idx=None, ceiling=None
 
     def bound_line():
         """The ceiling of any exact fp32 check: the loop's seconds per key over the exact FLOPs per key
-        at torch.mm's fp32 GEMM rate (both counted and measured before the case's timed calls, so the
-        timings exclude them; printed once per case)."""
+        at the faster fp32 GEMM rate, torch.mm's or oneDNN's packed one (both counted and measured before
+        the case's timed calls, so the timings exclude them; printed once per case)."""
         if "bound" in results or ceiling is None:
             return
         f, peak = ceiling
@@ -176,7 +192,8 @@ def _contenders(fp, model, tok, max_new, batch_size, loop_idx=None, ceiling=None
               f"({f['tokens_per_key']:.1f} tokens/key run, {f['shared_prefix']} shared-prefix tokens counted once, "
               f"{f['non_embedding_params'] / 1e6:.1f}M non-embedding parameters) + LM head "
               f"{f['head'] / 1e9:.2f} ({f['target_tokens_per_key']:.1f} target positions) + attention "
-              f"{f['attention'] / 1e9:.2f}; at torch.mm fp32 {peak:.0f} GFLOP/s measured before the case: "
+              f"{f['attention'] / 1e9:.2f}; at {peak:.0f} GFLOP/s, the faster of torch.mm and oneDNN's packed fp32 "
+              f"product, measured before the case: "
               f">= {t_min * 1e3:.1f} ms/key)", flush=True)
 
     def pick(name):
@@ -256,7 +273,7 @@ def _case(label, fp, suspect, tok, max_new, batch_size, n_params, n_tokens, loop
     if device is not None:  # untimed: the harness times only the contenders' calls
         from fmkit.bench import measured_peak
 
-        ceiling = (exact_fp32_flops(suspect, fp, tok), measured_peak(device))
+        ceiling = (exact_fp32_flops(suspect, fp, tok), max(measured_peak(device), packed_gemm_rate(device)))
     fp32, screen, loop, loop_packed, results = _contenders(fp, suspect, tok, max_new, batch_size, loop_idx, ceiling)
     agree = _Agreement(results, {FP32: "fp32", SCREEN: "bf16-screen", LOOP_PACKED: "loop_packed"})
     fmkit = [(FP32, fp32, False)] + ([(SCREEN, screen, False)] if with_screen else [])
