@@ -72,9 +72,10 @@ def test_cli_implant_verify_finetune_robustness(capsys, tmp_path, saved):
     code, _, err = _run(capsys, "fingerprint", "finetune", "--model", str(out / "published"), "--out",
                         str(tmp_path / "user"), "--n", "8")
     assert code == 2 and "--overwrite" in err
-    code, text, err = _run(capsys, "fingerprint", "verify", "--fingerprint", str(out / "fingerprint"),
-                           "--suspect", str(tmp_path / "user"), "--publisher", str(out / "published"))
-    assert code == 0 and "| user | 2 | 2 | 100.0 |" in text
+    for extra in ([], ["--no-pack-weights"]):
+        code, text, err = _run(capsys, "fingerprint", "verify", "--fingerprint", str(out / "fingerprint"),
+                               "--suspect", str(tmp_path / "user"), "--publisher", str(out / "published"), *extra)
+        assert code == 0 and "| user | 2 | 2 | 100.0 |" in text
     code, text, err = _run(capsys, "fingerprint", "robustness", "--fingerprint", str(out / "fingerprint"),
                            "--published", str(out / "published"), "--base", saved, "--attacks", "none,int8,chat_wrap")
     assert code == 0, err

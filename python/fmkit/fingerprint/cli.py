@@ -72,6 +72,9 @@ def add_parser(sub) -> None:
     ve.add_argument("--probes", type=_positive_int, default=0, metavar="N",
                     help="also test N plain, N FINGERPRINT-input and N fresh-key false-positive probes")
     ve.add_argument("--batch-size", type=_positive_int, default=32, help="keys per forward pass")
+    ve.add_argument("--no-pack-weights", dest="pack_weights", action="store_false",
+                    help="run the linear layers through F.linear as they are (default: from oneDNN-reordered "
+                         "copies of the weights, fmkit.packed_linear, on a float32 CPU model)")
     ve.add_argument("--alpha", type=_fraction, default=1e-6, help="claim derivation when the p-value is below this")
 
     ft = steps.add_parser("finetune", help="simulate a user: instruction-tune a model (full or LoRA)")
@@ -159,7 +162,7 @@ def _verify(args) -> int:
             from fmkit.fingerprint.data import build_dialogue_dataset
             probes = build_dialogue_dataset(fp, ratio=1, tokenizer=tok, template=fp.template)[1][:2 * args.probes]
     result = verify(fp, suspect, tok, publisher_model=publisher, null_model=base, check=args.check,
-                    wiring=args.wiring, probes=probes, batch_size=args.batch_size)
+                    wiring=args.wiring, probes=probes, batch_size=args.batch_size, pack_weights=args.pack_weights)
     print(result.table(os.path.basename(os.path.normpath(args.suspect))))
     claim = "derives from the fingerprinted model" if result.verdict(args.alpha) else "no claim"
     print(f"\nverdict at alpha={args.alpha:g}: {claim} (p = {result.p_value:.3g}; "
