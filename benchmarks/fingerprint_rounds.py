@@ -9,7 +9,7 @@ its part: the released loop on `--loop-keys` of the part's keys, the same loop w
 packed as fmkit's verify runs them (`fmkit.packed_linear`), and fmkit verify on the whole part. Each
 round's ratio is per key; the script prints and stores the median and min-max over the rounds, and
 checks that fmkit's decisions equal the loop's on every key the loop ran. Writes
-benchmarks/results/cpu-<arch>-<threads>threads-<date>-fingerprint_rounds_<case>.json.
+benchmarks/results/cpu-<arch>-<threads>threads-<date>-fingerprint_rounds_<case>.json, or --json PATH.
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def main(argv=None):
     ap.add_argument("--keys", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--loop-keys", type=int, default=32, help="keys the loops run per round")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="the shuffle that splits the keys into rounds")
+    ap.add_argument("--json", default=None, metavar="PATH", help="where to write the results (default: see above)")
     args = ap.parse_args(argv)
     if args.rounds < 2 or args.keys < args.rounds or not 1 <= args.loop_keys <= args.keys // args.rounds:
         ap.error("need --rounds >= 2 and 1 <= --loop-keys <= --keys / --rounds")
@@ -98,8 +99,9 @@ def main(argv=None):
                all_exact=all(r["exact"] for r in rounds), cpu=platform.processor() or platform.machine(),
                threads=torch.get_num_threads(), torch=torch.__version__,
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), argv=sys.argv[1:])
-    path = RESULTS / (f"cpu-{platform.machine()}-{torch.get_num_threads()}threads-{datetime.date.today()}-"
-                      f"fingerprint_rounds_{args.case}.json")
+    path = Path(args.json) if args.json else RESULTS / (
+        f"cpu-{platform.machine()}-{torch.get_num_threads()}threads-{datetime.date.today()}-"
+        f"fingerprint_rounds_{args.case}.json")
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")
 
