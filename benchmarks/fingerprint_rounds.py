@@ -29,12 +29,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None):
-    from fmkit.bench.fingerprint import SMOLLM2_CASES, _pick, _setup
+    from fmkit.bench.fingerprint import SMOLLM2_CASES, _pick, _setup, released_loop_fired
     from fmkit.fingerprint import verify
-    from fmkit.fingerprint.data import context_ids
     from fmkit.fingerprint.models import load_model, smollm2_dir
-    from fmkit.fingerprint.verify import generate_loop, key_examples
-    from fmkit.packed_linear import packed_linears
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", default="dialogue", choices=sorted(SMOLLM2_CASES))
@@ -57,13 +54,9 @@ def main(argv=None):
     part = len(idx) // args.rounds
 
     def loop(f, packed):
-        rows = key_examples(f, tok)
         t0 = time.perf_counter()
-        with packed_linears(model, enabled=packed):
-            outs = generate_loop(model, tok, [context_ids(tok, e) for e in rows], max_new)
-        seconds = time.perf_counter() - t0
-        return seconds / len(rows), [f.hits(tok.decode(o, skip_special_tokens=True), e.meta["y"])
-                                     for o, e in zip(outs, rows)]
+        fired = released_loop_fired(model, tok, f, max_new, packed)
+        return (time.perf_counter() - t0) / len(f.keys), fired
 
     verify(_pick(fp, idx[:32]), model, tok, max_new_tokens=max_new, batch_size=32)  # warm-up, untimed
     loop(_pick(fp, idx[:2]), True)

@@ -59,7 +59,7 @@ def test_non_contiguous_and_single_feature_inputs():
 
 
 @needs_onednn
-def test_falls_back_with_grad_autocast_other_dtypes():
+def test_falls_back_with_grad_and_autocast():
     net = _net()
     x = torch.randn(4, 37, requires_grad=True)
     with packed_linears(net):

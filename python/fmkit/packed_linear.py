@@ -57,14 +57,11 @@ def _packed_forward(module, packed_for, original):
         w = module.weight
         # autocast (e.g. verify's bf16 screen) must see F.linear to cast it; oneDNN's op is not on its list
         if (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)) or x.dtype != torch.float32 \
-                or x.device.type != "cpu" or x.shape[-1] != w.shape[1] or torch.is_autocast_enabled("cpu"):
-            return original(x)
-        if x.numel() * w.shape[0] < MIN_MACS:
+                or x.device.type != "cpu" or x.shape[-1] != w.shape[1] or torch.is_autocast_enabled("cpu") \
+                or x.numel() * w.shape[0] < MIN_MACS:
             return original(x)
         packed = packed_for(w)
-        if packed is None:
-            return original(x)
-        return ops._linear_pointwise(x, packed, module.bias, "none", [], "")
+        return original(x) if packed is None else ops._linear_pointwise(x, packed, module.bias, "none", [], "")
     return forward
 
 

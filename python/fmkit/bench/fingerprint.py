@@ -112,19 +112,33 @@ def exact_fp32_flops(model, fp, tok) -> dict:
 
 
 def packed_gemm_rate(device: torch.device) -> float:
-    """fp32 GFLOP/s of oneDNN's product from a reordered weight (`fmkit.packed_linear`, what verify
-    runs) on the square shape torch.mm's rate is measured on (best of three timings); 0 where it cannot run."""
+    """fp32 GFLOP/s of a linear layer run as verify runs it (`fmkit.packed_linear`) on the square shape
+    torch.mm's rate is measured on (best of three timings); 0 where packing does not apply."""
     from fmkit.bench import timed
-    from fmkit.packed_linear import available
+    from fmkit.packed_linear import packed_linears
 
-    if device.type != "cpu" or not available():
+    if device.type != "cpu":
         return 0.0
     n = 1536
-    a, w = torch.randn(n, n), torch.randn(n, n)
-    packed = torch.ops.mkldnn._reorder_linear_weight(w, n)
-    ms = min(timed(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""), device, 3)
-             for _ in range(3))
+    a, layer = torch.randn(n, n), torch.nn.Linear(n, n, bias=False)
+    with torch.no_grad(), packed_linears(layer, rows_hint=n) as packed:
+        if not packed:
+            return 0.0
+        ms = min(timed(lambda: layer(a), device, 3) for _ in range(3))
     return 2 * n**3 / (ms * 1e-3) / 1e9
+
+
+def released_loop_fired(model, tok, fp, max_new, packed=False):
+    """The released check on every key of `fp`: one greedy `generate` per key, then the substring
+    test; with `packed`, the model's linear layers run as fmkit's verify runs them."""
+    from fmkit.fingerprint.data import context_ids
+    from fmkit.fingerprint.verify import generate_loop, key_examples
+    from fmkit.packed_linear import packed_linears
+
+    rows = key_examples(fp, tok)
+    with packed_linears(model, enabled=packed):
+        outs = generate_loop(model, tok, [context_ids(tok, e) for e in rows], max_new)
+    return [fp.hits(tok.decode(o, skip_special_tokens=True), e.meta["y"]) for o, e in zip(outs, rows)]
 
 
 WARM_KEYS = 16  # the bench's untimed warm-up call runs on this many keys; the timed calls run all of them
@@ -152,9 +166,6 @@ def _contenders(fp, model, tok, max_new, batch_size, loop_idx=None, ceiling=None
     import time
 
     from fmkit.fingerprint import verify
-    from fmkit.fingerprint.data import context_ids
-    from fmkit.fingerprint.verify import generate_loop, key_examples
-    from fmkit.packed_linear import packed_linears
 
     results, calls = {"seconds": {}}, {}
     warm = _subset(fp, min(WARM_KEYS, len(fp.keys)))
@@ -224,10 +235,7 @@ def _contenders(fp, model, tok, max_new, batch_size, loop_idx=None, ceiling=None
             f = pick(name)
             f = loop_fp if f is fp else f
             t0 = time.perf_counter()
-            rows = key_examples(f, tok)
-            with packed_linears(model, enabled=name == "loop_packed"):
-                outs = generate_loop(model, tok, [context_ids(tok, e) for e in rows], max_new)
-            fired = [f.hits(tok.decode(o, skip_special_tokens=True), e.meta["y"]) for o, e in zip(outs, rows)]
+            fired = released_loop_fired(model, tok, f, max_new, packed=name == "loop_packed")
             if f is loop_fp:
                 results["seconds"][name] = time.perf_counter() - t0
                 results[name] = fired
