@@ -156,6 +156,9 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
     if queries.dtype == torch.float64:  # the float64 tiles: the kernels are fp32 / 16-bit
         name = "torch"
     kprime = min(eligible, k + CANDIDATE_MARGIN + k // 16)
+    if backend == "auto" and name == "cuda" and _backend._available("triton", True) \
+            and use_tensor_cores("triton", queries, database, kprime):
+        name = "triton"  # small k on a large database: the tensor-core candidates are faster
     max_width = eligible
     if name == "cuda":
         max_width = min(eligible, _backend._C.knn_max_kprime_cuda())
@@ -185,12 +188,18 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
             missing = ~drop.any(1)
             drop[missing.nonzero().flatten(), score[missing].argmax(1)] = True
             score, cand = score[~drop].view(-1, width), cand[~drop].view(-1, width)
+            threshold, slack = score.max(dim=1).values, None
+        elif use_tensor_cores(name, rows_q, database, width):
+            from fmkit.triton.knn import tc_bucket_candidates
+
+            score, cand, threshold, slack = tc_bucket_candidates(rows_q, database, center, metric, width, offset)
         else:
             score, cand = CANDIDATES[name](rows_q, database, center, metric, width, offset)
+            threshold, slack = score.max(dim=1).values, None
         dist, idx = rerank(rows_q, database, cand, k, metric, cpu_kernels)
         if width == eligible:  # every eligible row is a candidate: nothing left to miss
             return dist, idx, torch.ones(dist.shape[0], dtype=torch.bool, device=dist.device)
-        return dist, idx, certify(rows_q, center, radius, score.max(dim=1).values, dist[:, k - 1], metric)
+        return dist, idx, certify(rows_q, center, radius, threshold, dist[:, k - 1], metric, slack=slack)
 
     if cpu_kernels and k == 1 and self_offset is None:
         # k-means assigns with k = 1 over millions of rows: one pass keeping the best and the
@@ -301,16 +310,18 @@ def nearest_cpu(queries, database, center, radius, metric):
     return dist[:, None], idx[:, None], exact
 
 
-def certify(queries, center, radius, threshold, kth, metric, qnorm=None):
+def certify(queries, center, radius, threshold, kth, metric, qnorm=None, slack=None):
     """True where no non-candidate can beat the k-th re-ranked distance `kth`.
 
-    `threshold` is the largest candidate score per row; every non-candidate scored at least
-    that much, and an fp32 score is within (2d+16) * 2^-24 * (|x-c| + radius)^2 of the truth
-    (IP: (2d+16) * 2^-24 * |x| * radius).
+    `threshold`: every non-candidate scored at least that much (the largest candidate score,
+    or the tensor-core search's bucket bound); a score is within
+    slack * (|x-c| + radius)^2 of the truth (IP: slack * |x| * radius), slack defaulting to
+    the fp32 kernels' (2d+16) * 2^-24.
     `qnorm`, if given, is |x - c| (IP: |x|) in float64, saving a pass over the queries.
     """
     d = queries.shape[1]
-    slack = (2 * d + 16) * (2.0**-53 if center.dtype == torch.float64 else 2.0**-24)
+    if slack is None:
+        slack = (2 * d + 16) * (2.0**-53 if center.dtype == torch.float64 else 2.0**-24)
     threshold = threshold.to(torch.float64)
     if metric == "ip":
         x64 = queries.to(torch.float64)
@@ -361,6 +372,21 @@ def _cuda_candidates(queries, database, center, metric, kprime, self_offset):
             dl(score), dl(index), dl(workspace), _backend.current_stream(dev),
         )
     return score, index
+
+
+# Device types on which the triton backend's first candidate pass runs on tensor cores (split
+# bf16, fmkit.triton.knn.tc_bucket_candidates); tests add "cpu" to run it in the interpreter.
+TENSOR_CORE_DEVICES = {"cuda"}
+
+
+def use_tensor_cores(name, queries, database, width):
+    """The triton backend's first pass at small widths on large databases; wider searches (the
+    re-searches of uncertified rows among them) take the fp32 tiles."""
+    if name != "triton" or queries.device.type not in TENSOR_CORE_DEVICES or queries.dtype == torch.float64:
+        return False
+    from fmkit.triton.knn import tc_eligible
+
+    return tc_eligible(queries.shape[0], database.shape[0], queries.shape[1], width)
 
 
 def tiled_candidates(queries, database, center, metric, kprime, self_offset, score_tile):
