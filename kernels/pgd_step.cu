@@ -10,7 +10,9 @@
 //         combined in double to keep the cancellation at fp32-partial accuracy.
 //
 // Kernels:
-//   linf: per-sample (B, chunks) grid of scalar coalesced accesses (see pgd_linf_kernel for why).
+//   linf: per-sample (B, chunks) grid; 16-byte vectors when the pointers are aligned and N is a
+//     multiple of the vector width (pgd_linf_vec_kernel), else scalar coalesced accesses
+//     (pgd_linf_kernel, see there for why not the flat map).
 //   map (l2 update): persistent grid (SM count x resident blocks), grid-stride over
 //     16-byte vectors of the flattened [B*N] tensors, kUnroll vectors of each tensor in flight per
 //     thread. The flat layout keeps every SM busy to the last vector whatever B and N are
@@ -31,7 +33,8 @@
 // step in brackets): linf fp32 0.316 ms (0.258), bf16 0.224 ms (0.151) with pgd_linf_kernel;
 // l2 fp32 0.474 ms (0.461), bf16 0.282 ms (0.274) with the reduce + finalize + map design.
 // The byte floors at 3.0 TB/s are 0.205 / 0.103 ms (linf) and 0.36 / 0.18 ms (l2): linf is
-// 1.5-2x off its floor and the next thing to look at.
+// 1.5-2x off its floor and the next thing to look at: pgd_linf_vec_kernel (2026-12-04) is the
+// scalar kernel's grid with 16-byte accesses, not yet measured when written.
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -39,6 +42,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -235,6 +239,45 @@ __global__ void __launch_bounds__(kThreads) pgd_linf_kernel(T* __restrict__ x, c
   }
 }
 
+// linf on 16-byte vectors: the (sample, chunk) grid of pgd_linf_kernel with each thread moving
+// kLinfUnroll vectors of each tensor per trip (3 * kLinfUnroll 16-byte loads in flight instead of
+// scalar ones), for tensors whose three pointers are 16-byte aligned and whose samples start on a
+// vector boundary (N % V == 0). `nv` and `chunk` count vectors.
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads) pgd_linf_vec_kernel(T* __restrict__ x, const T* __restrict__ g,
+                                                                const T* __restrict__ x0, LinfOp op,
+                                                                const bool* __restrict__ active, int64_t nv,
+                                                                int64_t chunk) {
+  const int64_t b = blockIdx.x, begin = int64_t(blockIdx.y) * chunk;
+  const int64_t end = begin + chunk < nv ? begin + chunk : nv;
+  if (active != nullptr && !active[b]) return;
+  const LinfOp::P p = op.params(b);
+  const int64_t off = b * nv * V;
+  for (int64_t i0 = begin + threadIdx.x; i0 < end; i0 += kThreads * kLinfUnroll) {
+    RawT<T, V> xv[kLinfUnroll], gv[kLinfUnroll], zv[kLinfUnroll];
+#pragma unroll
+    for (int u = 0; u < kLinfUnroll; ++u) {
+      const int64_t i = i0 + u * kThreads;
+      if (i < end) {
+        xv[u] = load_raw<T, V, false>(x + off + i * V);
+        gv[u] = load_raw<T, V, true>(g + off + i * V);
+        zv[u] = load_raw<T, V, true>(x0 + off + i * V);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kLinfUnroll; ++u) {
+      const int64_t i = i0 + u * kThreads;
+      if (i < end) {
+        float o[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j)
+          o[j] = op.apply(p, elem<T, V>(xv[u], j), elem<T, V>(gv[u], j), elem<T, V>(zv[u], j));
+        store_vec<T, V>(x + off + i * V, o);
+      }
+    }
+  }
+}
+
 // Split of the flat element range [e0, e1) into a scalar head [e0, head_end), 16-byte vectors
 // [vb, ve) (vector indices) and a scalar tail [tail_begin, e1). Host-callable for the emulation test.
 struct TileSplit {
@@ -419,16 +462,24 @@ void launch(const Tensor& x, const Tensor& g, const Tensor& x0, const Tensor& ep
   T* xp = x.ptr<T>();
   const T* gp = g.ptr<T>();
   const T* zp = x0.ptr<T>();
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(xp) | reinterpret_cast<uintptr_t>(gp) |
+                         reinterpret_cast<uintptr_t>(zp);
   if (norm == PgdNorm::linf) {
     const int64_t chunk = linf_chunk_size(N);
-    const dim3 grid(static_cast<unsigned>(B), static_cast<unsigned>((N + chunk - 1) / chunk));
-    pgd_linf_kernel<T><<<grid, kThreads, 0, stream>>>(xp, gp, zp, LinfOp{eps.ptr<float>(), alpha.ptr<float>(), lo, hi},
-                                                      act, N, chunk);
+    const LinfOp op{eps.ptr<float>(), alpha.ptr<float>(), lo, hi};
+    // FMKIT_PGD_LINF_SCALAR=1 keeps the scalar kernel (for A/B timing on a GPU).
+    static const bool scalar_only = std::getenv("FMKIT_PGD_LINF_SCALAR") != nullptr;
+    if (addr % 16 == 0 && N % kVec == 0 && !scalar_only) {
+      const int64_t nv = N / kVec, chunk_v = std::max<int64_t>(chunk / kVec, kThreads * kLinfUnroll);
+      const dim3 grid(static_cast<unsigned>(B), static_cast<unsigned>((nv + chunk_v - 1) / chunk_v));
+      pgd_linf_vec_kernel<T, kVec><<<grid, kThreads, 0, stream>>>(xp, gp, zp, op, act, nv, chunk_v);
+    } else {
+      const dim3 grid(static_cast<unsigned>(B), static_cast<unsigned>((N + chunk - 1) / chunk));
+      pgd_linf_kernel<T><<<grid, kThreads, 0, stream>>>(xp, gp, zp, op, act, N, chunk);
+    }
     check_launch("pgd_step linf kernel");
     return;
   }
-  const uintptr_t addr = reinterpret_cast<uintptr_t>(xp) | reinterpret_cast<uintptr_t>(gp) |
-                         reinterpret_cast<uintptr_t>(zp);
   if (addr % 16 == 0)
     launch_v<T, kVec>(xp, gp, zp, eps.ptr<float>(), alpha.ptr<float>(), act, norm, lo, hi, ws, B, N, stream);
   else  // a sliced view: correct, not fast
