@@ -58,10 +58,11 @@ echo "pytest ${GPU_TEST_PATHS:-tests}${test_select:+ -m \"$test_select\"} rc=$? 
 grep -E '(FAILED|ERROR) tests/' "$OUT/pytest-$commit.log" | sed 's/^\[gw[0-9]*\] \[ *[0-9]*%\] //' | sort -u | head -60 | tee -a "$summary"
 
 # GPU_EXTRA: one more command (e.g. a kernel's profiling script), logged to extra.log.
-# The default: the tile sweep of the kNN tensor-core kernel. GPU_EXTRA=none skips it.
-GPU_EXTRA=${GPU_EXTRA:-"SWEEP_SECONDS=45 python3 benchmarks/gpu_knn_tc_sweep.py"}
+# The default: the pgd L-inf kernel A/B and the tile sweep of the kNN tensor-core kernel.
+# GPU_EXTRA=none skips it.
+GPU_EXTRA=${GPU_EXTRA:-"python3 benchmarks/gpu_pgd_linf_ab.py 4300; FMKIT_PGD_LINF_SCALAR=1 python3 benchmarks/gpu_pgd_linf_ab.py 4300; SWEEP_SECONDS=40 python3 benchmarks/gpu_knn_tc_sweep.py"}
 if [ "$GPU_EXTRA" != none ]; then
-  timeout "$(budget 60)" bash -c "$GPU_EXTRA" >"$OUT/extra-$commit.log" 2>&1
+  timeout "$(budget 75)" bash -c "$GPU_EXTRA" >"$OUT/extra-$commit.log" 2>&1
   echo "extra rc=$? ($GPU_EXTRA)" | tee -a "$summary"
   tail -40 "$OUT/extra-$commit.log"
 fi

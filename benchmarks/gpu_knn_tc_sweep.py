@@ -17,7 +17,9 @@ from fmkit.bench.knn import float64_topk
 from fmkit.ops import knn
 
 knn_module = importlib.import_module("fmkit.ops.knn")
-SHAPES = [(16384, 1_000_000, 128, 10), (16384, 1_000_000, 768, 10), (25_000, 25_000, 1024, 10)]
+SHAPES = [(16384, 1_000_000, 128, 10), (25_000, 25_000, 1024, 10), (16384, 1_000_000, 768, 10)]
+if os.environ.get("SWEEP_SHAPES"):  # e.g. "0,1": indices into SHAPES
+    SHAPES = [SHAPES[int(i)] for i in os.environ["SWEEP_SHAPES"].split(",")]
 CONFIGS = ["128,64,64,8,3", "128,64,128,8,3", "64,128,128,4,3", "128,128,64,8,3", "64,64,128,4,4",
            "128,64,32,4,4"]
 BUDGET_S = float(os.environ.get("SWEEP_SECONDS", "150"))
