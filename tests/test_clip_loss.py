@@ -5,13 +5,14 @@ import socket
 
 import pytest
 import torch
+from _backends import cpu_backends
 import torch.nn.functional as F
 
 from fmkit.losses import ClipLoss, ContrastiveAccumulator, SigLipLoss
 from fmkit.ops import _backend, clip_loss
 from fmkit.reference.clip_loss import naive_clip_loss
 
-BACKENDS = ["torch", "cpu"] + (["triton"] if _backend.triton_available() else [])
+BACKENDS = cpu_backends("torch", "cpu", "triton")
 
 
 def unit(n, d, seed, dtype=torch.float32):

@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+from _backends import cpu_backends
 import torch.nn.functional as F
 from torch import nn
 
@@ -18,7 +19,7 @@ from fmkit.flamingo import (  # noqa: E402
 )
 from fmkit.ops import _backend  # noqa: E402
 
-BACKENDS = ["torch", "cpu"] + (["triton"] if _backend.triton_available() else [])
+BACKENDS = cpu_backends("torch", "cpu", "triton")
 CORPUS = ["a photo of a cat", "a dog on the grass", "two birds in the sky", "Output: a red car",
           "the cat sat on a mat", "a small dog and a big cat"]
 

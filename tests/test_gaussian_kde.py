@@ -4,11 +4,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from _backends import cpu_backends
 
 from fmkit.ops import _backend, gaussian_kde
 from fmkit.reference.gaussian_kde import gaussian_kde_reference
 
-BACKENDS = ["cpu", "torch"] + (["triton"] if _backend.triton_available() else [])
+BACKENDS = cpu_backends("cpu", "torch", "triton")
 
 
 def direct(points, h, queries):

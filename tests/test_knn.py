@@ -6,6 +6,8 @@ import socket
 import numpy as np
 import pytest
 import torch
+from _backends import TRITON_ON_CPU, WHY_NO_TRITON_ON_CPU
+from _backends import cpu_backends as offered_on_cpu
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,10 +47,7 @@ def oracle(queries, database, k, metric="l2", exclude_self=False):
 
 
 def cpu_backends():
-    names = ["torch", "cpu"]
-    if _backend.triton_available():
-        names.append("triton")
-    return names
+    return offered_on_cpu("torch", "cpu", "triton")
 
 
 def assert_matches_oracle(q, db, k, metric, exclude_self, backend):
@@ -107,8 +106,8 @@ def test_matches_oracle_random_shapes(backend, problem):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=problems(max_q=9, max_n=40, max_d=20))
 def test_triton_matches_oracle(problem):
-    if not _backend.triton_available():
-        pytest.skip("triton is not installed")
+    if not TRITON_ON_CPU:
+        pytest.skip(WHY_NO_TRITON_ON_CPU)
     assert_matches_oracle(*problem, "triton")
 
 
@@ -238,7 +237,7 @@ def test_results_do_not_depend_on_chunking():
     for a, b in ((0, 1), (1, 77), (77, 150)):
         dc, ic = knn(q[a:b], db, 9)
         assert torch.equal(ic, i[a:b]) and torch.equal(dc, d[a:b])
-    for backend in ("torch", "triton") if _backend.triton_available() else ("torch",):
+    for backend in offered_on_cpu("torch", "triton"):
         dt, it = knn(q[:20], db, 9, backend=backend)
         assert torch.equal(it, i[:20]) and torch.equal(dt, d[:20])
 

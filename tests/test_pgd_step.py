@@ -4,12 +4,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from _backends import cpu_backends
 
 from fmkit.ops import _backend
 from fmkit.ops.pgd_step import pgd_step_
 
 HAS_CUDA = torch.cuda.is_available()
-CPU_BACKENDS = ["cpu", "torch"] + (["triton"] if _backend.triton_available() and not HAS_CUDA else [])
+CPU_BACKENDS = cpu_backends("cpu", "torch", "triton")
 # norm="l1" has only the torch formulas: it runs under "torch" (and "auto"); other names raise.
 NORM_BACKENDS = [(norm, backend) for norm in ("linf", "l2", "l1") for backend in CPU_BACKENDS
                  if norm != "l1" or backend == "torch"]

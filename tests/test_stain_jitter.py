@@ -3,12 +3,13 @@ spec's worked numbers (§1.2.3, §1.3 item 2), the HED round trip, gradients and
 import numpy as np
 import pytest
 import torch
+from _backends import TRITON_ON_CPU, WHY_NO_TRITON_ON_CPU
 
 from fmkit.ops import _backend, stain_jitter
 from fmkit.reference.stain_jitter import hed_matrices, hed_to_rgb, rgb_to_hed, stain_jitter_reference
 
 # The Triton interpreter takes ~0.3 s a call: its full grid runs in the slow set, one case stays fast.
-TRITON = [pytest.param("triton", marks=pytest.mark.slow)] if _backend.triton_available() else []
+TRITON = [pytest.param("triton", marks=pytest.mark.slow)] if TRITON_ON_CPU else []
 BACKENDS = ["cpu", "torch"] + TRITON
 
 
@@ -47,7 +48,7 @@ def test_cpu_extreme_parameters_match_reference():
     assert (out.int() - ref.int()).abs().max() <= 1
 
 
-@pytest.mark.skipif(not _backend.triton_available(), reason="triton is not installed")
+@pytest.mark.skipif(not TRITON_ON_CPU, reason=WHY_NO_TRITON_ON_CPU)
 def test_triton_fast_case():
     _check_against_reference("triton", "od", torch.uint8, 2, 5, 9)
     _check_against_reference("triton", "release", torch.float32, 1, 3, 7)
