@@ -2,10 +2,13 @@
 
 A case is a dict with the shape, a `flops` count and a list of (name, callable) contenders:
 fmkit's backends first, then the anchors users would pick instead. Every contender runs in
-the same process on the same inputs; the table reports the median time, the ratio to the
-best anchor, achieved GFLOP/s and that rate as % of torch.mm's GEMM rate measured in the run
-(torch.mm is not the machine's peak: a kernel can exceed 100%). A contender whose package is
-missing stays in the table as a row saying so (`unavailable`).
+the same process on the same inputs; the table reports the median time with its p20-p80 spread
+(CUDA events on a GPU), the ratio to the best anchor, achieved GFLOP/s and that rate as % of
+torch.mm's GEMM rate measured in the run (torch.mm is not the machine's peak: a kernel can
+exceed 100%). A case may also carry "exact" {name: bool} (indices equal the float64 answer),
+"accuracy" {name: ||out - ref|| / ||ref|| against the float64 reference on the same inputs} and
+"settings" {name: the setting a contender ran at, e.g. an anchor's SDPA backend}. A contender
+whose package is missing stays in the table as a row saying so (`unavailable`).
 """
 from __future__ import annotations
 
@@ -27,6 +30,34 @@ def unavailable(reason: str) -> Callable[[], object]:
         raise RuntimeError(reason)
     fn.unavailable = reason
     return fn
+
+
+def rel_err(out, ref) -> float:
+    """||out - ref|| / ||ref|| in float64; for tuples of tensors, the largest over the pairs."""
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    refs = ref if isinstance(ref, (tuple, list)) else (ref,)
+    errs = []
+    for o, r in zip(outs, refs, strict=True):
+        o = torch.as_tensor(o).detach().to(torch.float64)
+        r = torch.as_tensor(r).detach().to(device=o.device, dtype=torch.float64)
+        errs.append(float((o - r).norm() / r.norm()))
+    return max(errs)
+
+
+def accuracy(contenders, output_of: Callable, ref) -> dict[str, float]:
+    """{name: rel_err(output_of(fn), ref)} over the contenders that can run; NaN for one that
+    fails (e.g. out of memory: the timing loop reports the error itself)."""
+    result = {}
+    for name, fn, _ in contenders:
+        if hasattr(fn, "unavailable"):
+            continue
+        try:
+            result[name] = rel_err(output_of(fn), ref)
+        except Exception:
+            result[name] = float("nan")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return result
 
 
 # After `unavailable`, which the case modules import from here.
@@ -56,23 +87,53 @@ _register_paper_benches()
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time in ms after one warm-up call (CUDA: synchronised around each call)."""
+    """Median time in ms (see `timed_all`)."""
     return statistics.median(timed_all(fn, device, repeats))
 
 
+# On a GPU: at least this many timed calls (for p20 / p80), more while under the time budget.
+GPU_MIN_REPEATS, GPU_MAX_REPEATS, GPU_BUDGET_MS = 10, 50, 1500.0
+
+
 def timed_all(fn: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
-    """Wall time in ms of each of `repeats` calls after one warm-up call."""
+    """Time in ms of each timed call after one warm-up call.
+
+    CPU: `repeats` calls, wall clock. CUDA: CUDA events around each call on the current stream
+    (launch-to-completion on the device, no host synchronisation inside the interval), at least
+    GPU_MIN_REPEATS calls (3 for calls slower than GPU_BUDGET_MS / 3), then more up to
+    GPU_MAX_REPEATS while the measured total stays under GPU_BUDGET_MS.
+    """
     fn()
     times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+    if device.type != "cuda":
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+    torch.cuda.synchronize(device)
+    while len(times) < GPU_MAX_REPEATS:
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+        at_least = 3 if times[0] > GPU_BUDGET_MS / 3 else max(repeats, GPU_MIN_REPEATS)
+        if len(times) >= at_least and sum(times) > GPU_BUDGET_MS:
+            break
     return times
+
+
+def percentile(times: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `times` by linear interpolation; NaN when empty."""
+    if not times:
+        return float("nan")
+    ordered = sorted(times)
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def quick_contenders(op: str) -> list[tuple[str, str, Callable[[], object]]]:
@@ -150,13 +211,18 @@ def run(ops: list[str], quick: bool, device: torch.device, json_path: str | None
             best_anchor = min(anchors) if anchors else float("nan")
             for name, (ms, is_anchor, mib, error, why_not) in results.items():
                 gflops = case["flops"] / (ms * 1e-3) / 1e9
+                times = spreads.get(name, [])
                 rows.append({
                     "op": op, "shape": case["shape"], "contender": name, "anchor": is_anchor,
-                    "median_ms": ms, "speedup_vs_best_anchor": best_anchor / ms,
-                    "times_ms": spreads.get(name, []),
+                    "median_ms": ms, "p20_ms": percentile(times, 0.2), "p80_ms": percentile(times, 0.8),
+                    "speedup_vs_best_anchor": best_anchor / ms,
+                    "times_ms": times,
                     "gflops": gflops, "pct_peak": 100 * gflops / peaks[dtype], "peak_dtype": str(dtype),
                     "peak_extra_mib": mib,
-                    "exact": case.get("exact", {}).get(name), "error": error, "unavailable": why_not,
+                    "exact": case.get("exact", {}).get(name),
+                    "rel_err_fp64": case.get("accuracy", {}).get(name),
+                    "setting": case.get("settings", {}).get(name),
+                    "error": error, "unavailable": why_not,
                 })
             if json_path:  # after every case, so a run cut short still leaves its numbers
                 write_json(json_path, rows, device, peaks, quick)
@@ -171,7 +237,7 @@ def write_json(path, rows, device, peaks, quick):
         "date": datetime.date.today().isoformat(), "device": device_name(device),
         "torch": torch.__version__, "triton": _triton_version(),
         "gemm_peak_gflops": {str(k): v for k, v in peaks.items()},
-        "quick": quick,
+        "quick": quick, "commit": git_commit(),
     }
     from fmkit._output import replace_file
 
@@ -180,15 +246,35 @@ def write_json(path, rows, device, peaks, quick):
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 
-TABLE_COLUMNS = ("op", "shape", "contender", "median ms", "spread", "vs best anchor", "GFLOP/s", "% torch.mm",
-                 "extra MiB", "exact")
+def git_commit() -> str | None:
+    """The short hash of the checkout fmkit runs from, '-dirty' with uncommitted changes; None
+    outside a git checkout (an installed wheel, a device machine's copy of the tree)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+TABLE_COLUMNS = ("op", "shape", "contender", "median ms", "p20-p80", "vs best anchor", "GFLOP/s", "% torch.mm",
+                 "extra MiB", "exact", "err vs fp64", "setting")
 
 
 def spread_text(times) -> str:
-    """(max - min) / median of the timed calls, in %; '1 run' when there is only one."""
+    """p20 and p80 of the timed calls as +-% of the median (n calls); '1 run' for one call."""
     if len(times) < 2:
         return "1 run" if times else "-"
-    return f"{100 * (max(times) - min(times)) / statistics.median(times):.0f}% (n={len(times)})"
+    med = statistics.median(times)
+    lo, hi = percentile(times, 0.2), percentile(times, 0.8)
+    return f"-{100 * (med - lo) / med:.0f}/+{100 * (hi - med) / med:.0f}% (n={len(times)})"
 
 
 def table_cells(r: dict) -> list[str]:
@@ -199,11 +285,13 @@ def table_cells(r: dict) -> list[str]:
     mib = "" if r["peak_extra_mib"] is None else num(r["peak_extra_mib"], ".0f")
     exact = "ERROR" if r.get("error") else "" if r["exact"] is None else ("yes" if r["exact"] else "no")
     if r.get("unavailable"):
-        return [r["op"], r["shape"], r["contender"], r["unavailable"], "", "", "", "", "", ""]
+        return [r["op"], r["shape"], r["contender"], r["unavailable"]] + [""] * 8
     ratio, ran = r["speedup_vs_best_anchor"], r["median_ms"] == r["median_ms"]
+    err = r.get("rel_err_fp64")
     return [r["op"], r["shape"], r["contender"], num(r["median_ms"], ".2f"), spread_text(r.get("times_ms", [])),
             num(ratio, ".2f") + "x" if ratio == ratio else ("no anchor ran" if ran else "-"),
-            num(r["gflops"], ".1f"), num(r["pct_peak"], ".1f"), mib, exact]
+            num(r["gflops"], ".1f"), num(r["pct_peak"], ".1f"), mib, exact,
+            "" if err is None else num(err, ".1e"), r.get("setting") or ""]
 
 
 def format_table(rows) -> list[str]:

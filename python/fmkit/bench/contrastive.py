@@ -12,6 +12,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from fmkit.bench import accuracy
 from fmkit.bench._shapes import embedded_shapes
 from fmkit.ops import clip_loss
 from fmkit.reference.clip_loss import naive_clip_loss
@@ -61,10 +62,33 @@ def _case(n, d, dtype, kind, device):
             contenders.append(("naive, bf16 logits", _step(lambda: naive_clip_loss(x, y, s, b, kind), x, y, s, b), True))
     if kind == "softmax" and device.type == "cuda" and importlib.util.find_spec("inf_cl") is not None:
         contenders.append(("inf-cl (2 directions)", _step(_inf_cl(x, y, s), x, y, s, None), True))
-    return {
+    case = {
         "shape": f"N={n} d={d} {str(dtype).replace('torch.', '')} {kind}",
         "flops": 6.0 * n * n * d,
         "contenders": contenders,
         "peak_dtype": dtype,
         "repeats": 3,
+        "settings": {name: ("fp32 GEMM (TF32 off)" if "fp32" in name and dtype == torch.float32 else "")
+                     for name, _, _ in contenders},
     }
+    if n <= REFERENCE_MAX_N:
+        case["accuracy"] = accuracy(contenders, lambda fn: _grads(fn, x, y), _reference_grads(x, y, s, b, kind))
+    return case
+
+
+# Above this batch the float64 reference (6 N^2 d float64 FLOPs, blocked) costs seconds of device time.
+REFERENCE_MAX_N = 32768
+
+
+def _grads(step, x, y):
+    """The error column compares the gradients w.r.t. both embeddings (what training uses)."""
+    step()
+    return x.grad.detach().clone(), y.grad.detach().clone()
+
+
+def _reference_grads(x, y, s, b, kind):
+    """Gradients of the loss in float64, by fmkit's plain-PyTorch blocked reference (bounded memory)."""
+    xd, yd = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
+    bd = None if b is None else b.detach().double()
+    clip_loss(xd, yd, s.detach().double(), logit_bias=bd, kind=kind, backend="torch").backward()
+    return xd.grad, yd.grad

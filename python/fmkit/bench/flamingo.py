@@ -1,15 +1,21 @@
 """OpenFlamingo kernel benchmarks (spec flamingo.md §1.4, §3): the perceiver core with two-source
 K/V and the media-masked cross-attention, forward and forward + backward, against what users run
 today: SDPA on the concatenated K/V (every SDPA backend on CUDA), SDPA with a dense boolean mask,
-and the eager reference math. FLOPs: 4 L S D per (batch, head) forward; x3.5 with backward.
+SDPA per image on the token runs that see it (no mask), and the eager reference math. Each case
+has an error column against the float64 reference (output, or input gradients with backward). FLOPs: 4 L S D per (batch, head) forward; x3.5 with backward.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 
+from fmkit.bench import accuracy
 from fmkit.bench._shapes import embedded_shapes
 from fmkit.ops import media_cross_attention, perceiver_attention
+from fmkit.reference.media_cross_attention import media_cross_attention_reference
+from fmkit.reference.perceiver_attention import perceiver_attention_reference
 
 SHAPES = {
     # ("perceiver", BT, M media tokens, L latents) or ("media", B, T_txt, n_images)
@@ -38,12 +44,13 @@ def _timed_call(fn, tensors, backward):
         out = fn()
         if backward:
             out.backward(torch.ones_like(out))
+        return out
     return run
 
 
-def _sdpa_contenders(call, tensors, backward, device):
+def _sdpa_contenders(call, tensors, backward, device, suffix=""):
     if device.type != "cuda":
-        return [("SDPA (default)", _timed_call(call, tensors, backward), True)]
+        return [(f"SDPA (default){suffix}", _timed_call(call, tensors, backward), True)]
     from torch.nn.attention import sdpa_kernel
 
     out = []
@@ -55,8 +62,24 @@ def _sdpa_contenders(call, tensors, backward, device):
             run()
         except RuntimeError:  # this backend does not support the shape / mask
             continue
-        out.append((f"SDPA {name}", _timed_call(run, tensors, backward), True))
+        out.append((f"SDPA {name}{suffix}", _timed_call(run, tensors, backward), True))
     return out
+
+
+def _accuracy(contenders, tensors, backward, reference):
+    """The error column: the output (fwd cases) or the gradients of sum(output) w.r.t. every
+    input (fwd+bwd cases) against `reference` evaluated in float64 on the same inputs."""
+    doubles = [t.detach().double().requires_grad_(backward) for t in tensors]
+    ref = reference(*doubles)
+    if backward:
+        ref.backward(torch.ones_like(ref))
+        ref = tuple(t.grad for t in doubles)
+
+    def output_of(fn):
+        out = fn()
+        return tuple(t.grad for t in tensors) if backward else out
+
+    return accuracy(contenders, output_of, ref)
 
 
 def _perceiver_case(bt, m, latents, device, dtype, backward):
@@ -69,7 +92,10 @@ def _perceiver_case(bt, m, latents, device, dtype, backward):
     sdpa = lambda: F.scaled_dot_product_attention(q, torch.cat([km, kl], 2), torch.cat([vm, vl], 2))  # noqa: E731
     contenders += _sdpa_contenders(sdpa, tensors, backward, device)
     flops = 4.0 * bt * HEADS * latents * (m + latents) * DIM_HEAD * (3.5 if backward else 1.0)
-    return contenders, flops, f"perceiver BT={bt} keys={m}+{latents}"
+    reference = lambda *t: perceiver_attention_reference(*t, DIM_HEAD**-0.5)  # noqa: E731
+    extra = {"accuracy": _accuracy(contenders, tensors, backward, reference),
+             "settings": {name: "K/V concatenated" for name, _, anchor in contenders if anchor}}
+    return contenders, flops, f"perceiver BT={bt} keys={m}+{latents}", extra
 
 
 def _media_case(b, t, n_images, device, dtype, backward):
@@ -87,9 +113,45 @@ def _media_case(b, t, n_images, device, dtype, backward):
                    _timed_call(lambda: media_cross_attention(q, k, v, index, check_index=False), tensors, backward),
                    False)]
     sdpa = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
-    contenders += _sdpa_contenders(sdpa, tensors, backward, device)
+    masked = _sdpa_contenders(sdpa, tensors, backward, device, suffix=" + dense mask")
+    runs = _image_runs(index)
+    grouped = _sdpa_contenders(lambda: sdpa_per_image(q, k, v, runs), tensors, backward, device, suffix=" per image")
+    contenders += masked + grouped
     useful = 4.0 * b * HEADS * t * LATENTS_PER_MEDIA * DIM_HEAD * (3.5 if backward else 1.0)
-    return contenders, useful, f"media B={b} T={t} images={n_images}"
+    reference = lambda q_, k_, v_: media_cross_attention_reference(q_, k_, v_, index, LATENTS_PER_MEDIA,  # noqa: E731
+                                                                     DIM_HEAD**-0.5)
+    settings = {name: "dense bool mask [B, 1, T, keys]" for name, _, _ in masked}
+    settings.update({name: "tokens of each image sliced, its 64 latents as K/V, no mask" for name, _, _ in grouped})
+    extra = {"accuracy": _accuracy(contenders, tensors, backward, reference), "settings": settings}
+    return contenders, useful, f"media B={b} T={t} images={n_images}", extra
+
+
+def _image_runs(index):
+    """[(image, first token, end token)] of the runs of equal media_index; every batch row must
+    share the index (true of these cases), the layout a user slicing per image relies on."""
+    if not bool((index == index[:1]).all()):
+        raise ValueError("media_index: the per-image anchor needs the same index in every batch row")
+    row = index[0].tolist()
+    runs, start = [], 0
+    for pos in range(1, len(row) + 1):
+        if pos == len(row) or row[pos] != row[start]:
+            runs.append((row[start], start, pos))
+            start = pos
+    return runs
+
+
+def sdpa_per_image(q, k, v, runs):
+    """What a strong user writes for media-masked cross-attention without a dense mask: each run
+    of tokens that sees image i attends, by SDPA, to image i's latents only; tokens before the
+    first image (index 0) get 0."""
+    parts = []
+    for image, t0, t1 in runs:
+        if image == 0:
+            parts.append(q.new_zeros(q.shape[0], q.shape[1], t1 - t0, v.shape[-1]))
+            continue
+        keys = slice((image - 1) * LATENTS_PER_MEDIA, image * LATENTS_PER_MEDIA)
+        parts.append(F.scaled_dot_product_attention(q[:, :, t0:t1], k[:, :, keys], v[:, :, keys]))
+    return torch.cat(parts, dim=2)
 
 
 def _block_case(bt, m, latents, device, dtype, backward):
@@ -109,7 +171,11 @@ def _block_case(bt, m, latents, device, dtype, backward):
                   ("torch.compile(reference)", _timed_call(lambda: compiled_fn(block, x, lat), (lat,), backward), True)]
     core = 4.0 * bt * HEADS * latents * (m + latents) * DIM_HEAD
     proj = 2.0 * bt * ((m + latents) * 1024 * 1024 + latents * 1024 * 512 * 2)
-    return contenders, (core + proj) * (3.0 if backward else 1.0), f"perceiver block BT={bt} d=1024"
+    block64 = copy.deepcopy(block).double()
+    reference = lambda lat64: perceiver_block_reference(block64, x.double(), lat64)  # noqa: E731
+    extra = {"accuracy": _accuracy(contenders, (lat,), backward, reference),
+             "settings": {"torch.compile(reference)": "torch.compile mode=default"}}
+    return contenders, (core + proj) * (3.0 if backward else 1.0), f"perceiver block BT={bt} d=1024", extra
 
 
 def cases(device: torch.device, quick: bool, shapes=None):
@@ -121,9 +187,9 @@ def cases(device: torch.device, quick: bool, shapes=None):
     for kind, *dims in shapes:
         for backward in (False, True):
             make = {"perceiver": _perceiver_case, "media": _media_case, "block": _block_case}[kind]
-            contenders, flops, label = make(*dims, device, dtype, backward)
+            contenders, flops, label, extra = make(*dims, device, dtype, backward)
             out.append({"shape": f"{label} {'fwd+bwd' if backward else 'fwd'} {str(dtype)[6:]}", "flops": flops,
-                        "contenders": contenders, "peak_dtype": dtype, "repeats": 5})
+                        "contenders": contenders, "peak_dtype": dtype, "repeats": 5, **extra})
     if device.type == "cpu" and embedded:  # the GPU row belongs to the GPU issue
         out.append(_eval_case(quick))
     return out

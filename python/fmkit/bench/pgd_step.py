@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from fmkit.bench import accuracy
 from fmkit.bench._shapes import embedded_shapes
 from fmkit.ops.pgd_step import pgd_step_
 
@@ -68,9 +69,24 @@ def _case(B, C, H, W, dtype, norm, device):
     if device.type == "cuda" or _inductor_cpu_available():
         compiled = torch.compile(eager)
         contenders.append((f"torch.compile torchattacks {norm}", lambda: compiled(x, g, x0, eps, alpha), True))
+    # The error column: one step from x (fmkit's in-place contenders on a copy) against the
+    # torchattacks formula in float64 on the same inputs.
+    def output_of(fn):
+        if fn in fmkit_fns:
+            xf.copy_(x)
+            fn()
+            return xf.clone()
+        return fn()
+
+    fmkit_fns = [fn for _, fn, anchor in contenders if not anchor]
+    ref = eager(x.double(), g.double(), x0.double(), eps, alpha)
+    acc = accuracy(contenders, output_of, ref)
+    compile_mode = "torch.compile mode=default (one fused kernel)"
     return {
         "shape": f"{B}x{C}x{H}x{W} {str(dtype).replace('torch.', '')} {norm}",
         "flops": 4.0 * x.numel(),
         "contenders": contenders,
         "repeats": 5,
+        "accuracy": acc,
+        "settings": {name: compile_mode for name, _, _ in contenders if name.startswith("torch.compile")},
     }
