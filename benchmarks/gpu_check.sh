@@ -45,17 +45,21 @@ echo "build rc=$build_rc in $(( $(date +%s) - start ))s" | tee -a "$summary"
 python3 -m fmkit.cli info | tee -a "$summary"
 [ "${GPU_CEILINGS:-1}" = 1 ] && timeout "$(budget 25)" python3 benchmarks/gpu_ceilings.py 2>&1 | tee -a "$summary"
 
-# Tests: the whole suite, as the README runs it (plus the slow set), in one pytest-xdist run.
-timeout_flag=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout=150")
-workers=$(( $(nproc) > 14 ? 14 : $(nproc) ))
-test_select=${GPU_TESTS_MARK:-}  # e.g. "not slow"; empty runs every test
-start=$(date +%s)
-# GPU_TEST_PATHS: test files to run instead of the whole tests/ folder (e.g. a re-run of failures).
-# -v: each result is logged as it completes, so a run cut off by its budget still shows them.
-timeout "$(budget ${GPU_TESTS_SECONDS:-140})" python3 -m pytest -v --durations=15 -p no:cacheprovider -n "$workers" $timeout_flag \
-  ${test_select:+-m "$test_select"} -rfEs ${GPU_TEST_PATHS:-tests} >"$OUT/pytest-$commit.log" 2>&1
-echo "pytest ${GPU_TEST_PATHS:-tests}${test_select:+ -m \"$test_select\"} rc=$? in $(( $(date +%s) - start ))s | $(grep -E '[0-9]+ (passed|failed)' "$OUT/pytest-$commit.log" | tail -1)" | tee -a "$summary"
-grep -E '(FAILED|ERROR) tests/' "$OUT/pytest-$commit.log" | sed 's/^\[gw[0-9]*\] \[ *[0-9]*%\] //' | sort -u | head -60 | tee -a "$summary"
+# Tests: the whole suite, as the README runs it (plus the slow set), in one pytest-xdist run;
+# GPU_TESTS_LAST=1 runs them after the benchmarks (when the benchmarks matter more for a short call).
+run_tests() {
+  timeout_flag=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout=150")
+  workers=$(( $(nproc) > 14 ? 14 : $(nproc) ))
+  test_select=${GPU_TESTS_MARK:-}  # e.g. "not slow"; empty runs every test
+  start=$(date +%s)
+  # GPU_TEST_PATHS: test files to run instead of the whole tests/ folder (e.g. a re-run of failures).
+  # -v: each result is logged as it completes, so a run cut off by its budget still shows them.
+  timeout "$(budget ${GPU_TESTS_SECONDS:-140})" python3 -m pytest -v --durations=15 -p no:cacheprovider -n "$workers" $timeout_flag \
+    ${test_select:+-m "$test_select"} -rfEs ${GPU_TEST_PATHS:-tests} >"$OUT/pytest-$commit.log" 2>&1
+  echo "pytest ${GPU_TEST_PATHS:-tests}${test_select:+ -m \"$test_select\"} rc=$? in $(( $(date +%s) - start ))s | $(grep -E '[0-9]+ (passed|failed)' "$OUT/pytest-$commit.log" | tail -1)" | tee -a "$summary"
+  grep -E '(FAILED|ERROR) tests/' "$OUT/pytest-$commit.log" | sed 's/^\[gw[0-9]*\] \[ *[0-9]*%\] //' | sort -u | head -60 | tee -a "$summary"
+}
+[ "${GPU_TESTS_LAST:-0}" = 1 ] || run_tests
 
 # GPU_EXTRA: one more command (e.g. a kernel's profiling script), logged to extra.log.
 # The default: the pgd L-inf kernel A/B and the tile sweep of the kNN tensor-core kernel.
@@ -65,18 +69,6 @@ if [ "$GPU_EXTRA" != none ]; then
   timeout "$(budget 75)" bash -c "$GPU_EXTRA" >"$OUT/extra-$commit.log" 2>&1
   echo "extra rc=$? ($GPU_EXTRA)" | tee -a "$summary"
   tail -40 "$OUT/extra-$commit.log"
-  # The kNN benchmark runs the tensor-core kernel at the sweep's fastest exact tile (d = 128).
-  best=$(python3 - "$OUT/extra-$commit.log" <<'EOF'
-import json, sys
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
-rows = [r for r in rows if r.get("exact_512") and "median_ms" in r and " d=128 " in r["shape"]]
-print(min(rows, key=lambda r: r["median_ms"])["tiles"] if rows else "")
-EOF
-)
-  if [ -n "$best" ]; then
-    export FMKIT_KNN_TC_TILES=$best
-    echo "kNN tensor-core tiles for the benchmarks: $best (the sweep's fastest exact, d = 128)" | tee -a "$summary"
-  fi
 fi
 
 # Benchmarks: one op per process, most important first, each capped so the rest still run.
@@ -92,6 +84,8 @@ for spec in ${GPU_BENCH:-knn:full:85 contrastive:full:70 flamingo:full:70 pgd_st
     >>"$OUT/bench-$commit.log" 2>&1
   echo "bench $op rc=$?" | tee -a "$summary"
 done
+
+[ "${GPU_TESTS_LAST:-0}" = 1 ] && run_tests
 
 python3 - "$LOGS" "$OUT/$card-$commit.json" "$commit" <<'EOF' | tee -a "$summary"
 import glob, json, sys

@@ -12,7 +12,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -72,6 +71,15 @@ inline size_t dtype_size(DType t) {
   throw std::invalid_argument(arg + ": " + what);
 }
 
+// "[2, 3]". Messages are built with std::string alone: std::ostringstream crashed (segfault) in
+// every error path that used it on the H200 machine's build (2026-12-04), while plain string
+// messages worked in the same process.
+inline std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
 struct Tensor {
   std::string name;  // the argument name used in error messages
   void* data = nullptr;
@@ -102,11 +110,7 @@ struct Tensor {
 
   // ---- checks, each naming the argument ----
   const Tensor& check_dim(int64_t n) const {
-    if (dim() != n) {
-      std::ostringstream m;
-      m << "expected a " << n << "-D tensor, got " << dim() << "-D";
-      fail(name, m.str());
-    }
+    if (dim() != n) fail(name, "expected a " + std::to_string(n) + "-D tensor, got " + std::to_string(dim()) + "-D");
     return *this;
   }
   const Tensor& check_dtype(std::initializer_list<DType> allowed) const {
@@ -118,15 +122,7 @@ struct Tensor {
   }
   const Tensor& check_shape(std::initializer_list<int64_t> expected) const {
     std::vector<int64_t> e(expected);
-    if (e != shape) {
-      std::ostringstream m;
-      m << "expected shape [";
-      for (size_t i = 0; i < e.size(); ++i) m << (i ? ", " : "") << e[i];
-      m << "], got [";
-      for (size_t i = 0; i < shape.size(); ++i) m << (i ? ", " : "") << shape[i];
-      m << "]";
-      fail(name, m.str());
-    }
+    if (e != shape) fail(name, "expected shape " + shape_text(e) + ", got " + shape_text(shape));
     return *this;
   }
   const Tensor& check_contiguous() const {

@@ -1,4 +1,5 @@
 """fmkit.clip: the tiny CLIP model, the training recipe (accumulation, DDP, checkpoints) and evaluation."""
+import functools
 import math
 import os
 import socket
@@ -10,6 +11,10 @@ from fmkit.clip import (CONFIGS, SCALES, OpenClipAdapter, WarmupCosine, contrast
                         datacomp_average, encode_images, encode_texts, recall_from_features, retrieval_recall,
                         train_clip, zero_shot_accuracy, zero_shot_classifier)
 from fmkit.losses import ClipLoss
+
+# The training logic these tests pin (bit-identical resumes, accumulation, rank equivalence) is
+# device-independent; on a GPU machine the trainer would default to CUDA and bf16, so pin the CPU.
+train_clip = functools.partial(train_clip, device="cpu")
 
 VOCAB, CTX, CLASSES = 64, 12, 8
 EOT = VOCAB - 1

@@ -1,4 +1,5 @@
 """`fmkit datacomp` CLI and `fmkit demo datacomp` end to end on small generated pools."""
+import functools
 import json
 
 import pytest
@@ -18,7 +19,7 @@ def test_cli_make_filter_train_evaluate(tmp_path, capsys):
     kept = load_pool_samples(pool, uids)[1]
     assert 0 < len(kept) < 256
     assert cli.main(["datacomp", "train", "--pool", str(pool), "--uids", str(uids), "--out", str(ckpt),
-                     "--steps", "5", "--batch-size", "32"]) == 0
+                     "--steps", "5", "--batch-size", "32", "--device", "cpu"]) == 0
     capsys.readouterr()
     tasks = tmp_path / "eval"
     assert cli.main(["datacomp", "make-eval", str(tasks), "--n", "96"]) == 0
@@ -209,6 +210,8 @@ def test_retrieval_task_tells_a_trained_model_from_an_untrained_one(tmp_path):
     """A tiny CLIP trained 25 steps on an attribute pool against the same model untrained, on
     make-eval's retrieval task (128 items: chance recall@10 is 10/128)."""
     from fmkit.clip import create_model, train_clip
+
+    train_clip = functools.partial(train_clip, device="cpu")  # the CPU result the threshold was set on
     from fmkit.clip.evaluate import retrieval_recall
     from fmkit.datacomp.data import batches
     from fmkit.datacomp.eval_tasks import make_synthetic_eval_tasks

@@ -4,6 +4,7 @@ Slow tests run 2 gloo processes on the CPU (the pattern of the DDP test in
 test_flamingo_train_recipe.py): 2 FSDP2 ranks equal one process with 2-step accumulation, a
 checkpoint written under FSDP2 loads into a single process, and resume under FSDP2 continues
 bit-identically. The fast ones check the arguments and the CLI's flags."""
+import functools
 import os
 
 import pytest
@@ -15,6 +16,9 @@ pytest.importorskip("PIL")
 pytest.importorskip("scipy")
 
 from fmkit.flamingo.train import CHECKPOINT_NAME, load_checkpoint, train_flamingo  # noqa: E402
+# The training logic these tests pin (bit-identical resumes, accumulation, rank equivalence) is
+# device-independent; on a GPU machine the trainer would default to CUDA and bf16, so pin the CPU.
+train_flamingo = functools.partial(train_flamingo, device="cpu")
 from test_flamingo_train_recipe import _free_port, _one_thread, _streams, data  # noqa: E402, F401
 from test_flamingo_training import tiny  # noqa: E402
 

@@ -118,9 +118,11 @@ class _Cases:
 
 
 def cases(device: torch.device, quick: bool, shapes: list[tuple[int, int, int, int]] | None = None):
-    """Benchmark cases; `shapes` ((Q, N, d, k), ...) overrides the embedded sizes (and leaves
-    out the hard-input and first-call cases)."""
+    """Benchmark cases; `shapes` ((Q, N, d, k), ...), or FMKIT_BENCH_KNN_SHAPES="QxNxdxk,...",
+    overrides the embedded sizes (and leaves out the hard-input and first-call cases)."""
     backends = knn_backends(device)
+    if not shapes and os.environ.get("FMKIT_BENCH_KNN_SHAPES"):  # e.g. "16384x1000000x768x10,25000x25000x1024x10"
+        shapes = [tuple(int(v) for v in s.split("x")) for s in os.environ["FMKIT_BENCH_KNN_SHAPES"].split(",")]
     builders = [lambda s=s: _case(*s, device, backends) for s in embedded_shapes(SHAPES, device, quick, shapes)]
     if not shapes:
         hard = HARD_SHAPE["cuda" if device.type == "cuda" else "cpu"]
@@ -161,7 +163,12 @@ def _case(Q, N, d, k, device, backends, kind="gaussian", metric="l2"):
         f = _faiss(q, db, k, device, metric)
         anchors.append((faiss_name, f if f is not None else unavailable("faiss has no GPU support here"), True))
     full = device.type == "cuda" and kind == "gaussian" and (Q, N, d, k) in FULL_CHECK
-    truth = float64_topk(q, db, k, metric).cpu() if full else knn_reference(q[:EXACT_SAMPLE], db, k, metric)[1].cpu()
+    if full:
+        truth = float64_topk(q, db, k, metric).cpu()
+    elif device.type == "cuda":  # the reference's small float64 chunks are thousands of launches on a GPU
+        truth = float64_topk(q[:EXACT_SAMPLE], db, k, metric).cpu()
+    else:
+        truth = knn_reference(q[:EXACT_SAMPLE], db, k, metric)[1].cpu()
     data = "" if kind == "gaussian" and metric == "l2" else f" {kind} {metric}"
     checked = "exact checked on all queries" if full else f"exact checked on {min(Q, EXACT_SAMPLE)} queries"
     return {

@@ -41,7 +41,8 @@ Measured on an H100 80GB HBM3 (2026-11-26, benchmarks/results/h100-2026-11-26-co
 profile.txt): forward 5.6 ms, backward 11.0 ms, forward + backward 18.5 ms (CLIP) / 19.6 ms
 (SigLIP) against 55.3 / 40.9 ms for the naive bf16-logits loss; N = 262144: 2.99 s. The
 Triton tile loops run at ~300 TFLOP/s, not the 550 assumed; a 128x256 backward tile measured
-10.2 ms (bf16 only: in fp32 it exceeds shared memory) and is the next change to try.
+10.2 ms (bf16 only: in fp32 it exceeds shared memory) and is the default of the G kernel for
+16-bit inputs on sm_90 (`_GRAD_CONFIG`; fp32 and other GPUs keep 128x128, `_GRAD_CONFIG_SMALL`).
 
 Precision: 16-bit inputs go to the tensor cores in their own dtype with fp32 accumulation.
 fp32 inputs use input_precision="ieee" (exact fp32 products, slower than TF32, chosen for
@@ -74,7 +75,14 @@ _GEMM = "auto"
 # 3 stages is 96 KiB of shared memory and 64 fp32 accumulator registers per thread at 8 warps,
 # so two programs fit an SM and one's exp epilogue overlaps the other's main loop.
 _FWD_CONFIG = (128, 128, 64, 8, 3)
-_GRAD_CONFIG = (128, 128, 64, 8, 3)
+# The backward's G kernel for 16-bit inputs on sm_90 (Hopper): 128x256 tiles, measured on an H100
+# (benchmarks/results/h100-2026-11-26-contrastive-profile.txt, N = 32768, d = 768, bf16) at 10.2 /
+# 9.8 ms against 12.4 / 13.0 ms for 128x128 in the same sweep (CLIP / SigLIP; the profile's main
+# table has 11.0 ms for the 128x128 CLIP backward). Its 3 stages of X and Y tiles take
+# 144 KiB of shared memory in 16-bit: fp32 inputs (twice that) and other GPUs (not measured; most
+# have less shared memory per block) use _GRAD_CONFIG_SMALL.
+_GRAD_CONFIG = (128, 256, 64, 8, 3)
+_GRAD_CONFIG_SMALL = (128, 128, 64, 8, 3)
 _MM_CONFIG = (128, 128, 64, 8, 3)
 # Interpreter: small tiles keep the numpy work per program low.
 _CPU_CONFIG = (32, 32, 16, 4, 1)
@@ -229,10 +237,22 @@ def _mm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, sam, sak, sbk, sbn, scm,
 
 # ---- host side ----
 
-def _config(kind, device):
+def _config(kind, device, dtype=None):
     if device.type == "cpu":
         return _CPU_CONFIG
-    return {"fwd": _FWD_CONFIG, "grad": _GRAD_CONFIG, "mm": _MM_CONFIG}[kind]
+    if kind == "grad":
+        big = dtype in (torch.float16, torch.bfloat16) and _capability(device) == (9, 0)
+        return _GRAD_CONFIG if big else _GRAD_CONFIG_SMALL
+    return {"fwd": _FWD_CONFIG, "mm": _MM_CONFIG}[kind]
+
+
+def _capability(device):
+    return _cuda_capability(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability(index):
+    return tuple(torch.cuda.get_device_capability(index))
 
 
 def _scalar(v, device):
@@ -381,7 +401,7 @@ def backward(x, y, scale, bias, kind, row, col, w_row, w_col):
         return (torch.zeros((M, D), **f32), torch.zeros((N, D), **f32),
                 torch.zeros(2, dtype=torch.float64, device=dev))
     gmul = _g_multiplier(scale, w_row, w_col if has_col else None)
-    bm, bn, bd, warps, stages = _config("grad", dev)
+    bm, bn, bd, warps, stages = _config("grad", dev, x.dtype)
     n_blocks = triton.cdiv(N, bn)
     chunk = _row_chunk(_G_SCRATCH_ELEMS // (n_blocks * bn * bm), bm, M)
     g_buf = torch.empty((chunk, N), dtype=x.dtype, device=dev)

@@ -192,8 +192,13 @@ def _tile_config(device: torch.device, d: int) -> tuple[int, int, int, int, int]
         return tuple(int(v) for v in override.split(","))
     if device.type == "cpu":  # the interpreter: small tiles keep the tests fast
         return 16, 16, 16, 1, 1
-    block_d = 64 if d > 32 else 32
-    return 128, 64, block_d, 8, 3
+    # H200, 2026-12-04 (benchmarks/gpu_knn_tc_sweep.py, Q=16384, N=1M, d=128): 128x64 tiles
+    # with the whole d = 128 query tile loaded once took 49.9 ms; with 64-wide d-blocks 78.8 ms;
+    # 64x64 54 ms, 64x128 85 ms, 128x128 108 ms. Past d = 128 a 128-wide d-block would need
+    # 288 KB of shared memory at 3 stages (the limit is 227 KB): 64-wide blocks.
+    if d <= 32:
+        return 128, 64, 32, 8, 3
+    return 128, 64, (64 if d <= 64 else 128) if d <= 128 else 64, 8, 3
 
 
 def tc_bucket_candidates(queries, database, center, metric, kprime, self_offset):
@@ -226,12 +231,16 @@ def tc_bucket_candidates(queries, database, center, metric, kprime, self_offset)
         rows = n1 - n0
         tiles = triton.cdiv(triton.cdiv(rows, block_n), g)
         grid = (triton.cdiv(Q, block_q), g)
-        _tc_bucket_kernel[grid](
-            xh, xl, yh, yl, yn, best, second, index,
-            Q, rows, d, n0, tiles, stride, bucket0, 0 if self_offset is None else self_offset,
-            IS_L2=metric == "l2", HAS_SELF=self_offset is not None, X_ONCE=d <= block_d,
-            BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
-        )
+        args = (xh, xl, yh, yl, yn, best, second, index,
+                Q, rows, d, n0, tiles, stride, bucket0, 0 if self_offset is None else self_offset)
+        flags = dict(IS_L2=metric == "l2", HAS_SELF=self_offset is not None, BLOCK_Q=block_q, BLOCK_N=block_n)
+        try:
+            _tc_bucket_kernel[grid](*args, **flags, X_ONCE=d <= block_d, BLOCK_D=block_d,
+                                    num_warps=warps, num_stages=stages)
+        except triton.runtime.errors.OutOfResources:  # an override or a smaller card: the smallest tile
+            block_d, stages = 32, 2
+            _tc_bucket_kernel[grid](*args, **flags, X_ONCE=d <= block_d, BLOCK_D=block_d,
+                                    num_warps=warps, num_stages=stages)
         bucket0 += g * block_n
     top, pos = torch.topk(best, kprime + 1, dim=1, largest=False, sorted=True)
     score, pos = top[:, :kprime], pos[:, :kprime]
