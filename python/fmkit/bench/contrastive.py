@@ -124,7 +124,7 @@ def _case(n, d, dtype, kind, device):
         settings["inf-cl (2 directions)"] = "inf_cl.cal_inf_loss defaults, mean of both directions"
     rows = None
     if n > FULL_GRAD_MAX_N:
-        rows = torch.arange(0, n, n // GRAD_ROWS, device=device)[:GRAD_ROWS]
+        rows = torch.arange(0, n, max(1, n // GRAD_ROWS), device=device)[:GRAD_ROWS]
         for name in settings:
             settings[name] += f"; err: loss + grads on {rows.numel()} of {n} rows"
     return {

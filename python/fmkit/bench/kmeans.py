@@ -182,7 +182,7 @@ def lloyd_fp64(x, init, iters):
     empty cluster keeps its centroid. Returns the float64 centroids."""
     X = x.double()
     C = init.double().clone()
-    for _ in range(iters - 1):
+    for _ in range(iters):
         assign, _ = _nearest_fp64(X, C)
         sums = torch.zeros_like(C).index_add_(0, assign, X)
         counts = torch.bincount(assign, minlength=C.shape[0]).to(torch.float64)
