@@ -13,6 +13,7 @@ from fmkit.datacomp.data import WordTokenizer, load_pool_samples  # noqa: E402
 
 @pytest.mark.slow
 def test_cli_make_filter_train_evaluate(tmp_path, capsys):
+    pytest.importorskip("py3langid")  # the basic filter's language id (the datacomp extra)
     pool, uids, ckpt = tmp_path / "pool", tmp_path / "u.npy", tmp_path / "ckpt"
     assert cli.main(["datacomp", "make-pool", str(pool), "--n", "256"]) == 0
     assert cli.main(["datacomp", "filter", "--pool", str(pool), "--name", "basic", "--out", str(uids)]) == 0
@@ -179,6 +180,7 @@ def test_word_tokenizer_puts_end_of_text_last():
 
 @pytest.mark.slow
 def test_demo_filtering_beats_no_filtering(tmp_path):
+    pytest.importorskip("py3langid")  # the basic filter's language id (the datacomp extra)
     from fmkit.datacomp.demo import run_demo
 
     rows = run_demo(str(tmp_path), n=768, steps=60, progress=False)
