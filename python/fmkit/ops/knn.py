@@ -156,7 +156,7 @@ def exact_knn(queries, database, k, metric, self_offset, backend):
     if queries.dtype == torch.float64:  # the float64 tiles: the kernels are fp32 / 16-bit
         name = "torch"
     kprime = min(eligible, k + CANDIDATE_MARGIN + k // 16)
-    if backend == "auto" and name == "cuda" and _backend._available("triton", True) \
+    if backend == "auto" and name == "cuda" and d <= TENSOR_CORE_AUTO_MAX_D and _backend._available("triton", True) \
             and use_tensor_cores("triton", queries, database, kprime):
         name = "triton"  # small k on a large database: the tensor-core candidates are faster
     max_width = eligible
@@ -377,6 +377,11 @@ def _cuda_candidates(queries, database, center, metric, kprime, self_offset):
 # Device types on which the triton backend's first candidate pass runs on tensor cores (split
 # bf16, fmkit.triton.knn.tc_bucket_candidates); tests add "cpu" to run it in the interpreter.
 TENSOR_CORE_DEVICES = {"cuda"}
+# backend="auto" takes the tensor-core pass up to this dimension. H200, 2026-12-04: at d = 128
+# it took 47 ms against the cuda kernel's 200 ms (Q=16384, N=1M, k=10); at d = 768 1277 ms
+# against 1032 ms and at 25k x 25k x 1024 756 ms against 253 ms, where the certificate's wider
+# bound sends more rows back to the fp32 path.
+TENSOR_CORE_AUTO_MAX_D = 128
 
 
 def use_tensor_cores(name, queries, database, width):
