@@ -1,7 +1,7 @@
 """Tile sweep of the triton kNN backend's tensor-core candidate kernel (GPU only).
 
 For each tile configuration (FMKIT_KNN_TC_TILES="q,n,d,warps,stages") and each shape, times
-knn(..., backend="triton") with CUDA events (median of 5 after a warm-up), counts the rows the
+knn(..., backend="triton") with CUDA events (fmkit.bench.timed_all's median), counts the rows the
 certificate sent back to the fp32 path, and checks the indices on 512 queries against a float64
 GEMM + topk. Prints one line per (shape, config) and writes JSON to argv[1] if given.
 """
@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from fmkit.bench import timed_all
 from fmkit.bench.knn import float64_topk
 from fmkit.ops import knn
 
@@ -26,16 +27,8 @@ BUDGET_S = float(os.environ.get("SWEEP_SECONDS", "150"))
 
 
 def median_ms(fn, n=5):
-    fn()
-    times = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
+    """(median, min, max) ms of at least n CUDA-event-timed calls after a warm-up (fmkit.bench.timed_all)."""
+    times = sorted(timed_all(fn, torch.device("cuda"), n))
     return times[len(times) // 2], times[0], times[-1]
 
 

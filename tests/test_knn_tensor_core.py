@@ -10,6 +10,7 @@ import importlib
 import pytest
 import torch
 
+from fmkit.bench.knn import _data
 from fmkit.ops import knn
 from fmkit.reference.knn import knn_reference
 
@@ -35,17 +36,6 @@ def tensor_cores(monkeypatch):
 
     monkeypatch.setattr(tc, "tc_bucket_candidates", spy)
     return calls
-
-
-def _data(kind, rows, d, g):
-    if kind == "offset":
-        return 1e4 + 0.01 * torch.randn(rows, d, generator=g)
-    if kind == "mixed":
-        return torch.randn(rows, d, generator=g) * torch.exp(2 * torch.randn(rows, 1, generator=g))
-    if kind == "clusters":
-        centres = torch.randn(20, d, generator=g)
-        return centres[torch.randint(0, 20, (rows,), generator=g)] + 1e-3 * torch.randn(rows, d, generator=g)
-    return torch.randn(rows, d, generator=g)
 
 
 @pytest.mark.parametrize("Q,N,d,k,metric", [

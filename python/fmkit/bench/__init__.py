@@ -32,6 +32,20 @@ def unavailable(reason: str) -> Callable[[], object]:
     return fn
 
 
+def auto_backend(device: torch.device, op: str) -> str:
+    """The backend `backend="auto"` resolves to for `op` on `device` (a table label only)."""
+    import importlib
+
+    module = {"knn": "knn", "clip_loss": "clip_loss", "pgd_step_": "pgd_step"}[op]
+    try:
+        from fmkit.ops import _backend
+
+        order = importlib.import_module(f"fmkit.ops.{module}").GPU_BACKEND_ORDER
+        return _backend.resolve_backend("auto", device, op, order)
+    except Exception:  # a label only
+        return "auto"
+
+
 def rel_err(out, ref) -> float:
     """||out - ref|| / ||ref|| in float64; for tuples of tensors, the largest over the pairs."""
     outs = out if isinstance(out, (tuple, list)) else (out,)

@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import torch
 
-from fmkit.bench import LazyCases, accuracy, unavailable
+from fmkit.bench import LazyCases, accuracy, auto_backend, unavailable
 from fmkit.bench._shapes import embedded_shapes
 from fmkit.calibration.procal import DensityRatioCalibrator, write_confidence
 from fmkit.calibration.proximity import proximity
@@ -107,7 +107,7 @@ def _case(n_cal, n_test, d, classes, device):
     test = synthetic_split(n_test, d, classes, device, seed=1)
     fmkit_name, anchor_name = "fmkit ProCal (DR)", "faiss + scipy KDE"
     contenders = [(fmkit_name, lambda: _fmkit(cal, test), False)]
-    settings = {fmkit_name: f"paper proximity (k=10, kNN backend=auto ({_knn_backend(device)})), paper bandwidth"}
+    settings = {fmkit_name: f"paper proximity (k=10, kNN backend=auto ({auto_backend(device, 'knn')})), paper bandwidth"}
     if not on_cuda:  # the released pipeline is CPU code
         contenders.append((anchor_name, unavailable("faiss not installed") if importlib.util.find_spec("faiss") is None
                            else lambda: _released_pipeline(cal, test), True))
@@ -146,14 +146,6 @@ def _accuracy_against(contenders, reference):
     return accuracy(runnable, lambda fn: torch.as_tensor(fn()), ref)
 
 
-def _knn_backend(device):
-    try:
-        from fmkit.ops import _backend
-        from fmkit.ops.knn import GPU_BACKEND_ORDER
-
-        return _backend.resolve_backend("auto", device, "knn", GPU_BACKEND_ORDER)
-    except Exception:  # a label only
-        return "auto"
 
 
 @torch.no_grad()

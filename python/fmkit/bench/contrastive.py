@@ -28,7 +28,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from fmkit.bench import LazyCases, accuracy
+from fmkit.bench import LazyCases, accuracy, auto_backend
 from fmkit.bench._shapes import embedded_shapes
 from fmkit.ops import clip_loss
 from fmkit.reference.clip_loss import naive_clip_loss
@@ -88,14 +88,6 @@ def cases(device: torch.device, quick: bool, shapes=None):
     return LazyCases([lambda s=s: _case(*s, device) for s in shapes])
 
 
-def _fused_backend(device):
-    try:
-        from fmkit.ops import _backend
-        from fmkit.ops.clip_loss import GPU_BACKEND_ORDER
-
-        return _backend.resolve_backend("auto", device, "clip_loss", GPU_BACKEND_ORDER)
-    except Exception:  # a label only
-        return "auto"
 
 
 def _case(n, d, dtype, kind, device):
@@ -106,7 +98,7 @@ def _case(n, d, dtype, kind, device):
     b = torch.tensor(-10.0, device=device, requires_grad=True) if kind == "sigmoid" else None
     fused = _step(lambda: clip_loss(x, y, s, logit_bias=b, kind=kind), x, y, s, b)
     contenders = [(f"fmkit fused ({kind})", fused, False)]
-    settings = {contenders[0][0]: f"backend=auto ({_fused_backend(device)}), fp32 accumulation"}
+    settings = {contenders[0][0]: f"backend=auto ({auto_backend(device, 'clip_loss')}), fp32 accumulation"}
     if n <= 65536:
         fp32 = _step(lambda: naive_clip_loss(x, y, s, b, kind, torch.float32), x, y, s, b)
         if device.type == "cuda" and dtype != torch.float32:

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from fmkit.bench import LazyCases, accuracy
+from fmkit.bench import LazyCases, accuracy, auto_backend
 from fmkit.bench._shapes import embedded_shapes
 from fmkit.ops.pgd_step import pgd_step_
 from fmkit.reference.pgd_step import pgd_step_values
@@ -67,14 +67,6 @@ def cases(device: torch.device, quick: bool, shapes=None):
     return LazyCases([lambda s=s: _case(*s, device) for s in shapes])
 
 
-def _auto_backend(device):
-    try:
-        from fmkit.ops import _backend
-        from fmkit.ops.pgd_step import GPU_BACKEND_ORDER
-
-        return _backend.resolve_backend("auto", device, "pgd_step_", GPU_BACKEND_ORDER)
-    except Exception:  # a label only
-        return "auto"
 
 
 def reference_fp64(x, g, x0, eps, alpha, norm):
@@ -119,7 +111,7 @@ def _case(B, C, H, W, dtype, norm, device):
         acc = {name: float("nan") for name, _, _ in contenders}
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    settings = {contenders[0][0]: f"backend=auto ({_auto_backend(device)})",
+    settings = {contenders[0][0]: f"backend=auto ({auto_backend(device, 'pgd_step_')})",
                 f"eager torchattacks {norm}": "torchattacks formulas, eager"}
     if device.type == "cuda":
         settings[f"fmkit pgd_step_ ({norm}, triton)"] = "backend=triton"
