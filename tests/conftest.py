@@ -13,7 +13,8 @@ settings.register_profile("fmkit", derandomize=True, deadline=None, print_blob=T
 settings.load_profile("fmkit")
 
 # Without a GPU, Triton kernels run in the interpreter on CPU tensors (must be set before
-# any triton.jit function is defined).
+# any triton.jit function is defined). With a GPU they run on CUDA tensors: the suites take their
+# (backend, device) cases from tests/_backends.py, which follows this switch.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

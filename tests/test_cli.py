@@ -78,6 +78,16 @@ def test_cuda_device_without_cuda(argv, capsys):
     assert "argument --device: CUDA is not available" in err and "--device cpu" in err
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("argv", [["bench", "--device", "cuda:{n}"],
+                                  ["datacomp", "train", "--pool", ".", "--out", "x", "--device", "cuda:{n}"]])
+def test_cuda_device_index_past_the_visible_devices(argv, capsys):
+    """The GPU side of test_cuda_device_without_cuda: cuda:N names a visible device."""
+    n = torch.cuda.device_count()
+    err = fails([a.format(n=n) for a in argv], capsys)
+    assert f"argument --device: 'cuda:{n}': only {n} CUDA device(s)" in err
+
+
 def test_bad_device_string(capsys):
     assert "expected cpu, cuda or cuda:N, got 'gpu'" in fails(["bench", "--device", "gpu"], capsys)
 

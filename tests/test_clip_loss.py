@@ -5,14 +5,15 @@ import socket
 
 import pytest
 import torch
-from _backends import cpu_backends
+from _backends import placements
 import torch.nn.functional as F
 
 from fmkit.losses import ClipLoss, ContrastiveAccumulator, SigLipLoss
 from fmkit.ops import _backend, clip_loss
 from fmkit.reference.clip_loss import naive_clip_loss
 
-BACKENDS = cpu_backends("torch", "cpu", "triton")
+# On a GPU machine triton runs on CUDA tensors (tests/_backends.py), with the same assertions.
+BACKENDS = placements("clip_loss", "torch", "cpu", "triton")
 
 
 def unit(n, d, seed, dtype=torch.float32):
@@ -29,14 +30,20 @@ def loss_and_grads(fn, x, y, s, b):
     return loss.detach(), grads
 
 
-def check_against_oracle(n, d, kind, backend, dtype=torch.float32, scale=14.3, bias=-10.0, x=None, y=None, tol=None):
+def check_against_oracle(n, d, kind, backend, dtype=torch.float32, scale=14.3, bias=-10.0, x=None, y=None, tol=None,
+                         device="cpu"):
+    """`backend` on `device` tensors (x and y may be there already) against the float64 loss on the CPU."""
     x = unit(n, d, 1, dtype) if x is None else x
     y = unit(n, d, 2, dtype) if y is None else y
     s = torch.tensor(scale)
     b = torch.tensor(bias) if kind == "sigmoid" else None
-    got, got_g = loss_and_grads(lambda x, y, s, b: clip_loss(x, y, s, logit_bias=b, kind=kind, backend=backend), x, y, s, b)
+    on = lambda t: None if t is None else t.to(device)  # noqa: E731
+    got, got_g = loss_and_grads(lambda x, y, s, b: clip_loss(x, y, s, logit_bias=b, kind=kind, backend=backend),
+                                on(x), on(y), on(s), on(b))
+    assert got.device.type == device
+    got, got_g = got.cpu(), [g.cpu() for g in got_g]
     ref, ref_g = loss_and_grads(lambda x, y, s, b: naive_clip_loss(x, y, s, b, kind),
-                                x.double(), y.double(), s.double(), None if b is None else b.double())
+                                x.double().cpu(), y.double().cpu(), s.double(), None if b is None else b.double())
     tol = tol or (2e-5 if dtype == torch.float32 else 2e-3)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol)
@@ -45,29 +52,29 @@ def check_against_oracle(n, d, kind, backend, dtype=torch.float32, scale=14.3, b
         torch.testing.assert_close(g.double(), r, rtol=tol, atol=tol * max(1.0, r.abs().max().item()), msg=name)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("n,d", [(1, 4), (2, 3), (127, 33), (300, 64)])
-def test_matches_dense_float64_loss(backend, kind, n, d):
-    if backend == "triton" and n * d > 127 * 33:
+def test_matches_dense_float64_loss(backend, device, kind, n, d):
+    if backend == "triton" and device == "cpu" and n * d > 127 * 33:
         pytest.skip("the Triton interpreter is slow; the GPU test covers large shapes")
-    check_against_oracle(n, d, kind, backend)
+    check_against_oracle(n, d, kind, backend, device=device)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-def test_half_inputs_accumulate_in_fp32(backend, dtype, kind):
-    check_against_oracle(45, 17, kind, backend, dtype=dtype)
+def test_half_inputs_accumulate_in_fp32(backend, device, dtype, kind):
+    check_against_oracle(45, 17, kind, backend, dtype=dtype, device=device)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-def test_scale_at_clamp_large_logits_and_duplicates(backend, kind):
+def test_scale_at_clamp_large_logits_and_duplicates(backend, device, kind):
     x = unit(40, 8, 3)
     x[5:15] = x[5]  # duplicate features: many logits exactly 100
     y = x.clone()
-    check_against_oracle(40, 8, kind, backend, scale=100.0, x=x, y=y)
+    check_against_oracle(40, 8, kind, backend, scale=100.0, x=x, y=y, device=device)
 
 
 def test_equal_features_give_log_n_exactly():
@@ -88,10 +95,12 @@ def test_gradcheck_float64(kind):
 
 
 def test_non_contiguous_features():
-    wide = unit(50, 24, 6)
-    x, y = wide[:, ::2], unit(12, 50, 7).T  # strided and transposed
-    for backend in BACKENDS:
-        check_against_oracle(50, 12, "softmax", backend, x=x, y=y)
+    for backend, device in [p.values for p in BACKENDS]:
+        # strided and transposed, made on `device` (a copy to another device would be contiguous)
+        wide, tall = unit(50, 24, 6).to(device), unit(12, 50, 7).to(device)
+        x, y = wide[:, ::2], tall.T
+        assert not x.is_contiguous() and not y.is_contiguous()
+        check_against_oracle(50, 12, "softmax", backend, x=x, y=y, device=device)
 
 
 def test_custom_op_fake_and_compile():
@@ -257,18 +266,19 @@ def test_torch_backend_ignores_an_enclosing_autocast():
     torch.testing.assert_close(gy, ey, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-def test_loss_is_never_negative(backend, kind):
+def test_loss_is_never_negative(backend, device, kind):
     """Issue 12 item 5: the loss is a sum of non-negative terms, but fp32 rounding of the row
     statistic against the positive logit gave -6.1e-5 (N = 1, raw features, scale 100) and
     -4.5e-7 (text == image). No term may go below 0 on any backend."""
     g = torch.Generator().manual_seed(5)
     worst = 0.0
-    for _ in range(40 if backend != "triton" else 8):
-        x, y = 3 * torch.randn(1, 16, generator=g), 3 * torch.randn(1, 16, generator=g)
-        worst = min(worst, float(clip_loss(x, y, torch.tensor(100.0), kind=kind, backend=backend)))
-        same = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=1)
-        bias = {"logit_bias": torch.tensor(-10.0)} if kind == "sigmoid" else {}
-        worst = min(worst, float(clip_loss(same, same.clone(), torch.tensor(100.0), kind=kind, backend=backend, **bias)))
+    scale = torch.tensor(100.0, device=device)
+    for _ in range(8 if backend == "triton" and device == "cpu" else 40):  # the interpreter is slow
+        x, y = (3 * torch.randn(1, 16, generator=g)).to(device), (3 * torch.randn(1, 16, generator=g)).to(device)
+        worst = min(worst, float(clip_loss(x, y, scale, kind=kind, backend=backend)))
+        same = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=1).to(device)
+        bias = {"logit_bias": torch.tensor(-10.0, device=device)} if kind == "sigmoid" else {}
+        worst = min(worst, float(clip_loss(same, same.clone(), scale, kind=kind, backend=backend, **bias)))
     assert worst >= 0.0

@@ -3,7 +3,7 @@ import copy
 
 import pytest
 import torch
-from _backends import cpu_backends
+from _backends import placements
 import torch.nn.functional as F
 from torch import nn
 
@@ -19,7 +19,9 @@ from fmkit.flamingo import (  # noqa: E402
 )
 from fmkit.ops import _backend  # noqa: E402
 
-BACKENDS = cpu_backends("torch", "cpu", "triton")
+# perceiver_attention and media_cross_attention have the same backends; on a GPU machine triton
+# runs on CUDA tensors (tests/_backends.py), with the same assertions.
+BACKENDS = placements("perceiver_attention", "torch", "cpu", "triton")
 CORPUS = ["a photo of a cat", "a dog on the grass", "two birds in the sky", "Output: a red car",
           "the cat sat on a mat", "a small dog and a big cat"]
 
@@ -61,16 +63,19 @@ def reference_masked_cross_attention(m, x, media, media_locations):
     return m.to_out(out)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_perceiver_attention_matches_reference(backend):
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_perceiver_attention_matches_reference(backend, device):
     torch.manual_seed(0)
     m = PerceiverAttention(dim=24, dim_head=16, heads=3, backend=backend)
     x, latents = torch.randn(2, 3, 10, 24), torch.randn(2, 3, 7, 24)
-    torch.testing.assert_close(m(x, latents), reference_perceiver_attention(m, x, latents), rtol=1e-4, atol=1e-5)
+    ref = reference_perceiver_attention(m, x, latents)  # on the CPU
+    out = m.to(device)(x.to(device), latents.to(device))
+    assert out.device.type == device
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_masked_cross_attention_matches_reference(backend):
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_masked_cross_attention_matches_reference(backend, device):
     torch.manual_seed(1)
     m = MaskedCrossAttention(dim=20, dim_visual=12, dim_head=16, heads=2, backend=backend)
     media = torch.randn(2, 3, 5, 12)
@@ -79,8 +84,11 @@ def test_masked_cross_attention_matches_reference(backend):
     locations[0, [2, 5, 7]] = True  # text before the first image, then three images
     locations[1, [0]] = True        # one image only
     idx = locations.long().cumsum(-1)
-    out = m(x, media, idx)
-    torch.testing.assert_close(out, reference_masked_cross_attention(m, x, media, locations), rtol=1e-4, atol=1e-5)
+    ref = reference_masked_cross_attention(m, x, media, locations)  # on the CPU
+    out = m.to(device)(x.to(device), media.to(device), idx.to(device))
+    assert out.device.type == device
+    out = out.cpu()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     assert (out[0, :2] == 0).all()  # text before any image: exactly zero
 
 

@@ -4,12 +4,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from _backends import cpu_backends
+from _backends import placements
 
 from fmkit.ops import _backend, gaussian_kde
 from fmkit.reference.gaussian_kde import gaussian_kde_reference
 
-BACKENDS = cpu_backends("cpu", "torch", "triton")
+# On a GPU machine triton runs on CUDA tensors (tests/_backends.py), with the same assertions.
+BACKENDS = placements("gaussian_kde", "cpu", "torch", "triton")
 
 
 def direct(points, h, queries):
@@ -19,16 +20,18 @@ def direct(points, h, queries):
     return k.mean(1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("n,m,q", [(1, 1, 2), (37, 5, 2), (300, 129, 2), (50, 17, 1), (40, 9, 3)])
-def test_matches_direct_formula(backend, n, m, q):
+def test_matches_direct_formula(backend, device, n, m, q):
     g = torch.Generator().manual_seed(n * 7 + m)
     pts = torch.rand(n, q, generator=g, dtype=torch.float64)
     xs = torch.rand(m, q, generator=g, dtype=torch.float64)
     h = 0.05 + torch.rand(q, generator=g, dtype=torch.float64) * 0.2
-    out = gaussian_kde(pts, h, xs, backend=backend)
-    assert out.dtype == torch.float64 and out.shape == (m,)
-    np.testing.assert_allclose(out.numpy(), direct(pts, h, xs), rtol=1e-12, atol=1e-300)
+    out = gaussian_kde(pts.to(device), h, xs.to(device), backend=backend)
+    assert out.dtype == torch.float64 and out.shape == (m,) and out.device.type == device
+    # A GPU's exp differs from the CPU's in the last bits (test_gpu_matches_direct's bound).
+    rtol = 1e-12 if device == "cpu" else 1e-11
+    np.testing.assert_allclose(out.cpu().numpy(), direct(pts, h, xs), rtol=rtol, atol=1e-300)
 
 
 def test_reference_chunks_like_one_block():

@@ -6,8 +6,7 @@ import socket
 import numpy as np
 import pytest
 import torch
-from _backends import TRITON_ON_CPU, WHY_NO_TRITON_ON_CPU
-from _backends import cpu_backends as offered_on_cpu
+from _backends import device_of, placements
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,8 +45,15 @@ def oracle(queries, database, k, metric="l2", exclude_self=False):
     return (-dist if metric == "ip" else dist), order
 
 
-def cpu_backends():
-    return offered_on_cpu("torch", "cpu", "triton")
+# The backends that take CPU tensors here; on a GPU machine triton runs on CUDA tensors instead
+# (tests/_backends.py), with the same assertions.
+BACKENDS = placements("knn", "torch", "cpu", "triton")
+
+
+def on(device, q, db):
+    """q and db moved to `device` (q stays the same tensor as db where it was)."""
+    moved = db.to(device)
+    return (moved if q is db else q.to(device)), moved
 
 
 def assert_matches_oracle(q, db, k, metric, exclude_self, backend):
@@ -106,9 +112,11 @@ def test_matches_oracle_random_shapes(backend, problem):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=problems(max_q=9, max_n=40, max_d=20))
 def test_triton_matches_oracle(problem):
-    if not TRITON_ON_CPU:
-        pytest.skip(WHY_NO_TRITON_ON_CPU)
-    assert_matches_oracle(*problem, "triton")
+    device = device_of("knn", "triton")
+    if device is None:
+        pytest.skip("triton runs on no device here")
+    q, db, k, metric, exclude_self = problem
+    assert_matches_oracle(*on(device, q, db), k, metric, exclude_self, "triton")
 
 
 def test_reference_matches_oracle():
@@ -121,20 +129,20 @@ def test_reference_matches_oracle():
         np.testing.assert_allclose(d.numpy(), rd, rtol=1e-12)
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_large_offset_is_exact(backend, dtype):
+def test_large_offset_is_exact(backend, device, dtype):
     """|x|^2 - 2xy + |y|^2 cancels catastrophically at offset 1e4; results must stay exact."""
     g = torch.Generator().manual_seed(2)
     scale = 1.0 if dtype == torch.float32 else 64.0  # keep distinct values representable in 16 bits
     db = (1e4 + scale * torch.randn(200, 8, generator=g)).to(dtype)
     q = (1e4 + scale * torch.randn(11, 8, generator=g)).to(dtype)
-    assert_matches_oracle(q, db, 5, "l2", False, backend)
+    assert_matches_oracle(*on(device, q, db), 5, "l2", False, backend)
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
-def test_identical_vectors_at_exactly_zero_and_ties_to_lower_index(backend):
-    db = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [1.0, 2.0], [0.5, 0.25]])
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_identical_vectors_at_exactly_zero_and_ties_to_lower_index(backend, device):
+    db = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [1.0, 2.0], [0.5, 0.25]], device=device)
     dist, idx = knn(db[:1], db, 3, backend=backend)
     assert idx.tolist() == [[0, 2, 3]]
     assert dist.tolist() == [[0.0, 0.0, 0.0]]
@@ -175,9 +183,9 @@ def test_duplicated_rows_tie_to_lower_index(backend, metric, exclude_self, force
     assert_matches_oracle(data, data, 10, metric, exclude_self, backend)
 
 
-@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.slow) if b == "triton" else b
-                                     for b in cpu_backends()])  # 5 s in the Triton interpreter
-def test_offset_inner_product_is_certified_in_one_pass(backend):
+@pytest.mark.parametrize("backend, device", placements("knn", "torch", "cpu", "triton",
+                                                       slow_on_cpu=("triton",)))  # 5 s in the Triton interpreter
+def test_offset_inner_product_is_certified_in_one_pass(backend, device):
     """Issue 12 item 6: on data at offset 1e4 with spread 0.01 the uncentred IP bound
     (~|x| |y|) exceeded every score gap, so every row fell back (32.6 s vs 0.1 s). Centring the
     database (which shifts all of a query's scores alike) certifies them in the first pass."""
@@ -185,7 +193,7 @@ def test_offset_inner_product_is_certified_in_one_pass(backend):
     db = 1e4 + 0.01 * torch.randn(3000, 16, generator=g)
     q = 1e4 + 0.01 * torch.randn(40, 16, generator=g)
     before = knn_module.fallback_rows
-    assert_matches_oracle(q, db, 5, "ip", False, backend)
+    assert_matches_oracle(*on(device, q, db), 5, "ip", False, backend)
     assert knn_module.fallback_rows == before
 
 
@@ -215,16 +223,16 @@ def test_self_excluding_fallback_stays_on_the_fast_kernels(backend, metric, monk
     assert_matches_oracle(data, data, 4, metric, True, backend)
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
-def test_edge_sizes(backend):
-    one = torch.tensor([[3.0]])
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_edge_sizes(backend, device):
+    one = torch.tensor([[3.0]], device=device)
     assert knn(one, one, 1, backend=backend)[1].tolist() == [[0]]
     g = torch.Generator().manual_seed(3)
-    db = torch.randn(13, 1, generator=g)
+    db = torch.randn(13, 1, generator=g).to(device)
     assert_matches_oracle(db[:4], db, 13, "l2", False, backend)  # k = N, d = 1
     assert_matches_oracle(db, db, 12, "l2", True, backend)  # k = N - 1 with exclude_self
     assert_matches_oracle(db, db, 12, "ip", True, backend)
-    empty_q = torch.empty(0, 1)
+    empty_q = torch.empty(0, 1, device=device)
     d, i = knn(empty_q, db, 3, backend=backend)
     assert d.shape == (0, 3) and i.shape == (0, 3)
 
@@ -237,9 +245,9 @@ def test_results_do_not_depend_on_chunking():
     for a, b in ((0, 1), (1, 77), (77, 150)):
         dc, ic = knn(q[a:b], db, 9)
         assert torch.equal(ic, i[a:b]) and torch.equal(dc, d[a:b])
-    for backend in offered_on_cpu("torch", "triton"):
-        dt, it = knn(q[:20], db, 9, backend=backend)
-        assert torch.equal(it, i[:20]) and torch.equal(dt, d[:20])
+    for backend, device in [p.values for p in placements("knn", "torch", "triton")]:
+        dt, it = knn(q[:20].to(device), db.to(device), 9, backend=backend)
+        assert torch.equal(it.cpu(), i[:20]) and torch.equal(dt.cpu(), d[:20])
 
 
 def test_large_k_and_many_candidates():

@@ -4,16 +4,18 @@ import math
 import numpy as np
 import pytest
 import torch
-from _backends import cpu_backends
+from _backends import device_of, placements
 
 from fmkit.ops import _backend
 from fmkit.ops.pgd_step import pgd_step_
 
 HAS_CUDA = torch.cuda.is_available()
-CPU_BACKENDS = cpu_backends("cpu", "torch", "triton")
+# (backend, device): on a GPU machine triton runs on CUDA tensors (tests/_backends.py), with the
+# same assertions against the oracles evaluated on the same device.
+BACKENDS = placements("pgd_step_", "cpu", "torch", "triton")
 # norm="l1" has only the torch formulas: it runs under "torch" (and "auto"); other names raise.
-NORM_BACKENDS = [(norm, backend) for norm in ("linf", "l2", "l1") for backend in CPU_BACKENDS
-                 if norm != "l1" or backend == "torch"]
+NORM_BACKENDS = [pytest.param(norm, *p.values, id=f"{norm}-{p.id}") for norm in ("linf", "l2", "l1")
+                 for p in BACKENDS if norm != "l1" or p.values[0] == "torch"]
 
 
 # ---- the oracle: torchattacks' PGD / PGDL2 step, written out op by op (per-sample eps/alpha broadcast) ----
@@ -54,13 +56,13 @@ def oracle_l2_advertorch(x, g, x0, eps, alpha, lo=0.0, hi=1.0):
     return x0 + delta * torch.clamp(eps / dn, max=1.0)
 
 
-def _inputs(shape, dtype=torch.float32, seed=0, eps=8 / 255, start="linf"):
+def _inputs(shape, dtype=torch.float32, seed=0, eps=8 / 255, start="linf", device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     x0 = torch.rand(shape, generator=gen)
     x = (x0 + (torch.rand(shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
     g = torch.randn(shape, generator=gen)
     g[torch.rand(shape, generator=gen) < 0.05] = 0  # sign(0) = 0 must hold
-    return x.to(dtype), g.to(dtype), x0.to(dtype)
+    return x.to(device, dtype), g.to(device, dtype), x0.to(device, dtype)
 
 
 def _run(x, g, x0, backend, **kw):
@@ -72,38 +74,38 @@ def _run(x, g, x0, backend, **kw):
 SHAPES = [(4, 3, 16, 16), (1, 3, 9, 7), (3, 5, 7), (2, 2, 3, 4, 5), (5, 4100)]
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_linf_bitwise_fp32(backend, shape):
-    x, g, x0 = _inputs(shape)
+def test_linf_bitwise_fp32(backend, device, shape):
+    x, g, x0 = _inputs(shape, device=device)
     out = _run(x, g, x0, backend, eps=8 / 255, step_size=2 / 255)
     assert torch.equal(out, oracle_linf(x, g, x0, 8 / 255, 2 / 255))
     # per-sample tensors
     B = shape[0]
-    eps = torch.linspace(1 / 255, 16 / 255, B)
-    alpha = torch.linspace(0.5 / 255, 4 / 255, B)
+    eps = torch.linspace(1 / 255, 16 / 255, B, device=device)
+    alpha = torch.linspace(0.5 / 255, 4 / 255, B, device=device)
     out = _run(x, g, x0, backend, eps=eps, step_size=alpha)
     assert torch.equal(out, oracle_linf(x, g, x0, eps, alpha))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_l2_matches_torchattacks(backend, shape):
-    x, g, x0 = _inputs(shape, eps=0.3)
+def test_l2_matches_torchattacks(backend, device, shape):
+    x, g, x0 = _inputs(shape, eps=0.3, device=device)
     for eps, alpha in ((0.5, 0.2), (0.05, 0.2), (math.inf, 0.2)):
         out = _run(x, g, x0, backend, eps=eps, step_size=alpha, norm="l2")
         ref = oracle_l2(x, g, x0, eps, alpha).float()
         torch.testing.assert_close(out, ref, rtol=0, atol=2e-6)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_l2_order_differs_from_advertorch(backend):
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_l2_order_differs_from_advertorch(backend, device):
     # x0 near the top of the box, a large step pushing out of it: clipping before projecting
     # (advertorch) leaves a smaller delta to project than projecting first (torchattacks / ours).
     B, n = 2, 64
-    x0 = torch.full((B, n), 0.9)
+    x0 = torch.full((B, n), 0.9, device=device)
     x = x0.clone()
-    g = torch.ones(B, n)
+    g = torch.ones(B, n, device=device)
     g[:, : n // 2] = -1.0
     g[:, n // 2:] = 3.0
     eps, alpha = 0.5, 2.0
@@ -114,11 +116,11 @@ def test_l2_order_differs_from_advertorch(backend):
     assert (ours - theirs).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("norm,backend", NORM_BACKENDS)
-def test_per_sample_equals_alone(backend, norm):
-    x, g, x0 = _inputs((4, 3, 8, 8), eps=0.1)
-    eps = torch.tensor([0.01, 0.1, math.inf, 0.0])
-    alpha = torch.tensor([0.005, 0.5, 0.02, 0.3])
+@pytest.mark.parametrize("norm, backend, device", NORM_BACKENDS)
+def test_per_sample_equals_alone(backend, device, norm):
+    x, g, x0 = _inputs((4, 3, 8, 8), eps=0.1, device=device)
+    eps = torch.tensor([0.01, 0.1, math.inf, 0.0], device=device)
+    alpha = torch.tensor([0.005, 0.5, 0.02, 0.3], device=device)
     out = _run(x, g, x0, backend, eps=eps, step_size=alpha, norm=norm)
     for b in range(4):
         alone = _run(x[b:b + 1], g[b:b + 1], x0[b:b + 1], backend, eps=float(eps[b]), step_size=float(alpha[b]),
@@ -129,20 +131,20 @@ def test_per_sample_equals_alone(backend, norm):
             torch.testing.assert_close(out[b:b + 1], alone, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("norm,backend", NORM_BACKENDS)
+@pytest.mark.parametrize("norm, backend, device", NORM_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_inactive_bit_identical(backend, norm, dtype):
-    x, g, x0 = _inputs((5, 3, 6, 6), dtype=dtype, eps=0.1)
-    active = torch.tensor([True, False, True, False, False])
+def test_inactive_bit_identical(backend, device, norm, dtype):
+    x, g, x0 = _inputs((5, 3, 6, 6), dtype=dtype, eps=0.1, device=device)
+    active = torch.tensor([True, False, True, False, False], device=device)
     out = _run(x, g, x0, backend, eps=0.05, step_size=0.02, norm=norm, active=active)
     assert torch.equal(out[~active], x[~active])
     assert not torch.equal(out[active], x[active])
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_eps_inf_unbounded(backend, norm):
-    x, g, x0 = _inputs((3, 2, 5, 5), eps=0.0)
+def test_eps_inf_unbounded(backend, device, norm):
+    x, g, x0 = _inputs((3, 2, 5, 5), eps=0.0, device=device)
     out = _run(x, g, x0, backend, eps=math.inf, step_size=5.0, norm=norm, clamp=None)
     if norm == "linf":
         assert torch.equal(out, x0 + ((x + 5.0 * g.sign()) - x0))
@@ -152,17 +154,17 @@ def test_eps_inf_unbounded(backend, norm):
         assert ((out - x0).flatten(1).norm(dim=1) > 4.9).all()
 
 
-@pytest.mark.parametrize("norm,backend", NORM_BACKENDS)
+@pytest.mark.parametrize("norm, backend, device", NORM_BACKENDS)
 @pytest.mark.parametrize("clamp", [(0.0, 1.0), (0.2, 0.7), (0.5, 0.5)])
-def test_invariants_over_steps(backend, norm, clamp):
+def test_invariants_over_steps(backend, device, norm, clamp):
     lo, hi = clamp
     eps = {"linf": 8 / 255, "l2": 0.5, "l1": 2.0}[norm]
-    x, g, x0 = _inputs((4, 3, 7, 7), eps=0.0)
+    x, g, x0 = _inputs((4, 3, 7, 7), eps=0.0, device=device)
     x0 = x0.clamp(lo, hi)
     x = x0.clone()
     gen = torch.Generator().manual_seed(1)
     for _ in range(5):
-        g = torch.randn(x.shape, generator=gen)
+        g = torch.randn(x.shape, generator=gen).to(device)
         pgd_step_(x, g, x0, eps=eps, step_size=eps / 2, norm=norm, clamp=clamp, backend=backend)
         assert x.min() >= lo and x.max() <= hi
         d = (x - x0).flatten(1)
@@ -174,22 +176,22 @@ def test_invariants_over_steps(backend, norm, clamp):
             assert (d.abs().sum(1) <= eps * (1 + 1e-5)).all()
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_sign_zero(backend):
-    x0 = torch.full((2, 8), 0.5)
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_sign_zero(backend, device):
+    x0 = torch.full((2, 8), 0.5, device=device)
     x = x0.clone()
-    g = torch.zeros(2, 8)
+    g = torch.zeros(2, 8, device=device)
     g[:, 0] = 1.0
     g[:, 1] = -1.0
-    out = _run(x, g, x0, backend, eps=0.1, step_size=0.05)
-    assert torch.equal(out[:, 2:], x[:, 2:])
+    out = _run(x, g, x0, backend, eps=0.1, step_size=0.05).cpu()
+    assert torch.equal(out[:, 2:], x[:, 2:].cpu())
     assert torch.equal(out[:, 0], torch.full((2,), 0.55)) and torch.equal(out[:, 1], torch.full((2,), 0.45))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_noncontiguous(backend, norm):
-    x, g, x0 = _inputs((3, 4, 5, 6), eps=0.1)
+def test_noncontiguous(backend, device, norm):
+    x, g, x0 = _inputs((3, 4, 5, 6), eps=0.1, device=device)
     g_nc = g.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
     assert not g_nc.is_contiguous()
     x_nc = x.transpose(1, 3).contiguous().transpose(1, 3)
@@ -201,11 +203,11 @@ def test_noncontiguous(backend, norm):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_dtypes(backend, norm, dtype):
-    x, g, x0 = _inputs((3, 3, 11, 9), dtype=dtype, eps=0.1)
+def test_half_dtypes(backend, device, norm, dtype):
+    x, g, x0 = _inputs((3, 3, 11, 9), dtype=dtype, eps=0.1, device=device)
     eps, alpha = (8 / 255, 2 / 255) if norm == "linf" else (0.5, 0.2)
     out = _run(x, g, x0, backend, eps=eps, step_size=alpha, norm=norm)
     assert out.dtype == dtype
@@ -256,8 +258,10 @@ def test_errors():
         (dict(backend="nope"), ValueError, "backend: expected one of 'auto', 'cuda', 'triton', 'cpu', 'torch', got 'nope'"),
         (dict(backend="cuda"), ValueError, "backend='cuda' is not available for pgd_step_ on cpu tensors: the cuda backend needs CUDA tensors"),
     ]
-    if "triton" in CPU_BACKENDS:  # on a GPU machine triton refuses CPU tensors before it looks at norm
-        cases.append((dict(norm="l1", backend="triton"), ValueError, "backend='triton' has no kernel for norm='l1'"))
+    triton_device = device_of("pgd_step_", "triton")
+    if triton_device is not None:  # on tensors triton takes here (CPU ones it refuses on a GPU machine)
+        on = dict(x_adv=x.to(triton_device).clone(), grad=g.to(triton_device), x_orig=x0.to(triton_device))
+        cases.append((dict(on, norm="l1", backend="triton"), ValueError, "backend='triton' has no kernel for norm='l1'"))
     for over, error, match in cases:
         kw = dict(x_adv=x.clone(), grad=g, x_orig=x0, eps=0.1, step_size=0.01)
         kw.update(over)

@@ -3,14 +3,14 @@ spec's worked numbers (§1.2.3, §1.3 item 2), the HED round trip, gradients and
 import numpy as np
 import pytest
 import torch
-from _backends import TRITON_ON_CPU, WHY_NO_TRITON_ON_CPU
+from _backends import device_of, placements
 
 from fmkit.ops import _backend, stain_jitter
 from fmkit.reference.stain_jitter import hed_matrices, hed_to_rgb, rgb_to_hed, stain_jitter_reference
 
 # The Triton interpreter takes ~0.3 s a call: its full grid runs in the slow set, one case stays fast.
-TRITON = [pytest.param("triton", marks=pytest.mark.slow)] if TRITON_ON_CPU else []
-BACKENDS = ["cpu", "torch"] + TRITON
+# On a GPU machine triton runs on CUDA tensors (tests/_backends.py), in the default set.
+BACKENDS = placements("stain_jitter", "cpu", "torch", "triton", slow_on_cpu=("triton",))
 
 
 def _batch(B, H, W, dtype, seed, sigma=0.1):
@@ -22,12 +22,12 @@ def _batch(B, H, W, dtype, seed, sigma=0.1):
     return x, alpha, beta
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("mode", ["od", "release"])
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 @pytest.mark.parametrize("B,H,W", [(1, 1, 1), (1, 7, 5), (3, 9, 17), (2, 16, 300)])
-def test_backends_match_reference(backend, mode, dtype, B, H, W):
-    _check_against_reference(backend, mode, dtype, B, H, W)
+def test_backends_match_reference(backend, device, mode, dtype, B, H, W):
+    _check_against_reference(backend, mode, dtype, B, H, W, device)
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
@@ -48,15 +48,19 @@ def test_cpu_extreme_parameters_match_reference():
     assert (out.int() - ref.int()).abs().max() <= 1
 
 
-@pytest.mark.skipif(not TRITON_ON_CPU, reason=WHY_NO_TRITON_ON_CPU)
+@pytest.mark.skipif(device_of("stain_jitter", "triton") is None, reason="triton runs on no device here")
 def test_triton_fast_case():
-    _check_against_reference("triton", "od", torch.uint8, 2, 5, 9)
-    _check_against_reference("triton", "release", torch.float32, 1, 3, 7)
+    device = device_of("stain_jitter", "triton")
+    _check_against_reference("triton", "od", torch.uint8, 2, 5, 9, device)
+    _check_against_reference("triton", "release", torch.float32, 1, 3, 7, device)
 
 
-def _check_against_reference(backend, mode, dtype, B, H, W):
+def _check_against_reference(backend, mode, dtype, B, H, W, device="cpu"):
+    """`backend` on `device` tensors against the float64 reference on the CPU."""
     x, a, b = _batch(B, H, W, dtype, seed=B * 100 + H + W)
-    out = stain_jitter(x, a, b, mode=mode, backend=backend)
+    out = stain_jitter(x.to(device), a.to(device), b.to(device), mode=mode, backend=backend)
+    assert out.device.type == device
+    out = out.cpu()
     ref = stain_jitter_reference(x, a, b, mode)
     assert out.dtype == dtype and out.shape == x.shape
     if dtype == torch.uint8:
@@ -66,18 +70,18 @@ def _check_against_reference(backend, mode, dtype, B, H, W):
         torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
-def test_non_contiguous_inputs(backend, dtype):
-    x, a, b = _batch(4, 11, 13, dtype, seed=5)
+def test_non_contiguous_inputs(backend, device, dtype):
+    x, a, b = (t.to(device) for t in _batch(4, 11, 13, dtype, seed=5))  # the views are made on `device`
     views = [x.permute(0, 1, 3, 2), x[:, :, ::2, 1::3], x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),
              x[::2, [2, 0, 1]]]
     for v in views:
         n = v.shape[0]
         out = stain_jitter(v, a[:n], b[:n], backend=backend)
-        ref = stain_jitter_reference(v.contiguous(), a[:n], b[:n])
-        assert out.is_contiguous()
-        assert (out.double() - ref.double()).abs().max() <= (1 if dtype == torch.uint8 else 2e-6)
+        ref = stain_jitter_reference(v.cpu().contiguous(), a[:n].cpu(), b[:n].cpu())
+        assert out.is_contiguous() and out.device.type == device
+        assert (out.cpu().double() - ref.double()).abs().max() <= (1 if dtype == torch.uint8 else 2e-6)
 
 
 def test_hed_round_trip_is_identity_in_float64():
@@ -92,11 +96,13 @@ def test_hed_round_trip_is_identity_in_float64():
     torch.testing.assert_close(m @ m_inv, torch.eye(3, dtype=torch.float64), atol=1e-14, rtol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("mode", ["od", "release"])
-def test_identity_parameters_reproduce_float32_input(backend, mode):
+def test_identity_parameters_reproduce_float32_input(backend, device, mode):
     x, _, _ = _batch(2, 5, 7, torch.float32, seed=1)
-    out = stain_jitter(x, torch.ones(2, 3), torch.zeros(2, 3), mode=mode, backend=backend)
+    x = x.to(device)
+    out = stain_jitter(x, torch.ones(2, 3, device=device), torch.zeros(2, 3, device=device), mode=mode,
+                       backend=backend)
     assert (out - x).abs().max() < 1e-5
 
 
