@@ -36,7 +36,7 @@ def auto_backend(device: torch.device, op: str) -> str:
     """The backend `backend="auto"` resolves to for `op` on `device` (a table label only)."""
     import importlib
 
-    module = {"knn": "knn", "clip_loss": "clip_loss", "pgd_step_": "pgd_step"}[op]
+    module = op.rstrip("_")  # pgd_step_ lives in fmkit.ops.pgd_step
     try:
         from fmkit.ops import _backend
 

@@ -7,8 +7,7 @@ bf16 q / k / v (same dtype), any strides. Query (b, t) with m = media_index[b, t
 to the P keys of image m:
     S = scale * q k_m^T (fp32),  P = softmax(S),  out = P v_m;
 m == 0 gives out = 0 exactly, lse = -inf and no gradient. `forward` returns out (input dtype,
-contiguous) and lse [B, H, T] fp32; `backward` returns dq, dk, dv as contiguous tensors (fp32 unless
-grad_dtype says otherwise):
+contiguous) and lse [B, H, T] fp32; `backward` returns dq, dk, dv as fp32 contiguous tensors:
     delta = sum_d dout out,  dS = P * (dout v_m^T - delta),  dq = scale dS k_m,
     dk_m += scale dS^T q,  dv_m += P^T dout  (over every query of image m).
 No dense [T, n_media P] mask or score matrix is ever built.
@@ -20,15 +19,13 @@ Kernels
   another image are -inf. With cumsum indices a block holds 1-2 images, so the work is about
   P / (n_media P) of dense attention. A block of index-0 queries does no key work at all.
 * `_bwd_dq_kernel`, same grid and loop: recomputes P = exp(S - lse), accumulates dq in registers,
-  and writes delta (from its own out / dout rows) and the token span [first, last] of each
-  (b, image) for the next kernel (the programs of head 0, by int32 atomic min: order-independent,
-  so deterministic, and idempotent; the host only fills the span buffer once).
+  and writes delta (from its own out / dout rows) for the next kernel.
 * `_bwd_dkv_kernel`, grid (n_media * key tiles per image, B*H): each program owns one BLOCK_N key
   tile of one image and loops over the query blocks that cover the span [first, last] of tokens
-  with that index (from the dq kernel; no host sync); queries of other images are masked. dk / dv
-  accumulate in registers and are stored once: deterministic, no float atomics (the alternative,
-  atomics from the dq kernel, saves one recompute of S but makes dk / dv run-to-run
-  nondeterministic). The span is
+  with that index (first / last per (b, image) come from two scatter_reduce calls over [B, T] on
+  the host side, no host sync); queries of other images are masked. dk / dv accumulate in
+  registers and are stored once: deterministic, no atomics (the alternative, atomics from the dq
+  kernel, saves one recompute of S but makes dk / dv run-to-run nondeterministic). The span is
   exact for monotone (cumsum) indices; arbitrary index orders stay correct but may scan more.
 
 Precision: S, softmax statistics and accumulators fp32; P and dS are rounded to the input dtype
@@ -37,18 +34,12 @@ autocast backward would); fp32 inputs use input_precision="ieee". Under TRITON_I
 tiles are widened to fp32 before tl.dot, which the interpreter mishandles for bf16 operands.
 
 Tiles: BLOCK_D = next power of two >= max(D, 16) (tl.dot needs >= 16 per dimension; padded d lanes
-load as 0; D <= 256). CUDA: the launch configuration (BLOCK_T, BLOCK_N, warps, stages) of each of the
-three kernels comes from FWD_CONFIGS / DQ_CONFIGS / DKV_CONFIGS below: the first entry (forward
-64 x 64, 4 warps; backward 64 x 32, 8 warps; 2 stages) unless the problem is large enough to
-autotune (perceiver_attention.autotune_wanted), in which case triton.autotune times the 4 entries
-once per key (P, D, dtypes, power-of-two buckets of T and B * H; NK for dK / dV) and keeps the
-fastest; every kernel writes each output once (the span's atomic min is idempotent), so
-re-running one while tuning needs no reset. The three kernels pick their configurations
-independently (nothing ties their tiles). CPU (interpreter): 16 x 16, one configuration. P may be
-any size >= 1 (tiles past P are masked). `backward(..., grad_dtype=)` stores the gradients in
-another dtype. The kernels trust media_index <= n_media (an index past it would read out of
-bounds: the caller validates, as the contract says); negative indices would behave like 0. The
-decode path (T = 1, index = last image) is the same code.
+load as 0; D <= 256). CUDA: BLOCK_T = 64; forward BLOCK_N = 64 (one key tile per image at P = 64),
+4 warps; backward BLOCK_N = 32, 8 warps (no register spills on sm_90 per ptxas -v); 2 stages. Not
+yet timed or tuned on a GPU. CPU (interpreter): 16 x 16. P may be any size >= 1 (tiles past P are
+masked). The kernels trust media_index <= n_media (an index past it would read out of bounds: the
+caller validates, as the contract says); negative indices would behave like 0. The decode path (T =
+1, index = last image) is the same code.
 """
 from __future__ import annotations
 
@@ -56,10 +47,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, LOG2E, attn_delta, attn_dscores, attn_query_block,
+from ._common import (FLOAT_DTYPES, LOG2E, attention_config, attn_delta, attn_dscores, attn_query_block,
                       attn_scores, check_head_dim, dot_flags, mma, online_softmax_update, store_attn_out,
                       tile_range)
-from .perceiver_attention import _autotuned, _config, autotune_wanted, launch, tuning_bucket
 
 
 @triton.jit
@@ -89,9 +79,9 @@ def _image_keys(m, n0, P, BLOCK_N: tl.constexpr):
     return ((m - 1) * P + rn).to(tl.int64), n_ok
 
 
-@triton.jit(do_not_specialize=["tune_t", "tune_bh"])
+@triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, out_ptr, lse_ptr,
-                H, T, P, D, qk_scale, tune_t, tune_bh,
+                H, T, P, D, qk_scale,
                 sqb, sqh, sqt, sqd, skb, skh, skn, skd, svb, svh, svn, svd, smb, smt,
                 PREC: tl.constexpr, UPCAST: tl.constexpr,
                 BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -123,9 +113,9 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, out_ptr, lse_ptr,
     store_attn_out(out_ptr, lse_ptr, m_i, l_i, acc, bh * T, rt, t_ok, rd, d_ok, D)
 
 
-@triton.jit(do_not_specialize=["tune_t", "tune_bh"])
-def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, out_ptr, lse_ptr, do_ptr, dq_ptr, delta_ptr, span_ptr,
-                   H, T, P, D, n_slots, qk_scale, scale, tune_t, tune_bh,
+@triton.jit
+def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, out_ptr, lse_ptr, do_ptr, dq_ptr, delta_ptr,
+                   H, T, P, D, qk_scale, scale,
                    sqb, sqh, sqt, sqd, skb, skh, skn, skd, svb, svh, svn, svd, smb, smt,
                    sdob, sdoh, sdot, sdod,
                    PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -143,18 +133,6 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, out_ptr, lse_ptr, do_ptr, dq_ptr
     v_base = v_ptr + b * svb + h * svh
     dq = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
     lo, hi = _image_range(idx)
-    if h == 0:
-        # Token span of each image for the dK / dV kernel: span[b, m] = min t and
-        # span[b, n_slots + m] = min (T - 1 - t) over the tokens with index m (both start at T,
-        # so an unused image reads first = T, last = -1). One head's programs do it; atomic
-        # min is order-independent (deterministic) and idempotent (a re-run leaves it as is).
-        span_row = span_ptr + b * 2 * n_slots
-        for m in range(lo, hi):
-            row_m = idx == m
-            first = tl.min(tl.where(row_m, rt, T), axis=0)
-            last = tl.max(tl.where(row_m, rt, -1), axis=0)
-            tl.atomic_min(span_row + m, first.to(tl.int32))
-            tl.atomic_min(span_row + n_slots + m, (T - 1 - last).to(tl.int32))
     for m in range(lo, hi):
         row_m = idx == m
         for n0 in range(0, P, BLOCK_N):
@@ -167,13 +145,13 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, out_ptr, lse_ptr, do_ptr, dq_ptr
             p = tl.exp2(s - lse2[:, None])
             ds = attn_dscores(p, do, vt, delta, PREC, UPCAST, BLOCK_T, BLOCK_N)
             dq = mma(ds, tl.trans(kt), dq, PREC, UPCAST)
-    tl.store(dq_ptr + (bh * T + rt)[:, None] * D + rd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=td_ok)
+    tl.store(dq_ptr + (bh * T + rt)[:, None] * D + rd[None, :], dq * scale, mask=td_ok)
 
 
-@triton.jit(do_not_specialize=["tune_t", "tune_bh"])
-def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, lse_ptr, do_ptr, delta_ptr, span_ptr,
+@triton.jit
+def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, lse_ptr, do_ptr, delta_ptr, first_ptr, last_ptr,
                     dk_ptr, dv_ptr,
-                    H, T, P, D, NK, n_slots, qk_scale, scale, tune_t, tune_bh,
+                    H, T, P, D, NK, n_ptiles, n_slots, qk_scale, scale,
                     sqb, sqh, sqt, sqd, skb, skh, skn, skd, svb, svh, svn, svd, smb, smt,
                     sdob, sdoh, sdot, sdod,
                     PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -182,7 +160,6 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, lse_ptr, do_ptr, delta_ptr, spa
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
-    n_ptiles = tl.cdiv(P, BLOCK_N)  # key tiles per image
     m = pid // n_ptiles + 1  # image owned by this program (1-based, as in media_index)
     rk, n_ok = _image_keys(m, (pid % n_ptiles) * BLOCK_N, P, BLOCK_N)
     rd = tl.arange(0, BLOCK_D)
@@ -193,8 +170,8 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, lse_ptr, do_ptr, delta_ptr, spa
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     # Tokens with index m lie in [first, last] (first = T, last = -1 when the image is unused).
-    first = tl.load(span_ptr + b * 2 * n_slots + m)
-    last = T - 1 - tl.load(span_ptr + b * 2 * n_slots + n_slots + m)
+    first = tl.load(first_ptr + b * n_slots + m)
+    last = tl.load(last_ptr + b * n_slots + m)
     for t0 in range((first // BLOCK_T) * BLOCK_T, last + 1, BLOCK_T):
         rt, t_ok = tile_range(t0, BLOCK_T, T)
         td_ok = t_ok[:, None] & d_ok[None, :]
@@ -215,8 +192,8 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, mi_ptr, lse_ptr, do_ptr, delta_ptr, spa
         dk = mma(tl.trans(ds), q, dk, PREC, UPCAST)
     off = (bh * NK + rk)[:, None] * D + rd[None, :]
     ok = n_ok[:, None] & d_ok[None, :]
-    tl.store(dk_ptr + off, (dk * scale).to(dk_ptr.dtype.element_ty), mask=ok)
-    tl.store(dv_ptr + off, dv.to(dv_ptr.dtype.element_ty), mask=ok)
+    tl.store(dk_ptr + off, dk * scale, mask=ok)
+    tl.store(dv_ptr + off, dv, mask=ok)
 
 
 # ---- host side ----
@@ -241,46 +218,7 @@ def _prep(q, k, v, media_index, latents_per_media):
     return q.detach(), k.detach(), v.detach(), media_index.detach(), P, dot_flags(q.dtype, q.device)
 
 
-
-# ---- launch configurations ----
-
-# CUDA. [0] of each list is the untuned default (the configuration used before autotuning). The
-# autotuner (helpers shared with perceiver_attention) picks among them on the first call of each
-# key: P, D, the key count NK (dK / dV kernel), and power-of-two buckets of T and B * H. No block
-# size has to divide T or P (tiles are masked). Forward: 128-token blocks halve the programs and
-# the per-program overhead on long texts (at the cost of more blocks straddling two images), 32
-# doubles them for short ones, 3 stages hide more load latency. dq: 64-key tiles halve the loop
-# trips at P = 64; 4 warps leave room for two programs per SM. dK / dV: one 64-key program per
-# image (fewer, longer programs) or 128-token query steps (half the loop trips).
-FWD_CONFIGS = [
-    _config(4, 2, BLOCK_T=64, BLOCK_N=64),
-    _config(8, 2, BLOCK_T=128, BLOCK_N=64),
-    _config(4, 3, BLOCK_T=64, BLOCK_N=64),
-    _config(4, 2, BLOCK_T=32, BLOCK_N=64),
-]
-DQ_CONFIGS = [
-    _config(8, 2, BLOCK_T=64, BLOCK_N=32),
-    _config(8, 2, BLOCK_T=64, BLOCK_N=64),
-    _config(4, 2, BLOCK_T=64, BLOCK_N=32),
-    _config(8, 2, BLOCK_T=128, BLOCK_N=32),
-]
-DKV_CONFIGS = [
-    _config(8, 2, BLOCK_T=64, BLOCK_N=32),
-    _config(8, 2, BLOCK_T=64, BLOCK_N=64),
-    _config(8, 2, BLOCK_T=128, BLOCK_N=32),
-    _config(4, 2, BLOCK_T=32, BLOCK_N=64),
-]
-CPU_CONFIG = _config(4, 1, BLOCK_T=16, BLOCK_N=16)  # the interpreter: every kernel
-
-_KEY = ["P", "D", "tune_t", "tune_bh"]
-_fwd_tuned = _autotuned(_fwd_kernel, FWD_CONFIGS, _KEY)
-_dq_tuned = _autotuned(_bwd_dq_kernel, DQ_CONFIGS, _KEY)
-_dkv_tuned = _autotuned(_bwd_dkv_kernel, DKV_CONFIGS, _KEY + ["NK"])
-
-
-def forward(q, k, v, media_index, latents_per_media, scale, *, config=None):
-    """out, lse (see the module docstring). `config`: a triton.Config with BLOCK_T and BLOCK_N
-    forcing the launch configuration (tests); None picks FWD_CONFIGS[0], or autotunes (CUDA)."""
+def forward(q, k, v, media_index, latents_per_media, scale):
     q, k, v, mi, P, flags = _prep(q, k, v, media_index, latents_per_media)
     B, H, T, D = q.shape
     dev = q.device
@@ -288,34 +226,27 @@ def forward(q, k, v, media_index, latents_per_media, scale, *, config=None):
     lse = torch.empty((B, H, T), dtype=torch.float32, device=dev)
     if B * H * T == 0:
         return out, lse
-    args = (q, k, v, mi, out, lse, H, T, P, D, float(scale) * LOG2E, tuning_bucket(T), tuning_bucket(B * H),
-            *q.stride(), *k.stride(), *v.stride(), *mi.stride())
-    tune = config is None and autotune_wanted(dev, B * H * T * P)
-    config = config or (FWD_CONFIGS[0] if dev.type == "cuda" else CPU_CONFIG)
-    launch(_fwd_kernel, _fwd_tuned, lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), B * H), args,
-           dict(flags, BLOCK_D=max(16, triton.next_power_of_2(D))), config, tune)
+    bt, bn, bd, warps, stages = attention_config(dev, D)
+    _fwd_kernel[(triton.cdiv(T, bt), B * H)](
+        q, k, v, mi, out, lse, H, T, P, D, float(scale) * LOG2E,
+        *q.stride(), *k.stride(), *v.stride(), *mi.stride(), **flags,
+        BLOCK_T=bt, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
+    )
     return out, lse
 
 
-def backward(q, k, v, media_index, latents_per_media, out, lse, dout, scale, *, grad_dtype=torch.float32,
-             config=None):
-    """dq, dk, dv, contiguous, in `grad_dtype` (float32 by default, the contract; the input dtype
-    saves the fp32 write and the caller's cast: same values, rounded once in the kernel).
-    `config`: a triton.Config (BLOCK_T, BLOCK_N) forcing the launch configuration of both kernels
-    (tests); None picks DQ_CONFIGS[0] / DKV_CONFIGS[0], or autotunes each kernel (CUDA)."""
+def backward(q, k, v, media_index, latents_per_media, out, lse, dout, scale):
     q, k, v, mi, P, flags = _prep(q, k, v, media_index, latents_per_media)
     B, H, T, D = q.shape
     NK = k.shape[2]
     n_media = NK // P
     dev = q.device
-    if grad_dtype not in FLOAT_DTYPES:
-        raise ValueError(f"grad_dtype must be one of {FLOAT_DTYPES}, got {grad_dtype}")
-    gd = dict(dtype=grad_dtype, device=dev)
+    f32 = dict(dtype=torch.float32, device=dev)
     if dout.shape != q.shape or out.shape != q.shape or lse.shape != (B, H, T):
         raise ValueError("out / dout must be [B, H, T, D] and lse [B, H, T]")
-    dq = torch.empty((B, H, T, D), **gd)
-    dk = torch.empty((B, H, NK, D), **gd)
-    dv = torch.empty((B, H, NK, D), **gd)
+    dq = torch.empty((B, H, T, D), **f32)
+    dk = torch.empty((B, H, NK, D), **f32)
+    dv = torch.empty((B, H, NK, D), **f32)
     if B * H * D == 0:
         return dq, dk, dv
     if T == 0 or NK == 0:
@@ -323,21 +254,25 @@ def backward(q, k, v, media_index, latents_per_media, out, lse, dout, scale, *, 
     out = out.detach().contiguous()
     lse = lse.detach().to(torch.float32).contiguous()
     dout = dout.detach().to(q.dtype)
-    tune = config is None and autotune_wanted(dev, B * H * T * P)
-    on_cuda = dev.type == "cuda"
+    bt, bn, bd, warps, stages = attention_config(dev, D, backward=True)
     scales = (float(scale) * LOG2E, float(scale))
-    buckets = (tuning_bucket(T), tuning_bucket(B * H))
-    strides = (*q.stride(), *k.stride(), *v.stride(), *mi.stride(), *dout.stride())
-    blocks = dict(flags, BLOCK_D=max(16, triton.next_power_of_2(D)))
-    delta = torch.empty((B, H, T), dtype=torch.float32, device=dev)
-    # Token span [first, last] of each (b, image), filled by the dq kernel (slot 0, text before
-    # any image, is never read); one fill, no host sync.
-    n_slots = n_media + 1
-    span = torch.full((B, 2 * n_slots), T, dtype=torch.int32, device=dev)
-    launch(_bwd_dq_kernel, _dq_tuned, lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), B * H),
-           (q, k, v, mi, out, lse, dout, dq, delta, span, H, T, P, D, n_slots, *scales, *buckets, *strides),
-           blocks, config or (DQ_CONFIGS[0] if on_cuda else CPU_CONFIG), tune)
-    launch(_bwd_dkv_kernel, _dkv_tuned, lambda meta: (n_media * triton.cdiv(P, meta["BLOCK_N"]), B * H),
-           (q, k, v, mi, lse, dout, delta, span, dk, dv, H, T, P, D, NK, n_slots, *scales, *buckets, *strides),
-           blocks, config or (DKV_CONFIGS[0] if on_cuda else CPU_CONFIG), tune)
+    delta = torch.empty((B, H, T), **f32)
+    _bwd_dq_kernel[(triton.cdiv(T, bt), B * H)](
+        q, k, v, mi, out, lse, dout, dq, delta, H, T, P, D, *scales,
+        *q.stride(), *k.stride(), *v.stride(), *mi.stride(), *dout.stride(), **flags,
+        BLOCK_T=bt, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
+    )
+    # Token span [first, last] of each (b, image); slot 0 (text before any image) is never read.
+    # Stays on the device: no host sync.
+    pos = torch.arange(T, device=dev, dtype=torch.int64).expand(B, T)
+    first = torch.full((B, n_media + 1), T, dtype=torch.int64, device=dev).scatter_reduce(1, mi, pos, "amin")
+    last = torch.full((B, n_media + 1), -1, dtype=torch.int64, device=dev).scatter_reduce(1, mi, pos, "amax")
+    first, last = first.to(torch.int32), last.to(torch.int32)
+    n_ptiles = triton.cdiv(P, bn)
+    _bwd_dkv_kernel[(n_media * n_ptiles, B * H)](
+        q, k, v, mi, lse, dout, delta, first, last, dk, dv,
+        H, T, P, D, NK, n_ptiles, n_media + 1, *scales,
+        *q.stride(), *k.stride(), *v.stride(), *mi.stride(), *dout.stride(), **flags,
+        BLOCK_T=bt, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
+    )
     return dq, dk, dv

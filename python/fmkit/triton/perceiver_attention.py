@@ -9,8 +9,7 @@ The concatenation is never built: each kernel walks the media key tiles, then th
 tiles, with the same loop body (two loops over two base pointers).
 
 `forward` returns out [B, H, L, D] (input dtype, contiguous) and lse [B, H, L] (fp32 natural
-log-sum-exp of the S rows). `backward` returns dq, dkm, dvm, dkl, dvl as contiguous tensors (fp32 unless
-grad_dtype says otherwise):
+log-sum-exp of the S rows). `backward` returns dq, dkm, dvm, dkl, dvl as fp32 contiguous tensors:
     delta_i = sum_d dout_id out_id,  dS = P * (dout [vm; vl]^T - delta),
     dq = scale dS [km; kl],  [dkm; dkl] = scale dS^T q,  [dvm; dvl] = P^T dout.
 
@@ -37,29 +36,20 @@ correctness over TF32 speed). Under TRITON_INTERPRET (CPU) bf16 tiles are widene
 tl.dot, which the interpreter mishandles for bf16 operands (lossless).
 
 Tiles: BLOCK_D = next power of two >= max(D, 16) (tl.dot needs >= 16 per dimension; padded d lanes
-load as 0, so any D <= 256 works, e.g. 8, 24, 64). CUDA: the launch configuration (BLOCK_L,
-BLOCK_N, warps, stages) comes from FWD_CONFIGS / BWD_CONFIGS below: the first entry (forward 64 x 64,
-4 warps; backward 64 x 32, 8 warps; 2 stages) unless the problem is large enough to autotune
-(`autotune_wanted`), in which case triton.autotune times the (at most 5) entries once per key
-(L, M, L2, D, dtypes and a power-of-two bucket of B * H) and keeps the fastest. The backward's
-BLOCK_L stays 64 (one query block per (b, h) for L <= 64: no dK / dV partials); its kernel writes
-each output exactly once, so re-running it while tuning needs no reset. FMKIT_TRITON_AUTOTUNE=0,
-torch.use_deterministic_algorithms(True) or a CUDA graph capture use the first entry. CPU
-(interpreter): 16 x 16, one configuration, small so that the tests exercise multi-block paths
-cheaply. Padded query rows / key columns are masked out of every reduction. dout is read in the
-input dtype (cast if it differs). `backward(..., grad_dtype=)` stores the gradients in another
-dtype (the input's saves the fp32 write and the cast). Assumptions: L, M, L2 >= 0, and M + L2 may
-be 0 (then out = 0, lse = -inf, zero gradients).
+load as 0, so any D <= 256 works, e.g. 8, 24, 64). CUDA: BLOCK_L = 64 (the Perceiver's L = 64
+latents fit one block); forward BLOCK_N = 64, 4 warps; backward BLOCK_N = 32, 8 warps (no register
+spills on sm_90 per ptxas -v); 2 stages. Not yet timed or tuned on a GPU. CPU (interpreter): 16 x
+16, small so that the tests exercise multi-block paths cheaply. Padded query rows / key columns are
+masked out of every reduction. dout is read in the input dtype (cast if it differs). Assumptions:
+L, M, L2 >= 0, and M + L2 may be 0 (then out = 0, lse = -inf, zero gradients).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, LOG2E, attn_delta, attn_dscores, attn_query_block,
+from ._common import (FLOAT_DTYPES, LOG2E, attention_config, attn_delta, attn_dscores, attn_query_block,
                       attn_scores, check_head_dim, dot_flags, mma, online_softmax_update, store_attn_out,
                       tile_range)
 
@@ -85,9 +75,9 @@ def _fwd_source(q, k_base, v_base, N, skn, skd, svn, svd, rd, d_ok, m_i, l_i, ac
     return m_i, l_i, acc
 
 
-@triton.jit(do_not_specialize=["tune_bh"])
+@triton.jit
 def _fwd_kernel(q_ptr, km_ptr, vm_ptr, kl_ptr, vl_ptr, out_ptr, lse_ptr,
-                H, L, M, L2, D, qk_scale, tune_bh,
+                H, L, M, L2, D, qk_scale,
                 sqb, sqh, sql, sqd, skmb, skmh, skmn, skmd, svmb, svmh, svmn, svmd,
                 sklb, sklh, skln, skld, svlb, svlh, svln, svld,
                 PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -131,17 +121,16 @@ def _bwd_source(q, do, lse2, delta, k_base, v_base, dk_base, dv_base, N, D, skn,
         dk = mma(tl.trans(ds), q, zero_nd, PREC, UPCAST) * scale
         out_off = rn[:, None] * D + rd[None, :]
         out_ok = n_ok[:, None] & d_ok[None, :]
-        # fp32 partials, or the gradient's own dtype when this program is the only writer.
-        tl.store(dk_base + out_off, dk.to(dk_base.dtype.element_ty), mask=out_ok)
-        tl.store(dv_base + out_off, dv.to(dv_base.dtype.element_ty), mask=out_ok)
+        tl.store(dk_base + out_off, dk, mask=out_ok)
+        tl.store(dv_base + out_off, dv, mask=out_ok)
         dq = mma(ds, tl.trans(kt), dq, PREC, UPCAST)
     return dq
 
 
-@triton.jit(do_not_specialize=["tune_bh"])
+@triton.jit
 def _bwd_kernel(q_ptr, km_ptr, vm_ptr, kl_ptr, vl_ptr, out_ptr, lse_ptr, do_ptr,
                 dq_ptr, dkm_ptr, dvm_ptr, dkl_ptr, dvl_ptr,
-                H, L, M, L2, D, qk_scale, scale, part_m, part_l2, tune_bh,
+                H, L, M, L2, D, qk_scale, scale, part_m, part_l2,
                 sqb, sqh, sql, sqd, skmb, skmh, skmn, skmd, svmb, svmh, svmn, svmd,
                 sklb, sklh, skln, skld, svlb, svlh, svln, svld, sdob, sdoh, sdol, sdod,
                 PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -163,87 +152,7 @@ def _bwd_kernel(q_ptr, km_ptr, vm_ptr, kl_ptr, vl_ptr, out_ptr, lse_ptr, do_ptr,
                      dkl_ptr + part * part_l2 + bh * L2 * D, dvl_ptr + part * part_l2 + bh * L2 * D,
                      L2, D, skln, skld, svln, svld, rd, d_ok, dq, qk_scale, scale,
                      PREC, UPCAST, BLOCK_L, BLOCK_N, BLOCK_D)
-    tl.store(dq_ptr + (bh * L + rl)[:, None] * D + rd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=ld_ok)
-
-
-# ---- launch configurations ----
-
-def _config(warps, stages, **blocks):
-    return triton.Config(blocks, num_warps=warps, num_stages=stages)
-
-
-# CUDA. [0] is the untuned default (the configuration used before autotuning existed). The other
-# entries are what the autotuner may pick instead, measured on the first call of each tuning key:
-# BLOCK_L = 32 doubles the programs when B * H alone leaves SMs idle (64 images x 8 heads = 512
-# programs of 64 latents); 3 stages hide more load latency on long key loops; 64 x 128 halves the
-# loop trips for many media keys. No block size has to divide L, M or L2 (tiles are masked).
-FWD_CONFIGS = [
-    _config(4, 2, BLOCK_L=64, BLOCK_N=64),
-    _config(4, 3, BLOCK_L=64, BLOCK_N=64),
-    _config(4, 2, BLOCK_L=32, BLOCK_N=64),
-    _config(2, 2, BLOCK_L=32, BLOCK_N=64),
-    _config(8, 2, BLOCK_L=64, BLOCK_N=128),
-]
-# The backward keeps BLOCK_L = BWD_BLOCK_L fixed on CUDA: one query block per (b, h) when
-# L <= 64 is what lets a program write its dK / dV rows straight to the outputs (no partials).
-# Tuned: the key tile, warps and stages (32-key tiles with 8 warps: no spills on sm_90 at D = 64).
-BWD_BLOCK_L = 64
-BWD_CONFIGS = [
-    _config(8, 2, BLOCK_N=32),
-    _config(4, 2, BLOCK_N=32),
-    _config(8, 3, BLOCK_N=32),
-    _config(8, 2, BLOCK_N=64),
-]
-# The interpreter (CPU): one small configuration, so the tests cover multi-block paths cheaply.
-CPU_FWD_CONFIG = _config(4, 1, BLOCK_L=16, BLOCK_N=16)
-CPU_BWD_CONFIG = _config(4, 1, BLOCK_L=16, BLOCK_N=16)
-
-# Problems smaller than this (B * H * queries * keys) run the default configuration untuned:
-# the kernel takes microseconds there and tuning would cost more than it saves.
-TUNE_MIN_WORK = 1 << 22
-_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def autotune_wanted(device, work):
-    """Whether a launch goes through the autotuner: CUDA (not the interpreter), a problem of at
-    least TUNE_MIN_WORK, FMKIT_TRITON_AUTOTUNE not "0", deterministic algorithms off (the choice is
-    timed, so it may differ between processes, and with it the rounding), and no CUDA graph being
-    captured (tuning synchronises the device)."""
-    if device.type != "cuda" or _INTERPRETED or work < TUNE_MIN_WORK:
-        return False
-    if os.environ.get("FMKIT_TRITON_AUTOTUNE", "1") == "0" or torch.are_deterministic_algorithms_enabled():
-        return False
-    return not torch.cuda.is_current_stream_capturing()
-
-
-def bench_config(fn, quantiles):
-    """The autotuner's timer: short (about 5 + 20 ms per configuration, the default is 125 ms)."""
-    import triton.testing
-
-    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
-
-
-def tuning_bucket(n):
-    """Power-of-two bucket of a size that enters a tuning key (a new key costs one tuning)."""
-    return triton.next_power_of_2(max(int(n), 1))
-
-
-def launch(kernel, tuned, grid, args, kwargs, config, tune):
-    """kernel[grid](*args, **kwargs) with `config`'s blocks and warps / stages, or through the
-    autotuner `tuned` when `tune`; grid(meta) gives the grid for the block sizes in meta."""
-    if tune:
-        tuned[grid](*args, **kwargs)
-    else:
-        kernel[grid(config.kwargs)](*args, **kwargs, **config.kwargs, num_warps=config.num_warps,
-                                    num_stages=config.num_stages)
-
-
-def _autotuned(kernel, configs, key):
-    return triton.autotune(configs, key=key, do_bench=lambda fn, quantiles: bench_config(fn, quantiles))(kernel)
-
-
-_fwd_tuned = _autotuned(_fwd_kernel, FWD_CONFIGS, ["L", "M", "L2", "D", "tune_bh"])
-_bwd_tuned = _autotuned(_bwd_kernel, BWD_CONFIGS, ["L", "M", "L2", "D", "tune_bh"])
+    tl.store(dq_ptr + (bh * L + rl)[:, None] * D + rd[None, :], dq * scale, mask=ld_ok)
 
 
 # ---- host side ----
@@ -269,9 +178,7 @@ def _prep(q, km, vm, kl, vl):
     return [t.detach() for t in ts], dot_flags(q.dtype, q.device)
 
 
-def forward(q, km, vm, kl, vl, scale, *, config=None):
-    """out, lse (see the module docstring). `config`: a triton.Config with BLOCK_L and BLOCK_N
-    forcing the launch configuration (tests); None picks FWD_CONFIGS[0], or autotunes (CUDA)."""
+def forward(q, km, vm, kl, vl, scale):
     (q, km, vm, kl, vl), flags = _prep(q, km, vm, kl, vl)
     B, H, L, D = q.shape
     M, L2 = km.shape[2], kl.shape[2]
@@ -281,57 +188,45 @@ def forward(q, km, vm, kl, vl, scale, *, config=None):
     if out.numel() == 0:
         lse.fill_(float("-inf"))
         return out, lse
-    args = (q, km, vm, kl, vl, out, lse, H, L, M, L2, D, float(scale) * LOG2E, tuning_bucket(B * H),
-            *_strides(q), *_strides(km), *_strides(vm), *_strides(kl), *_strides(vl))
-    tune = config is None and autotune_wanted(dev, B * H * L * (M + L2))
-    config = config or (FWD_CONFIGS[0] if dev.type == "cuda" else CPU_FWD_CONFIG)
-    launch(_fwd_kernel, _fwd_tuned, lambda meta: (triton.cdiv(L, meta["BLOCK_L"]), B * H), args,
-           dict(flags, BLOCK_D=max(16, triton.next_power_of_2(D))), config, tune)
+    bl, bn, bd, warps, stages = attention_config(dev, D)
+    _fwd_kernel[(triton.cdiv(L, bl), B * H)](
+        q, km, vm, kl, vl, out, lse, H, L, M, L2, D, float(scale) * LOG2E,
+        *_strides(q), *_strides(km), *_strides(vm), *_strides(kl), *_strides(vl), **flags,
+        BLOCK_L=bl, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
+    )
     return out, lse
 
 
-def backward(q, km, vm, kl, vl, out, lse, dout, scale, *, grad_dtype=torch.float32, config=None):
-    """dq, dkm, dvm, dkl, dvl, contiguous, in `grad_dtype` (float32 by default, the contract; the
-    input dtype saves the fp32 write and the caller's cast: same values, rounded once in the
-    kernel). `config`: a triton.Config with BLOCK_N (and optionally BLOCK_L) forcing the launch
-    configuration (tests); None picks BWD_CONFIGS[0] with BLOCK_L = BWD_BLOCK_L, or autotunes
-    (CUDA)."""
+def backward(q, km, vm, kl, vl, out, lse, dout, scale):
     (q, km, vm, kl, vl), flags = _prep(q, km, vm, kl, vl)
     B, H, L, D = q.shape
     M, L2 = km.shape[2], kl.shape[2]
     dev = q.device
-    if grad_dtype not in FLOAT_DTYPES:
-        raise ValueError(f"grad_dtype must be one of {FLOAT_DTYPES}, got {grad_dtype}")
+    f32 = dict(dtype=torch.float32, device=dev)
     if dout.shape != q.shape or out.shape != q.shape or lse.shape != (B, H, L):
         raise ValueError("out / dout must be [B, H, L, D] and lse [B, H, L]")
-    gd = dict(dtype=grad_dtype, device=dev)
     if B * H * L * D == 0:
-        return (torch.zeros((B, H, L, D), **gd), torch.zeros((B, H, M, D), **gd),
-                torch.zeros((B, H, M, D), **gd), torch.zeros((B, H, L2, D), **gd),
-                torch.zeros((B, H, L2, D), **gd))
+        return (torch.zeros((B, H, L, D), **f32), torch.zeros((B, H, M, D), **f32),
+                torch.zeros((B, H, M, D), **f32), torch.zeros((B, H, L2, D), **f32),
+                torch.zeros((B, H, L2, D), **f32))
     out = out.detach().contiguous()
     lse = lse.detach().to(torch.float32).contiguous()
     dout = dout.detach().to(q.dtype)
-    tune = config is None and autotune_wanted(dev, B * H * L * (M + L2))
-    config = config or (BWD_CONFIGS[0] if dev.type == "cuda" else CPU_BWD_CONFIG)
-    blocks_kw = dict(config.kwargs)
-    bl = blocks_kw.pop("BLOCK_L", BWD_BLOCK_L)  # the tuned configurations leave it at BWD_BLOCK_L
-    config = triton.Config(blocks_kw, num_warps=config.num_warps, num_stages=config.num_stages)
+    bl, bn, bd, warps, stages = attention_config(dev, D, backward=True)
     blocks = triton.cdiv(L, bl)
-    dq = torch.empty((B, H, L, D), **gd)  # each query block owns its dq rows
+    dq = torch.empty((B, H, L, D), **f32)
     # Every program writes all key rows of its (b, h) into its own slot: with one query block the
-    # slot is the output itself (in grad_dtype); otherwise fp32 per-block partials are summed
-    # below (deterministic) and then cast.
-    part = gd if blocks == 1 else dict(dtype=torch.float32, device=dev)
-    dkm = torch.empty((blocks, B, H, M, D), **part)
-    dvm = torch.empty((blocks, B, H, M, D), **part)
-    dkl = torch.empty((blocks, B, H, L2, D), **part)
-    dvl = torch.empty((blocks, B, H, L2, D), **part)
-    args = (q, km, vm, kl, vl, out, lse, dout, dq, dkm, dvm, dkl, dvl,
-            H, L, M, L2, D, float(scale) * LOG2E, float(scale), B * H * M * D, B * H * L2 * D, tuning_bucket(B * H),
-            *_strides(q), *_strides(km), *_strides(vm), *_strides(kl), *_strides(vl), *_strides(dout))
-    launch(_bwd_kernel, _bwd_tuned, lambda meta: (blocks, B * H), args,
-           dict(flags, BLOCK_L=bl, BLOCK_D=max(16, triton.next_power_of_2(D))), config, tune)
+    # slot is the output itself; otherwise per-block partials are summed below (deterministic).
+    dkm = torch.empty((blocks, B, H, M, D), **f32)
+    dvm = torch.empty((blocks, B, H, M, D), **f32)
+    dkl = torch.empty((blocks, B, H, L2, D), **f32)
+    dvl = torch.empty((blocks, B, H, L2, D), **f32)
+    _bwd_kernel[(blocks, B * H)](
+        q, km, vm, kl, vl, out, lse, dout, dq, dkm, dvm, dkl, dvl,
+        H, L, M, L2, D, float(scale) * LOG2E, float(scale), B * H * M * D, B * H * L2 * D,
+        *_strides(q), *_strides(km), *_strides(vm), *_strides(kl), *_strides(vl), *_strides(dout), **flags,
+        BLOCK_L=bl, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
+    )
     if blocks == 1:
         return dq, dkm[0], dvm[0], dkl[0], dvl[0]
-    return dq, *(g.sum(0).to(grad_dtype) for g in (dkm, dvm, dkl, dvl))
+    return dq, dkm.sum(0), dvm.sum(0), dkl.sum(0), dvl.sum(0)
