@@ -10,9 +10,9 @@
 //         combined in double to keep the cancellation at fp32-partial accuracy.
 //
 // Kernels:
-//   linf: per-sample (B, chunks) grid; 16-byte vectors when the pointers are aligned and N is a
-//     multiple of the vector width (pgd_linf_vec_kernel), else scalar coalesced accesses
-//     (pgd_linf_kernel, see there for why not the flat map).
+//   linf: per-sample (B, chunks) grid (pgd_linf_kernel); 16-byte vectors when the pointers are
+//     aligned and N is a multiple of the vector width, else scalar coalesced accesses (see there
+//     for why not the flat map).
 //   map (l2 update): persistent grid (SM count x resident blocks), grid-stride over
 //     16-byte vectors of the flattened [B*N] tensors, kUnroll vectors of each tensor in flight per
 //     thread. The flat layout keeps every SM busy to the last vector whatever B and N are
@@ -33,8 +33,9 @@
 // step in brackets): linf fp32 0.316 ms (0.258), bf16 0.224 ms (0.151) with pgd_linf_kernel;
 // l2 fp32 0.474 ms (0.461), bf16 0.282 ms (0.274) with the reduce + finalize + map design.
 // The byte floors at 3.0 TB/s are 0.205 / 0.103 ms (linf) and 0.36 / 0.18 ms (l2): linf is
-// 1.5-2x off its floor and the next thing to look at: pgd_linf_vec_kernel (2026-12-04) is the
-// scalar kernel's grid with 16-byte accesses, not yet measured when written.
+// 1.5-2x off its floor. On an H200 (2026-12-04, A/B script benchmarks/gpu_pgd_linf_ab.py) the
+// 16-byte vectors left fp32 as it was (0.304 vs 0.305 ms) and made bf16 18% faster (0.220 vs
+// 0.269 ms); torch.compile took 0.200 / 0.139 ms against floors of 0.149 / 0.075 ms at 4.13 TB/s.
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -204,47 +205,15 @@ __global__ void __launch_bounds__(kThreads) pgd_map_kernel(T* __restrict__ x, co
   if (t < I(V) && e < total) map_scalar<T, I, Op>(x, g, x0, active, op, N, e);
 }
 
-// linf: grid (B, chunks), block (b, c) owns elements [c * chunk, (c + 1) * chunk) of sample b and
-// each thread handles kLinfUnroll coalesced scalar elements per trip. This is the design that
-// measured 0.316 ms (fp32) / 0.224 ms (bf16) on an H100 at 256x3x224x224; the flat persistent
-// map kernel below measured 0.503 / 0.198 ms for linf in the same setting (2026-11-26; the fp32
-// slowdown is not understood yet), so linf keeps this kernel and only the l2 update uses the map.
-// Scalar accesses also make it indifferent to alignment.
-template <typename T>
-__global__ void __launch_bounds__(kThreads) pgd_linf_kernel(T* __restrict__ x, const T* __restrict__ g,
-                                                            const T* __restrict__ x0, LinfOp op,
-                                                            const bool* __restrict__ active, int64_t N,
-                                                            int64_t chunk) {
-  const int64_t b = blockIdx.x, begin = int64_t(blockIdx.y) * chunk;
-  const int64_t end = begin + chunk < N ? begin + chunk : N;
-  if (active != nullptr && !active[b]) return;
-  const LinfOp::P p = op.params(b);
-  const int64_t off = b * N;
-  for (int64_t i0 = begin + threadIdx.x; i0 < end; i0 += kThreads * kLinfUnroll) {
-    float xv[kLinfUnroll], gv[kLinfUnroll], zv[kLinfUnroll];
-#pragma unroll
-    for (int u = 0; u < kLinfUnroll; ++u) {
-      const int64_t i = i0 + u * kThreads;
-      if (i < end) {
-        xv[u] = Cvt<T>::in(x[off + i]);
-        gv[u] = Cvt<T>::in(__ldg(g + off + i));
-        zv[u] = Cvt<T>::in(__ldg(x0 + off + i));
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kLinfUnroll; ++u) {
-      const int64_t i = i0 + u * kThreads;
-      if (i < end) x[off + i] = Cvt<T>::out(op.apply(p, xv[u], gv[u], zv[u]));
-    }
-  }
-}
-
-// linf on 16-byte vectors: the (sample, chunk) grid of pgd_linf_kernel with each thread moving
-// kLinfUnroll vectors of each tensor per trip (3 * kLinfUnroll 16-byte loads in flight instead of
-// scalar ones), for tensors whose three pointers are 16-byte aligned and whose samples start on a
-// vector boundary (N % V == 0). `nv` and `chunk` count vectors.
+// linf: grid (B, chunks), block (b, c) owns vectors [c * chunk, (c + 1) * chunk) of sample b and
+// each thread moves kLinfUnroll coalesced vectors of each tensor per trip. V = 16 / sizeof(T)
+// (3 * kLinfUnroll 16-byte loads in flight) when the three pointers are 16-byte aligned and the
+// samples start on a vector boundary (N % V == 0); V = 1 (scalar, the design measured on an H100
+// on 2026-11-26) otherwise. The flat persistent map kernel below measured slower for linf
+// (0.503 vs 0.316 ms fp32 on the H100; not understood), so only the l2 update uses the map.
+// `nv` and `chunk` count vectors.
 template <typename T, int V>
-__global__ void __launch_bounds__(kThreads) pgd_linf_vec_kernel(T* __restrict__ x, const T* __restrict__ g,
+__global__ void __launch_bounds__(kThreads) pgd_linf_kernel(T* __restrict__ x, const T* __restrict__ g,
                                                                 const T* __restrict__ x0, LinfOp op,
                                                                 const bool* __restrict__ active, int64_t nv,
                                                                 int64_t chunk) {
@@ -472,10 +441,10 @@ void launch(const Tensor& x, const Tensor& g, const Tensor& x0, const Tensor& ep
     if (addr % 16 == 0 && N % kVec == 0 && !scalar_only) {
       const int64_t nv = N / kVec, chunk_v = std::max<int64_t>(chunk / kVec, kThreads * kLinfUnroll);
       const dim3 grid(static_cast<unsigned>(B), static_cast<unsigned>((nv + chunk_v - 1) / chunk_v));
-      pgd_linf_vec_kernel<T, kVec><<<grid, kThreads, 0, stream>>>(xp, gp, zp, op, act, nv, chunk_v);
+      pgd_linf_kernel<T, kVec><<<grid, kThreads, 0, stream>>>(xp, gp, zp, op, act, nv, chunk_v);
     } else {
       const dim3 grid(static_cast<unsigned>(B), static_cast<unsigned>((N + chunk - 1) / chunk));
-      pgd_linf_kernel<T><<<grid, kThreads, 0, stream>>>(xp, gp, zp, op, act, N, chunk);
+      pgd_linf_kernel<T, 1><<<grid, kThreads, 0, stream>>>(xp, gp, zp, op, act, N, chunk);
     }
     check_launch("pgd_step linf kernel");
     return;
