@@ -8,7 +8,9 @@ How exactness is obtained at GEMM speed
    score alike, so the ranking is that of <x, y>, and on offset data the rounding error
    scales with |y - c|, not |y|; the CUDA kernel does not centre IP: c = 0 there). The
    kernel guarantees that every database row it did not return has a score >= the largest
-   returned score.
+   returned score. (The triton backend's tensor-core pass, for small k on large databases,
+   scores with split-bf16 products and returns its own threshold and wider error bound:
+   fmkit.triton.knn.tc_bucket_candidates.)
 2. The candidates are re-ranked with the direct float64 distance sum((x-y)^2) (or <x,y>),
    sorted by (distance, index).
 3. A rounding-error bound on the fp32 score, (2d+16) * 2^-24 * (|x-c| + max|y-c|)^2
