@@ -433,3 +433,18 @@ def test_gpu_bench_cases_time_with_events_and_measure_their_errors(monkeypatch, 
     subset = [r for r in rows if r["shape"].startswith("N=1000 d=64 bfloat16")]
     assert subset and all("grads on 100 of 1000 rows" in r["setting"] for r in subset)
     assert any("TF32" in (r["setting"] or "") for r in rows)
+
+
+def test_float64_knn_across_tiles_with_exclude_self(monkeypatch):
+    """The benches' float64 search equals fmkit.reference's over many query and row tiles, with
+    self left out where a tile boundary cuts the diagonal."""
+    from fmkit.bench import knn as knn_bench
+    from fmkit.reference.knn import knn_reference
+
+    monkeypatch.setattr(knn_bench, "FLOAT64_TILE", {"cpu": 7 * 13, "cuda": 7 * 13})
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(4))
+    for exclude_self in (False, True):
+        score, idx = knn_bench.float64_knn(x, x, 4, exclude_self=exclude_self, chunk_n=13)
+        want_d, want_i = knn_reference(x, x, 4, "l2", torch.arange(50) if exclude_self else None)
+        assert torch.equal(idx, want_i)
+        torch.testing.assert_close(score + (x.double() ** 2).sum(1, keepdim=True), want_d, rtol=1e-9, atol=1e-9)

@@ -170,6 +170,6 @@ def test_auto_uses_tensor_cores_on_a_large_gpu_search(monkeypatch):
     monkeypatch.setattr(tc, "tc_bucket_candidates", lambda queries, *a: (calls.append(1), real(queries, *a))[1])
     _, idx = knn(q, db, 10)
     assert calls
-    from fmkit.bench.knn import float64_topk  # float64 GEMM tiles: the reference's small chunks are slow on a GPU
+    from fmkit.bench.knn import float64_knn  # float64 GEMM tiles: the reference's small chunks are slow on a GPU
 
-    assert torch.equal(idx, float64_topk(q, db, 10, "l2"))
+    assert torch.equal(idx, float64_knn(q, db, 10)[1])

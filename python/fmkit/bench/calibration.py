@@ -26,6 +26,7 @@ import torch
 
 from fmkit.bench import LazyCases, accuracy, auto_backend, unavailable
 from fmkit.bench._shapes import embedded_shapes
+from fmkit.bench.knn import FLOAT64_TILE, float64_knn
 from fmkit.calibration.procal import DensityRatioCalibrator, write_confidence
 from fmkit.calibration.proximity import proximity
 from fmkit.reference.gaussian_kde import gaussian_kde_reference
@@ -97,8 +98,6 @@ def cases(device: torch.device, quick: bool, shapes=None):
 
 # kNN multiply-adds, n_cal (n_cal + n_test) d, above which a CPU run skips the float64 reference.
 CPU_REFERENCE_MAX_WORK = 1e11
-# float64 elements per block of the float64 kNN scores.
-REFERENCE_BLOCK = {"cuda": 1 << 26, "cpu": 1 << 22}
 
 
 def _case(n_cal, n_test, d, classes, device):
@@ -151,23 +150,14 @@ def _accuracy_against(contenders, reference):
 @torch.no_grad()
 def _knn_sq_fp64(queries, database, k, exclude_self=False):
     """Squared L2 distances [Q, k] (ascending, float64) to the k nearest database rows: candidates
-    by float64 GEMM scores, their distances recomputed directly as sum((x - y)^2) in float64.
-    exclude_self: queries are the database, each row's own index is left out."""
+    by float64 GEMM scores (fmkit.bench.knn.float64_knn), their distances recomputed directly as
+    sum((x - y)^2) in float64. exclude_self: queries are the database, each row's own index is
+    left out."""
+    _, idx = float64_knn(queries, database, k, exclude_self=exclude_self)
     q, db = queries.double(), database.double()
-    norms = (db * db).sum(1)
-    rows = max(1, REFERENCE_BLOCK["cuda" if db.is_cuda else "cpu"] // db.shape[0])
-    out = []
-    for i0 in range(0, q.shape[0], rows):
-        x = q[i0:i0 + rows]
-        scores = norms[None, :] - 2 * (x @ db.T)  # |x - y|^2 - |x|^2
-        if exclude_self:
-            r = torch.arange(x.shape[0], device=x.device)
-            scores[r, i0 + r] = float("inf")
-        idx = torch.topk(scores, k, dim=1, largest=False).indices
-        del scores
-        dist = ((x[:, None, :] - db[idx]) ** 2).sum(-1)
-        out.append(torch.sort(dist, dim=1).values)
-    return torch.cat(out)
+    rows = max(1, FLOAT64_TILE["cuda" if db.is_cuda else "cpu"] // (k * db.shape[1]))
+    out = [((q[i0:i0 + rows, None, :] - db[idx[i0:i0 + rows]]) ** 2).sum(-1) for i0 in range(0, q.shape[0], rows)]
+    return torch.sort(torch.cat(out), dim=1).values
 
 
 def _bandwidth_paper(points):

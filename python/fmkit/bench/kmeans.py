@@ -26,6 +26,7 @@ import torch
 
 from fmkit.bench import LazyCases, accuracy
 from fmkit.bench._shapes import embedded_shapes, knn_backends
+from fmkit.bench.knn import float64_knn
 from fmkit.cluster import kmeans
 
 # (N, d, n_clusters, iters)
@@ -90,8 +91,6 @@ def cases(device: torch.device, quick: bool, shapes: list[tuple[int, int, int, i
 
 # float64 FLOPs (2 N k d per Lloyd iteration or inertia evaluation) above which the reference is skipped.
 REFERENCE_MAX_FLOPS = {"cuda": 5e13, "cpu": 5e11}
-# float64 scores per block of the reference's assignment.
-REFERENCE_BLOCK = {"cuda": 1 << 25, "cpu": 1 << 22}
 FAISS_NAME = "faiss.Kmeans"
 
 
@@ -164,16 +163,9 @@ def _faiss_init(x, k):
 
 
 def _nearest_fp64(X, C):
-    """(index, squared distance) of the nearest row of C for every row of X, all float64, in row blocks."""
-    cn = (C * C).sum(1)
-    rows = max(1, REFERENCE_BLOCK["cuda" if X.is_cuda else "cpu"] // C.shape[0])
-    idx, dist = [], []
-    for i0 in range(0, X.shape[0], rows):
-        xb = X[i0:i0 + rows]
-        best, j = (cn[None, :] - 2 * (xb @ C.T)).min(1)
-        idx.append(j)
-        dist.append((best + (xb * xb).sum(1)).clamp(min=0))
-    return torch.cat(idx), torch.cat(dist)
+    """(index, squared distance) of the nearest row of C for every row of X, all float64."""
+    score, idx = float64_knn(X, C, 1)
+    return idx[:, 0], (score[:, 0] + (X.double() ** 2).sum(1)).clamp(min=0)
 
 
 @torch.no_grad()

@@ -27,22 +27,37 @@ EXACT_SAMPLE = 64
 FULL_CHECK = {(16384, 1_000_000, 128, 10), (25_000, 25_000, 1024, 10)}
 
 
-def float64_topk(q, db, k, metric, chunk_q=4096, chunk_n=1 << 17):
-    """Indices of the k best rows of every query by float64 scores (GEMM expansion), tiled."""
-    out = []
+# float64 scores per tile of the float64 searches below.
+FLOAT64_TILE = {"cuda": 1 << 26, "cpu": 1 << 22}
+
+
+def float64_knn(q, db, k, metric="l2", exclude_self=False, chunk_n=1 << 17):
+    """(scores, indices) [Q, k] of the k best database rows of every query by float64 GEMM
+    scores, ascending, tiled over queries and rows: L2 |y|^2 - 2<x, y> (add |x|^2 for the squared
+    distance), IP -<x, y>. exclude_self: the queries are the database and row i skips itself.
+    The benches' independent float64 reference (kNN truth, ProCal proximities, k-means)."""
+    chunk_n = min(chunk_n, db.shape[0])
+    chunk_q = max(1, FLOAT64_TILE["cuda" if q.is_cuda else "cpu"] // chunk_n)
+    scores, indices = [], []
     for q0 in range(0, q.shape[0], chunk_q):
         x = q[q0 : q0 + chunk_q].double()
         best_s = best_i = None
         for n0 in range(0, db.shape[0], chunk_n):
             y = db[n0 : n0 + chunk_n].double()
             s = (y * y).sum(1)[None, :] - 2 * (x @ y.T) if metric == "l2" else -(x @ y.T)
+            if exclude_self:
+                rows = torch.arange(x.shape[0], device=x.device)
+                cols = rows + q0 - n0
+                inside = (cols >= 0) & (cols < y.shape[0])
+                s[rows[inside], cols[inside]] = float("inf")
             i = torch.arange(n0, n0 + y.shape[0], device=q.device).expand(x.shape[0], -1)
             if best_s is not None:
                 s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
             best_s, pos = torch.topk(s, k, dim=1, largest=False)
             best_i = torch.gather(i, 1, pos)
-        out.append(best_i)
-    return torch.cat(out)
+        scores.append(best_s)
+        indices.append(best_i)
+    return torch.cat(scores), torch.cat(indices)
 
 
 def _torch_mm_topk(q, db, k, chunk=4096):
@@ -164,9 +179,9 @@ def _case(Q, N, d, k, device, backends, kind="gaussian", metric="l2"):
         anchors.append((faiss_name, f if f is not None else unavailable("faiss has no GPU support here"), True))
     full = device.type == "cuda" and kind == "gaussian" and (Q, N, d, k) in FULL_CHECK
     if full:
-        truth = float64_topk(q, db, k, metric).cpu()
+        truth = float64_knn(q, db, k, metric)[1].cpu()
     elif device.type == "cuda":  # the reference's small float64 chunks are thousands of launches on a GPU
-        truth = float64_topk(q[:EXACT_SAMPLE], db, k, metric).cpu()
+        truth = float64_knn(q[:EXACT_SAMPLE], db, k, metric)[1].cpu()
     else:
         truth = knn_reference(q[:EXACT_SAMPLE], db, k, metric)[1].cpu()
     data = "" if kind == "gaussian" and metric == "l2" else f" {kind} {metric}"
