@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from fmkit.bench import unavailable
+from fmkit.bench import LazyCases, unavailable
 from fmkit.bench._shapes import embedded_shapes, knn_backends
 from fmkit.ops import knn
 from fmkit.reference.knn import knn_reference
@@ -118,20 +118,6 @@ HARD_DATA = {"quick": [("gaussian", "ip"), ("offset", "ip"), ("mixed", "l2")],
              "full": [(kind, metric) for kind in ("gaussian", "offset", "mixed", "clusters") for metric in ("l2", "ip")]}
 
 
-class _Cases:
-    """The cases of one run, built one at a time (each holds its own data) but counted up
-    front, so that the progress bar has a total."""
-
-    def __init__(self, builders):
-        self._builders = builders
-
-    def __len__(self):
-        return len(self._builders)
-
-    def __iter__(self):
-        return (build() for build in self._builders)
-
-
 def cases(device: torch.device, quick: bool, shapes: list[tuple[int, int, int, int]] | None = None):
     """Benchmark cases; `shapes` ((Q, N, d, k), ...), or FMKIT_BENCH_KNN_SHAPES="QxNxdxk,...",
     overrides the embedded sizes (and leaves out the hard-input and first-call cases)."""
@@ -144,7 +130,7 @@ def cases(device: torch.device, quick: bool, shapes: list[tuple[int, int, int, i
         builders += [lambda kind=kind, metric=metric: _case(*hard, device, backends, kind=kind, metric=metric)
                      for kind, metric in HARD_DATA["quick" if quick else "full"]]
         builders.append(_first_call_case)
-    return _Cases(builders)
+    return LazyCases(builders)
 
 
 def _data(kind, rows, d, g):
