@@ -142,13 +142,49 @@ inline double hsum(vh v) {
   return s;
 }
 
+// The rows of the class that comes next, pulled into L2 a few cache lines at a time while the
+// current class's Gram products run (those are compute-bound, and the next rows would otherwise be
+// read from memory at the start of their first pass).
+struct NextRows {
+  const char* base = nullptr;  // features; null: nothing to fetch (strided rows, or no next class)
+  int64_t row_bytes = 0, lines_per_row = 0, n = 0, next = 0;
+  const int64_t* rows = nullptr;
+  void fetch(int64_t lines) {
+    for (const int64_t end = std::min(next + lines, n * lines_per_row); next < end; ++next)
+      __builtin_prefetch(base + rows[next / lines_per_row] * row_bytes + 64 * (next % lines_per_row), 0, 2);
+  }
+};
+
+#if defined(__AVX512F__)
+// The 16 horizontal sums of a 4 × 4 tile's accumulators, s[4 t + u] = Σ acc[t][u], by a
+// transposition tree: 14 shuffles and 14 additions, where 16 separate sums take ~7 dependent
+// operations each (the tile's K loop is only ~6 times longer).
+inline void tile_sums(const vh (&acc)[4][4], double* s) {
+  __m512d x[8], y[4];
+  for (int p = 0; p < 8; ++p) {
+    const __m512d a = reinterpret_cast<__m512d>(acc[p / 2][2 * (p % 2)]);
+    const __m512d b = reinterpret_cast<__m512d>(acc[p / 2][2 * (p % 2) + 1]);
+    x[p] = _mm512_add_pd(_mm512_unpacklo_pd(a, b), _mm512_unpackhi_pd(a, b));
+  }
+  for (int p = 0; p < 4; ++p)
+    y[p] = _mm512_add_pd(_mm512_shuffle_f64x2(x[2 * p], x[2 * p + 1], 0x88),
+                         _mm512_shuffle_f64x2(x[2 * p], x[2 * p + 1], 0xDD));
+  for (int p = 0; p < 2; ++p)
+    _mm512_storeu_pd(s + 8 * p, _mm512_add_pd(_mm512_shuffle_f64x2(y[2 * p], y[2 * p + 1], 0x88),
+                                              _mm512_shuffle_f64x2(y[2 * p], y[2 * p + 1], 0xDD)));
+}
+#endif
+
 // g[i][j] = <r_i, r_j> for j <= i < m (g row-major, row length m; the diagonal tiles also write
 // some entries above the diagonal). r is [round_up(m, TR)][K] row-major, K a multiple of L, zero
 // beyond the real rows and columns. The rows are the class's own, so nothing is transposed; each
 // TR × TR tile keeps its 2 TR rows in L1 over the whole K and reduces its accumulators once.
-void gram_rows(const double* r, int64_t K, int64_t m, double* g) {
+void gram_rows(const double* r, int64_t K, int64_t m, double* g, NextRows& next) {
+  const int64_t blocks = (m + TR - 1) / TR;
+  const int64_t lines_per_tile = next.base ? (next.n * next.lines_per_row * 2 / (blocks * (blocks + 1)) + 1) : 0;
   for (int64_t i0 = 0; i0 < m; i0 += TR) {
     for (int64_t j0 = 0; j0 <= i0; j0 += TR) {
+      next.fetch(lines_per_tile);
       vh acc[TR][TR] = {};
       for (int64_t k = 0; k < K; k += L) {
         vh a[TR], b[TR];
@@ -159,8 +195,18 @@ void gram_rows(const double* r, int64_t K, int64_t m, double* g) {
         for (int t = 0; t < TR; ++t)
           for (int u = 0; u < TR; ++u) acc[t][u] += a[t] * b[u];
       }
+      double s[TR * TR];
+#if defined(__AVX512F__)
+      if constexpr (L == 8 && TR == 4) {
+        tile_sums(acc, s);
+      } else
+#endif
+      {
+        for (int t = 0; t < TR; ++t)
+          for (int u = 0; u < TR; ++u) s[TR * t + u] = hsum(acc[t][u]);
+      }
       for (int t = 0; t < TR && i0 + t < m; ++t)
-        for (int u = 0; u < TR && j0 + u < m; ++u) g[(i0 + t) * m + j0 + u] = hsum(acc[t][u]);
+        for (int u = 0; u < TR && j0 + u < m; ++u) g[(i0 + t) * m + j0 + u] = s[TR * t + u];
     }
   }
 }
@@ -676,7 +722,7 @@ bool class_gram_int8(const float* x, int64_t s0, int64_t s1, int64_t d, const in
 // or a zero row when normalising.
 template <typename T>
 bool class_gram(const T* x, int64_t s0, int64_t s1, int64_t d, const int64_t* rows, int64_t n, bool normalize,
-                bool int8, double* sums, double* unit_sums, double* norms, Buffers& buf) {
+                bool int8, double* sums, double* unit_sums, double* norms, Buffers& buf, NextRows& next) {
 #ifdef FMKIT_INT8_GRAM
   if constexpr (std::is_same_v<T, float>)
     if (int8 && n <= d) return class_gram_int8(x, s0, s1, d, rows, n, normalize, sums, unit_sums, norms, buf);
@@ -712,15 +758,32 @@ bool class_gram(const T* x, int64_t s0, int64_t s1, int64_t d, const int64_t* ro
       norms[i] = norm;
       if (!std::isfinite(norm) || (normalize && norm == 0)) good = false;
       inv[i] = normalize && norm > 0 ? 1.0 / norm : 1.0;
-      double* __restrict su = sums;  // distinct buffers: lets the loop vectorise without alias checks
-      double* __restrict us = unit_sums;
-      const double iv = inv[i];
-      for (int64_t k = 0; k < d; ++k) {
-        su[k] += row[k];
-        us[k] += row[k] * iv;
-      }
     }
-    gram_rows(buf.rows.data(), K, m, buf.gram.data());
+    // The class sums down the columns, CW vectors at a time in registers: row by row, they would
+    // read and write both sum rows once per row (two stores per element, ~25 µs of a 100 × 512
+    // class).
+    constexpr int CW = 4;
+    auto column_sums = [&](int64_t k0, auto width) {
+      constexpr int W = decltype(width)::value;
+      vh su[W] = {}, us[W] = {};
+      for (int64_t i = 0; i < n; ++i) {
+        const double* row = buf.rows.data() + i * K + k0;
+        const double iv = inv[i];
+        for (int t = 0; t < W; ++t) {
+          const vh v = load(row + t * L);
+          su[t] += v;
+          us[t] += v * iv;
+        }
+      }
+      for (int64_t k = k0; k < std::min(d, k0 + W * L); ++k) {
+        sums[k] += su[(k - k0) / L][(k - k0) % L];
+        unit_sums[k] += us[(k - k0) / L][(k - k0) % L];
+      }
+    };
+    int64_t k0 = 0;
+    for (; k0 + CW * L <= K; k0 += CW * L) column_sums(k0, std::integral_constant<int, CW>{});
+    for (; k0 < K; k0 += L) column_sums(k0, std::integral_constant<int, 1>{});
+    gram_rows(buf.rows.data(), K, m, buf.gram.data(), next);
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j <= i; ++j) buf.gram[i * m + j] *= inv[i] * inv[j];
     return good;
@@ -790,8 +853,16 @@ void run(const Tensor& features, const int64_t* rows, const int64_t* offsets, in
         buf.w2.assign(mg, vd{});
         for (int64_t lane = 0; lane < G && h * G + lane < classes; ++lane) {
           const int64_t c = order[first + h * G + lane], n = offsets[c + 1] - offsets[c];
+          NextRows next;
+          const int64_t k = first + h * G + lane + 1;  // the next class in this thread's likely order
+          if (s1 == 1 && k < C) {
+            const int64_t nc = order[k];
+            next = {reinterpret_cast<const char*>(x), s0 * static_cast<int64_t>(sizeof(T)),
+                    (d * static_cast<int64_t>(sizeof(T)) + 63) / 64, offsets[nc + 1] - offsets[nc], 0,
+                    rows + offsets[nc]};
+          }
           const bool good = class_gram(x, s0, s1, d, rows + offsets[c], n, normalize, int8, sums + c * d,
-                                       unit_sums + c * d, norms + offsets[c], buf);
+                                       unit_sums + c * d, norms + offsets[c], buf, next);
           if (!good) {
             bad[h][lane] = -1;
             continue;  // its lane stays zero; the caller raises for the bad row
