@@ -476,7 +476,34 @@ void tridiagonalize(vd* a, int64_t m, vd* dg, vd* e, vd* v, vd* w, vd* v2, vd* w
     if (k + 3 < m) {  // step k + 1 exists: its reflector, then the fused pass
       const vd tau2 = reflector(a, k + 1, m, dg, e, v2);
       for (int64_t i = k + 2; i < m; ++i) w2[i] = vd{};
-      for (int64_t i = k + 2; i < m; ++i) {
+      int64_t i = k + 2;
+      // Rows in pairs: the shared w, v, v2 and w2 are loaded once for both, and w2 stored once
+      // (one row at a time the pass is bound by loads and stores rather than by its FMAs on Zen 4:
+      // -9% for m = 100 in a same-binary A/B).
+      for (; i + 1 < m; i += 2) {
+        vd* r0 = a + packed(i, 0);
+        vd* r1 = a + packed(i + 1, 0);
+        const vd v0 = v[i], w0 = w[i], u0 = v2[i], v1 = v[i + 1], w1 = w[i + 1], u1 = v2[i + 1];
+        vd s0 = {}, s1 = {};
+        for (int64_t j = k + 2; j < i; ++j) {
+          const vd a0 = r0[j] - (v0 * w[j] + w0 * v[j]);
+          const vd a1 = r1[j] - (v1 * w[j] + w1 * v[j]);
+          r0[j] = a0;
+          r1[j] = a1;
+          s0 += a0 * v2[j];
+          s1 += a1 * v2[j];
+          w2[j] += a0 * u0 + a1 * u1;
+        }
+        const vd a00 = r0[i] - 2.0 * v0 * w0;
+        const vd a10 = r1[i] - (v1 * w0 + w1 * v0);
+        const vd a11 = r1[i + 1] - 2.0 * v1 * w1;
+        r0[i] = a00;
+        r1[i] = a10;
+        r1[i + 1] = a11;
+        w2[i] += s0 + a00 * u0 + a10 * u1;
+        w2[i + 1] += s1 + a10 * u0 + a11 * u1;
+      }
+      if (i < m) {  // the odd row
         vd* row = a + packed(i, 0);
         const vd vi = v[i], wi = w[i], ui = v2[i];
         vd s = {};
