@@ -327,6 +327,25 @@ def test_class_diversity_matches_direct_per_class_computation(q, scan_path):
     assert out.inter == pytest.approx(_direct_vendi(means, q), rel=1e-9)
 
 
+@pytest.mark.parametrize("C,d", [(300, 140), (150, 400)])  # d x d and C x C sides, both >= 128
+def test_inter_class_score_of_many_means_goes_through_scipy_and_matches(C, d, monkeypatch):
+    """One large CPU eigenproblem (the inter-class score) uses scipy's LAPACK (_eigvalsh); a
+    mutation there (a dropped eigenvalue) must show against the direct numpy computation."""
+    from fmkit.diversity import metrics
+
+    calls = []
+    real = metrics._eigvalsh
+    monkeypatch.setattr(metrics, "_eigvalsh", lambda g: calls.append(tuple(g.shape)) or real(g))
+    rng = np.random.default_rng(C)
+    labels = np.repeat(np.arange(C), 3)
+    x = rng.normal(size=(len(labels), d)) + rng.normal(size=(C, d))[labels]
+    out = class_diversity(torch.from_numpy(x), labels)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    means = np.stack([unit[labels == c].mean(0) for c in range(C)])
+    assert (1, min(C, d), min(C, d)) in calls
+    assert out.inter == pytest.approx(_direct_vendi(means), rel=1e-9)
+
+
 def test_fisher_ratio_and_single_set_score(scan_path):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(60, 5))
