@@ -61,6 +61,8 @@ typedef double vh __attribute__((vector_size(L * sizeof(double))));    // one re
 typedef double vh_u __attribute__((vector_size(L * sizeof(double)), aligned(sizeof(double)), may_alias));
 inline vh load(const double* p) { return *reinterpret_cast<const vh_u*>(p); }
 inline void store(double* p, vh v) { *reinterpret_cast<vh_u*>(p) = v; }
+typedef float vf_u __attribute__((vector_size(L * sizeof(float)), aligned(sizeof(float)), may_alias));
+inline vh load(const float* p) { return __builtin_convertvector(*reinterpret_cast<const vf_u*>(p), vh); }  // exact
 typedef double vd __attribute__((vector_size(G * sizeof(double))));    // one class per lane
 typedef int64_t vm __attribute__((vector_size(G * sizeof(int64_t))));
 
@@ -147,11 +149,20 @@ inline double hsum(vh v) {
 // read from memory at the start of their first pass).
 struct NextRows {
   const char* base = nullptr;  // features; null: nothing to fetch (strided rows, or no next class)
-  int64_t row_bytes = 0, lines_per_row = 0, n = 0, next = 0;
+  int64_t row_bytes = 0, lines_per_row = 0, n = 0;
   const int64_t* rows = nullptr;
+  int64_t row = 0, line = 0;  // the next cache line to fetch
   void fetch(int64_t lines) {
-    for (const int64_t end = std::min(next + lines, n * lines_per_row); next < end; ++next)
-      __builtin_prefetch(base + rows[next / lines_per_row] * row_bytes + 64 * (next % lines_per_row), 0, 2);
+    int64_t r = row, l = line;  // in registers: a division per line, or a store of the
+    for (; lines > 0 && r < n; --lines) {  // position per line, cost 7% of the Gram products
+      __builtin_prefetch(base + rows[r] * row_bytes + 64 * l, 0, 2);
+      if (++l == lines_per_row) {
+        l = 0;
+        ++r;
+      }
+    }
+    row = r;
+    line = l;
   }
 };
 
@@ -770,18 +781,22 @@ bool class_gram(const T* x, int64_t s0, int64_t s1, int64_t d, const int64_t* ro
     for (int64_t i = 0; i < n; ++i) {
       const T* src = x + rows[i] * s0;
       double* __restrict row = buf.rows.data() + i * K;
-      vh sq = {};
-      if (s1 == 1) {
-        for (int64_t k = 0; k < d; ++k) row[k] = static_cast<double>(src[k]);
-      } else {
-        for (int64_t k = 0; k < d; ++k) row[k] = static_cast<double>(src[k * s1]);
-      }
-      for (int64_t k = d; k < K; ++k) row[k] = 0.0;
-      for (int64_t k = 0; k < K; k += L) {
+      // The norm is summed while the row is copied (two sums: one would wait on each FMA).
+      vh sq[2] = {};
+      int64_t k = 0;
+      if (s1 == 1)
+        for (; k + L <= d; k += L) {
+          const vh v = load(src + k);
+          store(row + k, v);
+          sq[(k / L) & 1] += v * v;
+        }
+      for (int64_t j = k; j < d; ++j) row[j] = static_cast<double>(src[j * s1]);
+      for (int64_t j = d; j < K; ++j) row[j] = 0.0;
+      for (; k < K; k += L) {
         const vh v = load(row + k);
-        sq += v * v;
+        sq[(k / L) & 1] += v * v;
       }
-      const double norm = std::sqrt(hsum(sq));
+      const double norm = std::sqrt(hsum(sq[0] + sq[1]));
       norms[i] = norm;
       if (!std::isfinite(norm) || (normalize && norm == 0)) good = false;
       inv[i] = normalize && norm > 0 ? 1.0 / norm : 1.0;
@@ -885,8 +900,7 @@ void run(const Tensor& features, const int64_t* rows, const int64_t* offsets, in
           if (s1 == 1 && k < C) {
             const int64_t nc = order[k];
             next = {reinterpret_cast<const char*>(x), s0 * static_cast<int64_t>(sizeof(T)),
-                    (d * static_cast<int64_t>(sizeof(T)) + 63) / 64, offsets[nc + 1] - offsets[nc], 0,
-                    rows + offsets[nc]};
+                    (d * static_cast<int64_t>(sizeof(T)) + 63) / 64, offsets[nc + 1] - offsets[nc], rows + offsets[nc]};
           }
           const bool good = class_gram(x, s0, s1, d, rows + offsets[c], n, normalize, int8, sums + c * d,
                                        unit_sums + c * d, norms + offsets[c], buf, next);
