@@ -8,7 +8,8 @@ BLAS thread (scipy's OpenBLAS with two threads took ~0.9 s per 512×512 solve in
 on the loaded 2-core machine). A plain per-class loop in the n×n form (numpy, float64) is shown
 as a third row, not an anchor. `class_diversity` also computes the inter-class score (a 512×512
 eigenproblem over the 1,000 class means) and the Fisher ratio, which the anchor does not; the
-"intra scores only" row times the anchor's work alone. On a CPU with AMX-INT8 the main row uses
+"intra scores only" row times the anchor's work alone, and the "rows in random order" row the
+main call on the same data with its rows shuffled (each class gathered from anywhere). On a CPU with AMX-INT8 the main row uses
 the int8 Gram route (exact products of the rows rounded to 31 bits) and a second row times the
 float64-product route. 'exact': every class's score within 1e-6 relative of score_dual on float64
 copies of the features. GFLOP/s counts fmkit's work, 2·C·n²·d + 4/3·C·n³.
@@ -95,8 +96,14 @@ def cases(device: torch.device, quick: bool, shapes=None):
         int8 = device.type == "cpu" and int8_gram_available()
         main = "fmkit class_diversity (intra, inter, Fisher)" + (", int8 AMX Gram" if int8 else "")
         contenders = [(main, ours, False)]
+        shuffled_name = "fmkit class_diversity, rows in random order"
         if device.type == "cpu":
             contenders.append(("fmkit intra scores only (class_spectrum op)", intra_only, False))
+            # Labels as they come in a shuffled data set: each class's rows gathered from anywhere
+            # in the 205 MB of features, not read as one contiguous block.
+            perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))
+            feats_s, labels_s = feats[perm], labels[perm]
+            contenders.append((shuffled_name, lambda: ours(feats_s, labels_s), False))
         if int8:  # the float64-product route on the same machine
             contenders.append(("fmkit class_diversity, float64 Gram", lambda: ours(gram="float64"), False))
         exact = {}
@@ -109,6 +116,7 @@ def cases(device: torch.device, quick: bool, shapes=None):
                      "vendi-score score_dual loop": _close(_score_dual_loop(x, C, n), truth)}
             if device.type == "cpu":
                 exact["fmkit intra scores only (class_spectrum op)"] = _close(intra_only().numpy(), truth)
+                exact[shuffled_name] = _close(ours(feats_s, labels_s).numpy(), truth)
             if int8:
                 exact["fmkit class_diversity, float64 Gram"] = _close(ours(gram="float64").numpy(), truth)
             if device.type == "cpu":
