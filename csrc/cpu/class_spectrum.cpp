@@ -460,6 +460,50 @@ inline void finish_w(vd* w, const vd* v, vd tau, int64_t k, int64_t m) {
   for (int64_t i = k + 1; i < m; ++i) w[i] += half * v[i];
 }
 
+// Rows i .. i + R - 1 of the fused pass of tridiagonalize (columns k + 2 .. of each): the rank-2
+// update of step k (A -= v wᵀ + w vᵀ) and the product w2 = A v2 of step k + 1. R rows at a time
+// load the shared w, v, v2 and w2 once for all R and store w2 once: one row at a time the pass is
+// bound by loads and stores rather than by its four FMAs per element (Zen 4).
+template <int R>
+inline void fused_rows(vd* a, int64_t i, int64_t k, const vd* v, const vd* w, const vd* v2, vd* w2) {
+  vd* r[R];
+  vd vr[R], wr[R], ur[R], s[R];
+  for (int t = 0; t < R; ++t) {
+    r[t] = a + packed(i + t, 0);
+    vr[t] = v[i + t];
+    wr[t] = w[i + t];
+    ur[t] = v2[i + t];
+    s[t] = vd{};
+  }
+  for (int64_t j = k + 2; j < i; ++j) {
+    const vd wj = w[j], vj = v[j], v2j = v2[j];
+    vd acc = w2[j];
+    for (int t = 0; t < R; ++t) {
+      const vd at = r[t][j] - (vr[t] * wj + wr[t] * vj);
+      r[t][j] = at;
+      s[t] += at * v2j;
+      acc += at * ur[t];
+    }
+    w2[j] = acc;
+  }
+  for (int t = 0; t < R; ++t)  // the R × R triangle the rows share, diagonal included
+    for (int64_t j = i; j <= i + t; ++j) {
+      const vd at = r[t][j] - (vr[t] * w[j] + wr[t] * v[j]);
+      r[t][j] = at;
+      if (j < i + t) {
+        s[t] += at * v2[j];
+        w2[j] += at * ur[t];
+      } else {
+        w2[j] += s[t] + at * ur[t];
+      }
+    }
+}
+#if defined(__AVX512F__)
+constexpr int kFusedRows = 4;  // 16 of the 32 registers hold the rows' v, w, v2 and sums
+#else
+constexpr int kFusedRows = 2;
+#endif
+
 // Householder reduction of the G packed lower-triangular matrices in `a` (m × m, one per lane)
 // to tridiagonal form: diagonal dg[0, m), off-diagonal e[0, m - 1), e[m - 1] = 0 (LAPACK
 // dsytd2's lower variant, without the reflectors). The rank-2 update of step k and the
@@ -488,46 +532,8 @@ void tridiagonalize(vd* a, int64_t m, vd* dg, vd* e, vd* v, vd* w, vd* v2, vd* w
       const vd tau2 = reflector(a, k + 1, m, dg, e, v2);
       for (int64_t i = k + 2; i < m; ++i) w2[i] = vd{};
       int64_t i = k + 2;
-      // Rows in pairs: the shared w, v, v2 and w2 are loaded once for both, and w2 stored once
-      // (one row at a time the pass is bound by loads and stores rather than by its FMAs on Zen 4:
-      // -9% for m = 100 in a same-binary A/B).
-      for (; i + 1 < m; i += 2) {
-        vd* r0 = a + packed(i, 0);
-        vd* r1 = a + packed(i + 1, 0);
-        const vd v0 = v[i], w0 = w[i], u0 = v2[i], v1 = v[i + 1], w1 = w[i + 1], u1 = v2[i + 1];
-        vd s0 = {}, s1 = {};
-        for (int64_t j = k + 2; j < i; ++j) {
-          const vd a0 = r0[j] - (v0 * w[j] + w0 * v[j]);
-          const vd a1 = r1[j] - (v1 * w[j] + w1 * v[j]);
-          r0[j] = a0;
-          r1[j] = a1;
-          s0 += a0 * v2[j];
-          s1 += a1 * v2[j];
-          w2[j] += a0 * u0 + a1 * u1;
-        }
-        const vd a00 = r0[i] - 2.0 * v0 * w0;
-        const vd a10 = r1[i] - (v1 * w0 + w1 * v0);
-        const vd a11 = r1[i + 1] - 2.0 * v1 * w1;
-        r0[i] = a00;
-        r1[i] = a10;
-        r1[i + 1] = a11;
-        w2[i] += s0 + a00 * u0 + a10 * u1;
-        w2[i + 1] += s1 + a10 * u0 + a11 * u1;
-      }
-      if (i < m) {  // the odd row
-        vd* row = a + packed(i, 0);
-        const vd vi = v[i], wi = w[i], ui = v2[i];
-        vd s = {};
-        for (int64_t j = k + 2; j < i; ++j) {
-          const vd aij = row[j] - (vi * w[j] + wi * v[j]);
-          row[j] = aij;
-          s += aij * v2[j];
-          w2[j] += aij * ui;
-        }
-        const vd aii = row[i] - 2.0 * vi * wi;
-        row[i] = aii;
-        w2[i] += s + aii * ui;
-      }
+      for (; i + kFusedRows <= m; i += kFusedRows) fused_rows<kFusedRows>(a, i, k, v, w, v2, w2);
+      for (; i < m; ++i) fused_rows<1>(a, i, k, v, w, v2, w2);
       finish_w(w2, v2, tau2, k + 1, m);
       std::swap(v, v2);
       std::swap(w, w2);
