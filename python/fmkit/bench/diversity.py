@@ -9,9 +9,9 @@ on the loaded 2-core machine). A plain per-class loop in the n×n form (numpy, f
 as a third row, not an anchor. `class_diversity` also computes the inter-class score (a 512×512
 eigenproblem over the 1,000 class means) and the Fisher ratio, which the anchor does not; the
 "intra scores only" row times the anchor's work alone, and the "rows in random order" row the
-main call on the same data with its rows shuffled (each class gathered from anywhere). On a CPU with AMX-INT8 the main row uses
-the int8 Gram route (exact products of the rows rounded to 31 bits) and a second row times the
-float64-product route. 'exact': every class's score within 1e-6 relative of score_dual on float64
+main call on the same data with its rows shuffled (each class gathered from anywhere). On a CPU
+with AMX-INT8 the main row uses the int8 Gram route (exact products of the rows rounded to 31
+bits) and a second row times the float64-product route. 'exact': every class's score within 1e-6 relative of score_dual on float64
 copies of the features. GFLOP/s counts fmkit's work, 2·C·n²·d + 4/3·C·n³.
 """
 from __future__ import annotations
