@@ -691,6 +691,7 @@ constexpr int H = 2;
 
 struct Buffers {
   std::vector<double> rows, inv, pt, gram;
+  std::vector<double> class_sums;    // class_gram's Σx and Σx/|x| over the class so far, K each
   std::vector<vd> a, v, w, v2, w2, dg[H], e[H];
   std::vector<int8_t> planes, vnni;  // the int8 route's digit planes and their VNNI copy
   std::vector<float> staging;        // strided float32 rows, gathered
@@ -792,8 +793,8 @@ bool class_gram(const T* x, int64_t s0, int64_t s1, int64_t d, const int64_t* ro
     // down the columns of the whole class every load would walk 100 rows 4 KB apart (L1 sets and
     // TLB entries exhausted: 13 µs of a 100 × 512 class).
     constexpr int64_t kRowBlock = 4;
-    buf.pt.assign(2 * K, 0.0);
-    double* __restrict su = buf.pt.data();
+    buf.class_sums.assign(2 * K, 0.0);
+    double* __restrict su = buf.class_sums.data();
     double* __restrict us = su + K;
     for (int64_t i = 0; i < n; ++i) {
       const T* src = x + rows[i] * s0;
